@@ -1,0 +1,180 @@
+"""Small 1D CNNs split into a deterministic trunk and a stochastic (MC-dropout) head.
+
+Every model maps ``x: float32[B, L]`` (one channel at the model's fs) and ``aux: float32[B, A]`` (side features,
+``A = 0`` for most models) to logits ``float32[B, K]``. All dropout lives in the head, so the SCI controller runs the
+trunk once per window and resamples only the head: ``forward(x, aux, noise) == head(trunk(x, aux), noise)``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from models.keyed_dropout import KeyedDropout, PassNoise
+
+
+class McModel(nn.Module):
+    """Base class: subclasses define ``trunk`` (deterministic) and ``head`` (all the dropout)."""
+
+    arch: ClassVar[str]
+    input_length: ClassVar[int]
+    aux_dim: ClassVar[int] = 0
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, aux: Tensor | None = None, noise: PassNoise | None = None) -> Tensor:
+        return self.head(self.trunk(x, aux), noise)
+
+
+def _conv_block(c_in: int, c_out: int, k: int, stride: int = 1, pool: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+    if pool > 1:
+        layers.append(nn.MaxPool1d(pool))
+    return nn.Sequential(*layers)
+
+
+class MlpHead(nn.Module):
+    """Dropout → Linear → ReLU → Dropout → Linear."""
+
+    def __init__(self, d_in: int, hidden: int, k: int, p_in: float, p_hidden: float) -> None:
+        super().__init__()
+        self.drop_in = KeyedDropout(p_in, salt=1)
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.drop_hidden = KeyedDropout(p_hidden, salt=2)
+        self.fc2 = nn.Linear(hidden, k)
+
+    def forward(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        h = torch.relu(self.fc1(self.drop_in(h, noise)))
+        return self.fc2(self.drop_hidden(h, noise))
+
+
+class EcgBeatNet(McModel):
+    """AAMI beat classifier: 256-sample MLII window at 360 Hz (R-peak at index 96) plus 4 RR features.
+
+    x: float32[B, 256] in mV; aux: float32[B, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr/local_rr).
+    The window is baseline-corrected (minus its median) inside the model, so raw stream samples go straight in.
+    """
+
+    arch = "ecg_beat_net"
+    input_length = 256
+    aux_dim = 4
+
+    def __init__(self, n_classes: int = 4, p: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(1, 16, 7), _conv_block(16, 32, 5), _conv_block(32, 32, 5), nn.Flatten()
+        )
+        self.embed = nn.Sequential(nn.Linear(32 * 32, 64), nn.ReLU(inplace=True))
+        self.rr_norm = nn.BatchNorm1d(4)
+        self.mlp = MlpHead(64 + 4, 64, n_classes, p_in=p, p_hidden=p)
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        assert aux is not None, "EcgBeatNet needs RR features (aux: float32[B, 4])"
+        x = x - x.median(dim=1, keepdim=True).values
+        h = self.embed(self.features(x.unsqueeze(1)))
+        pre, post, local = aux[:, 0:1], aux[:, 1:2], aux[:, 2:3].clamp_min(1e-3)
+        rr = torch.cat([pre / local, post / local, post / pre.clamp_min(1e-3), local], dim=1)
+        return torch.cat([h, self.rr_norm(rr)], dim=1)
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        return self.mlp(h, noise)
+
+
+class BearingFrameNet(McModel):
+    """Bearing fault classifier on 1024-sample drive-end frames at 12 kHz (acceleration in g).
+
+    Frames are standardised inside the model (zero mean, unit RMS); the log-RMS is kept as a side feature so the
+    amplitude information survives. Wide first kernel (WDCNN-style) for the resonance bands.
+    """
+
+    arch = "bearing_frame_net"
+    input_length = 1024
+
+    def __init__(self, n_classes: int = 4, p: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(1, 16, 64, stride=8),
+            _conv_block(16, 32, 3),
+            _conv_block(32, 64, 3),
+            _conv_block(64, 64, 3, pool=1),
+            nn.AdaptiveAvgPool1d(1),
+            nn.Flatten(),
+        )
+        self.mlp = MlpHead(64 + 1, 64, n_classes, p_in=p, p_hidden=p)
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        x = x - x.mean(dim=1, keepdim=True)
+        rms = x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-6)
+        h = self.features((x / rms).unsqueeze(1))
+        return torch.cat([h, rms.log()], dim=1)
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        return self.mlp(h, noise)
+
+
+class PaperBearingNet(McModel):
+    """Reference architecture of the paper's synthetic-bearing experiment (appendix), 200 samples, 2 classes.
+
+    Conv1d(1,16,5) → ReLU → MaxPool2 → Conv1d(16,32,5) → ReLU → MaxPool2 | Dropout 0.3 → Linear(32·47, 2).
+    """
+
+    arch = "paper_bearing_net"
+    input_length = 200
+
+    def __init__(self, n_classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, 16, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(16, 32, 5), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Flatten(),
+        )
+        self.drop = KeyedDropout(0.3, salt=1)
+        self.fc = nn.Linear(32 * 47, n_classes)
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        return self.features(x.unsqueeze(1))
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        return self.fc(self.drop(h, noise))
+
+
+class PaperEcgNet(McModel):
+    """Reference architecture of the paper's MIT-BIH binary experiment (appendix), 187 samples at 125 Hz.
+
+    Conv1d(1,32,5) → ReLU → MaxPool2 → Conv1d(32,64,5) → ReLU → MaxPool2 | Dropout 0.3 → global average pool →
+    Linear(64,64) → ReLU → Dropout 0.5 → Linear(64,2).
+    """
+
+    arch = "paper_ecg_net"
+    input_length = 187
+
+    def __init__(self, n_classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, 32, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(32, 64, 5), nn.ReLU(), nn.MaxPool1d(2)
+        )
+        self.drop_map = KeyedDropout(0.3, salt=1)
+        self.fc1 = nn.Linear(64, 64)
+        self.drop_hidden = KeyedDropout(0.5, salt=2)
+        self.fc2 = nn.Linear(64, n_classes)
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        return self.features(x.unsqueeze(1))
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        h = self.drop_map(h, noise).mean(dim=2)
+        return self.fc2(self.drop_hidden(torch.relu(self.fc1(h)), noise))
+
+
+ARCHITECTURES: dict[str, type[McModel]] = {
+    cls.arch: cls for cls in (EcgBeatNet, BearingFrameNet, PaperBearingNet, PaperEcgNet)
+}

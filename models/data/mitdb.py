@@ -1,0 +1,249 @@
+"""MIT-BIH Arrhythmia Database: records, AAMI beat labels, RR features and 256-sample beat windows.
+
+Protocol: inter-patient split of de Chazal et al. (2004), DS1 = train, DS2 = test, paced records excluded.
+Validation (temperature, thresholds) comes from DS1 only: :data:`VAL_RECORDS` is a fixed record-level hold-out of
+DS1 (see :func:`split_validation`); DS2 is never used for any choice.
+
+Beats are annotated by cardiologists (``.atr``); only beat annotations are used, mapped to AAMI EC57 classes
+N = {N, L, R, e, j}, S = {A, a, J, S}, V = {V, E}, F = {F}, Q = {/, f, Q}. Rhythm, noise and other non-beat
+annotations (``+ ~ | x ! [ ] "`` ...) are ignored. Classifiers use the four classes :data:`CLASSES`; Q beats (15 in
+the 44 records) are kept in :class:`EcgRecord` (they are real beats, so they count for RR intervals) but left out
+of :class:`BeatSet`.
+
+Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, R-peak at index ``BEFORE = 96``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from numpy.lib.stride_tricks import sliding_window_view
+
+from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
+
+FS = 360
+BEFORE = 96
+AFTER = 160
+WINDOW = BEFORE + AFTER
+CLASSES = ("N", "S", "V", "F")
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+LEAD = "MLII"
+RR_LOCAL_BEATS = 10
+
+DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
+       "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")  # fmt: skip
+DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
+       "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234")  # fmt: skip
+ALL_RECORDS = tuple(sorted(DS1 + DS2))
+PACED_RECORDS = ("102", "104", "107", "217")
+
+# Record-level validation hold-out of DS1, fixed so every run and every model sees the same split. Chosen so each of
+# N/S/V/F appears on both sides (annotation counts N/S/V/F): 116 2302/1/109/0, 124 1536/31/47/5,
+# 205 2571/3/71/11, 220 1954/94/0/0, 223 2045/73/473/14 -> validation N 10408, S 202, V 700, F 30;
+# train keeps 208 (373 of the 415 DS1 F beats) and 209 (383 S beats).
+VAL_RECORDS = ("116", "124", "205", "220", "223")
+TRAIN_RECORDS = tuple(r for r in DS1 if r not in VAL_RECORDS)
+
+SYMBOL_TO_AAMI = {
+    **dict.fromkeys("NLRej", "N"),
+    **dict.fromkeys("AaJS", "S"),
+    **dict.fromkeys("VE", "V"),
+    "F": "F",
+    **dict.fromkeys("/fQ", "Q"),
+}
+
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EcgRecord:
+    """One record: ``signal`` float32[L] lead MLII in mV at ``fs`` Hz; beat annotations (all AAMI classes incl. Q):
+    ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols`` str[n] (MIT-BIH symbol), ``aami`` str[n]."""
+
+    name: str
+    signal: np.ndarray
+    fs: int
+    beat_samples: np.ndarray
+    beat_symbols: np.ndarray
+    aami: np.ndarray
+
+
+@dataclass(frozen=True)
+class BeatSet:
+    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 4]
+    (see :func:`rr_features`), ``y`` int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N]
+    (R-peak sample at 360 Hz in its record)."""
+
+    x: np.ndarray
+    rr: np.ndarray
+    y: np.ndarray
+    record: np.ndarray
+    sample: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: np.ndarray) -> BeatSet:
+        """Rows selected by a boolean mask or an integer index array."""
+        return BeatSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def counts(self) -> dict[str, int]:
+        """Number of beats per class name."""
+        return dict(zip(CLASSES, np.bincount(self.y, minlength=len(CLASSES)).tolist(), strict=True))
+
+    @staticmethod
+    def concat(parts: Sequence[BeatSet]) -> BeatSet:
+        return BeatSet(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(BeatSet)})
+
+
+def _record_path(name: str | int, root: str | Path | None) -> Path:
+    base = dataset_dir("mitdb", root) / str(name)
+    missing = [ext for ext in (".hea", ".dat", ".atr") if not base.with_suffix(ext).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"MIT-BIH record {name} incomplete in {base.parent} (missing {', '.join(missing)}); "
+            "run `sci-monitor data fetch mitdb` or set SCI_DATA_DIR"
+        )
+    return base
+
+
+def _beat_annotations(base: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ann = wfdb.rdann(str(base), "atr")
+    symbols = np.asarray(ann.symbol, dtype="<U2")
+    is_beat = np.isin(symbols, list(SYMBOL_TO_AAMI))
+    symbols = symbols[is_beat].astype("<U1")
+    samples = np.asarray(ann.sample, dtype=np.int64)[is_beat]
+    aami = np.asarray([SYMBOL_TO_AAMI[s] for s in symbols], dtype="<U1")
+    return samples, symbols, aami
+
+
+def load_record(name: str | int, root: str | Path | None = None) -> EcgRecord:
+    """Read record ``name`` (e.g. ``"114"``): lead MLII located by name (it is channel 1 in record 114)."""
+    base = _record_path(name, root)
+    rec = wfdb.rdrecord(str(base))
+    if LEAD not in rec.sig_name:
+        raise ValueError(f"record {name} has no {LEAD} lead (leads: {rec.sig_name})")
+    if rec.fs != FS:
+        raise ValueError(f"record {name} is sampled at {rec.fs} Hz, expected {FS}")
+    signal = rec.p_signal[:, rec.sig_name.index(LEAD)].astype(np.float32)
+    samples, symbols, aami = _beat_annotations(base)
+    return EcgRecord(str(name), signal, FS, samples, symbols, aami)
+
+
+def class_counts(records: Iterable[str | int], root: str | Path | None = None) -> dict[str, int]:
+    """Annotation counts of the five AAMI classes N/S/V/F/Q over ``records`` (annotations only, no windowing)."""
+    aami = np.concatenate([_beat_annotations(_record_path(r, root))[2] for r in records])
+    return {c: int(np.count_nonzero(aami == c)) for c in AAMI_CLASSES}
+
+
+def rr_features(peaks: np.ndarray, fs: float = FS) -> np.ndarray:
+    """RR features float32[n, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr / local_rr) of R-peaks int64[n].
+
+    - pre_rr[i] = (p[i] - p[i-1]) / fs; first beat: pre_rr[0] := post_rr[0].
+    - post_rr[i] = (p[i+1] - p[i]) / fs; last beat: post_rr[n-1] := pre_rr[n-1].
+    - local_rr[i] = mean(pre_rr[max(0, i-9) .. i]): up to 10 most recent pre-RR intervals, current one included.
+
+    Pure function of the peak array, so a streaming replayer computes the same values online by calling it on the
+    peaks detected so far, ``f = rr_features(peaks[:k])``: rows ``0 .. k-2`` are final (equal to the offline rows);
+    the newest row ``k-1`` is provisional because its post-RR is not known yet (it is set to its pre-RR). Emit beat
+    ``i`` once beat ``i+1`` has been detected (or accept the provisional post-RR). Equivalent O(1) update per new
+    peak: keep the last 10 pre-RR values; ``local_rr`` is their mean. With fewer than 2 peaks no interval exists:
+    rows are NaN. Peaks must be strictly increasing.
+    """
+    p = np.asarray(peaks, dtype=np.int64).ravel()
+    n = p.size
+    out = np.full((n, 4), np.nan, dtype=np.float32)
+    if n < 2:
+        return out
+    d = np.diff(p).astype(np.float64) / fs
+    if np.any(d <= 0):
+        raise ValueError("peaks must be strictly increasing sample indices")
+    pre = np.concatenate(([d[0]], d))
+    post = np.concatenate((d, [d[-1]]))
+    csum = np.concatenate(([0.0], np.cumsum(pre)))
+    i = np.arange(n)
+    lo = np.maximum(0, i - (RR_LOCAL_BEATS - 1))
+    local = (csum[i + 1] - csum[lo]) / (i + 1 - lo)
+    out[:] = np.stack([pre, post, local, pre / local], axis=1)
+    return out
+
+
+def beat_windows(
+    signal: np.ndarray, peaks: np.ndarray, before: int = BEFORE, after: int = AFTER
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows float32[m, before+after] with the R-peak at index ``before``, and kept_mask bool[n].
+
+    Beats whose window would cross the record start or end are dropped (``kept_mask`` False); ``m = kept.sum()``.
+    """
+    sig = np.asarray(signal, dtype=np.float32).ravel()
+    p = np.asarray(peaks, dtype=np.int64).ravel()
+    kept = (p - before >= 0) & (p + after <= sig.size)
+    if sig.size < before + after:
+        return np.empty((0, before + after), np.float32), np.zeros(p.size, bool)
+    windows = sliding_window_view(sig, before + after)[p[kept] - before]
+    return np.ascontiguousarray(windows, dtype=np.float32), kept
+
+
+def _record_beats(name: str, root: str | Path | None, before: int, after: int) -> dict[str, np.ndarray]:
+    base = _record_path(name, root)
+
+    def build() -> dict[str, np.ndarray]:
+        rec = load_record(name, root)
+        rr = rr_features(rec.beat_samples, rec.fs)  # over all beats (Q included): RR is a property of the rhythm
+        x, kept = beat_windows(rec.signal, rec.beat_samples, before, after)
+        aami = rec.aami[kept]
+        keep4 = aami != "Q"
+        y = _class_index(aami[keep4])
+        return {"x": x[keep4], "rr": rr[kept][keep4], "y": y, "sample": rec.beat_samples[kept][keep4]}
+
+    params = {"version": _CACHE_VERSION, "record": str(name), "before": before, "after": after, "fs": FS}
+    sources = [base.with_suffix(ext) for ext in (".hea", ".dat", ".atr")]
+    return cached_arrays("mitdb_beats", params, sources, build)
+
+
+def _class_index(labels: np.ndarray) -> np.ndarray:
+    lut = {c: i for i, c in enumerate(CLASSES)}
+    return np.fromiter((lut[c] for c in labels), dtype=np.int64, count=len(labels))
+
+
+def load_beats(
+    records: Iterable[str | int] = DS1,
+    root: str | Path | None = None,
+    before: int = BEFORE,
+    after: int = AFTER,
+) -> BeatSet:
+    """All N/S/V/F beats of ``records`` (record order, then time order); each record is cached in ``cache_dir()``."""
+    parts = []
+    for name in map(str, records):
+        a = _record_beats(name, root, before, after)
+        record = np.full(a["y"].shape[0], name, dtype="<U3")
+        parts.append(BeatSet(a["x"], a["rr"], a["y"].astype(np.int64), record, a["sample"].astype(np.int64)))
+    if not parts:
+        raise ValueError("no records given")
+    return BeatSet.concat(parts)
+
+
+def split_validation(
+    data: BeatSet | Sequence[str | int], val_records: Sequence[str] = VAL_RECORDS
+) -> tuple[BeatSet, BeatSet] | tuple[tuple[str, ...], tuple[str, ...]]:
+    """Record-level DS1 validation split: ``(train, val)`` BeatSets, or ``(train, val)`` record-name tuples.
+
+    Validation = the records of ``data`` that are in ``val_records`` (default :data:`VAL_RECORDS`); deterministic.
+    Raises ``ValueError`` if ``data`` contains a DS2 record: thresholds and temperature are never fitted on DS2.
+    """
+    val_set = {str(r) for r in val_records}
+    if isinstance(data, BeatSet):
+        names = set(np.unique(data.record).tolist())
+    else:
+        names = [str(r) for r in data]
+    leaked = sorted(set(names) & set(DS2))
+    if leaked:
+        raise ValueError(f"validation must come from DS1 only; DS2 records given: {leaked}")
+    if isinstance(data, BeatSet):
+        is_val = np.isin(data.record, sorted(val_set))
+        return data.subset(~is_val), data.subset(is_val)
+    return tuple(r for r in names if r not in val_set), tuple(r for r in names if r in val_set)

@@ -1,0 +1,96 @@
+"""MC-dropout mechanics of the models: trunk/head split, frozen normalisation, keyed masks."""
+
+import numpy as np
+import pytest
+import torch
+
+from controller.engine import SciConfig
+from controller.policies import SeparationBound
+from controller.sci import SciController
+from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet
+from models.keyed_dropout import KeyedDropout, PassNoise, window_keys
+
+
+def _inputs(model, b=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, model.input_length, generator=g)
+    aux = 0.6 + 0.4 * torch.rand(b, model.aux_dim, generator=g) if model.aux_dim else None
+    return x, aux
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_trunk_once_then_head_equals_full_model_sampling(arch):
+    model = ARCHITECTURES[arch]().eval()
+    x, aux = _inputs(model)
+    keys = torch.arange(16) * 7919
+    h = model.trunk(x, aux)
+    for t in (1, 2, 25):
+        noise = PassNoise(keys, t)
+        full = model(x, aux, noise)
+        torch.testing.assert_close(model.head(h, noise), full, rtol=0, atol=0)
+    # the passes really are stochastic, and deterministic without noise
+    assert not torch.equal(model(x, aux, PassNoise(keys, 1)), model(x, aux, PassNoise(keys, 2)))
+    torch.testing.assert_close(model(x, aux), model(x, aux))
+
+
+def test_normalisation_layers_stay_frozen_during_mc_sampling():
+    model = EcgBeatNet()
+    # give BatchNorm non-trivial running statistics, as after training
+    model.train()
+    for _ in range(3):
+        model(*_inputs(model, 64, seed=1))
+    model.eval()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    ctrl = SciController(model, SeparationBound(), SciConfig(t_max=10))
+    x, aux = _inputs(model, 32, seed=2)
+    ctrl.classify(x, aux, torch.arange(32))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, buffers[k], rtol=0, atol=0, msg=f"{k} changed during MC sampling")
+    assert not any(m.training for m in model.modules())
+    # trunk output (all normalisation) is identical across passes; only the head varies
+    noise = [PassNoise(torch.arange(32), t) for t in (1, 2)]
+    h1, h2 = (model.trunk(x, aux) for _ in noise)
+    torch.testing.assert_close(h1, h2, rtol=0, atol=0)
+    # in train mode BatchNorm would use batch statistics and give a different trunk: the test is sensitive
+    model.train()
+    assert not torch.allclose(model.trunk(x, aux), h1)
+
+
+def test_keyed_dropout_rate_scale_and_reproducibility():
+    drop = KeyedDropout(0.3, salt=5).eval()
+    x = torch.ones(64, 2000)
+    keys = torch.arange(64)
+    y = drop(x, PassNoise(keys, 3))
+    kept = (y != 0).float().mean().item()
+    assert kept == pytest.approx(0.7, abs=0.01)
+    assert y[y != 0].unique().tolist() == pytest.approx([1 / 0.7])
+    torch.testing.assert_close(drop(x, PassNoise(keys, 3)), y, rtol=0, atol=0)
+    # a window's mask does not depend on its batch neighbours
+    torch.testing.assert_close(drop(x[10:11], PassNoise(keys[10:11], 3)), y[10:11], rtol=0, atol=0)
+    # different passes and different layers (salts) draw different masks, with no correlation to speak of
+    other = drop(x, PassNoise(keys, 4)) != 0
+    agree = ((y != 0) == other).float().mean().item()
+    assert agree == pytest.approx(0.7**2 + 0.3**2, abs=0.01)
+    # eval without noise is the identity; training mode is ordinary dropout
+    torch.testing.assert_close(drop(x), x)
+    assert (drop.train()(x) == 0).any()
+
+
+def test_batched_and_per_window_controller_decisions_identical_on_a_real_model():
+    torch.manual_seed(0)
+    model = BearingFrameNet(p=0.5)
+    ctrl = SciController(model, SeparationBound(z=1.0), SciConfig(t_max=25))
+    x, _ = _inputs(model, 40, seed=3)
+    keys = window_keys(["cwru-105"] * 40, torch.arange(40))
+    batched = ctrl.classify(x, None, keys)
+    singles = [ctrl.classify(x[i : i + 1], None, keys[i : i + 1]) for i in range(40)]
+    for field in ("label", "passes", "reason", "abstained"):
+        np.testing.assert_array_equal(getattr(batched, field), np.concatenate([getattr(s, field) for s in singles]))
+    np.testing.assert_allclose(batched.sp, np.concatenate([s.sp for s in singles]), atol=1e-6)
+
+
+def test_window_keys_are_stable_and_distinct():
+    k1 = window_keys(["a", "a", "b"], torch.tensor([0, 1, 0]))
+    k2 = window_keys(["a", "a", "b"], torch.tensor([0, 1, 0]))
+    torch.testing.assert_close(k1, k2)
+    assert len(set(k1.tolist())) == 3
