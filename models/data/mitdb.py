@@ -1,16 +1,17 @@
 """MIT-BIH Arrhythmia Database: records, AAMI beat labels, RR features and 256-sample beat windows.
 
 Protocol: inter-patient split of de Chazal et al. (2004), DS1 = train, DS2 = test, paced records excluded.
-Validation (temperature, thresholds) comes from DS1 only: :data:`VAL_RECORDS` is a fixed record-level hold-out of
-DS1 (see :func:`split_validation`); DS2 is never used for any choice.
+Validation (temperature, thresholds) comes from DS1 only: :data:`VAL_RECORDS` is a fixed record-level hold-out
+of DS1 (see :func:`split_validation`); DS2 is never used for any choice.
 
 Beats are annotated by cardiologists (``.atr``); only beat annotations are used, mapped to AAMI EC57 classes
 N = {N, L, R, e, j}, S = {A, a, J, S}, V = {V, E}, F = {F}, Q = {/, f, Q}. Rhythm, noise and other non-beat
-annotations (``+ ~ | x ! [ ] "`` ...) are ignored. Classifiers use the four classes :data:`CLASSES`; Q beats (15 in
-the 44 records) are kept in :class:`EcgRecord` (they are real beats, so they count for RR intervals) but left out
-of :class:`BeatSet`.
+annotations (``+ ~ | x ! [ ] "`` ...) are ignored. Classifiers use the four classes :data:`CLASSES`; Q beats
+(15 in the 44 records) are kept in :class:`EcgRecord` (they are real beats, so they count for RR intervals)
+but left out of :class:`BeatSet`.
 
-Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, R-peak at index ``BEFORE = 96``.
+Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, R-peak at index
+``BEFORE = 96``.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ DS2 = ("100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "21
 ALL_RECORDS = tuple(sorted(DS1 + DS2))
 PACED_RECORDS = ("102", "104", "107", "217")
 
-# Record-level validation hold-out of DS1, fixed so every run and every model sees the same split. Chosen so each of
-# N/S/V/F appears on both sides (annotation counts N/S/V/F): 116 2302/1/109/0, 124 1536/31/47/5,
-# 205 2571/3/71/11, 220 1954/94/0/0, 223 2045/73/473/14 -> validation N 10408, S 202, V 700, F 30;
-# train keeps 208 (373 of the 415 DS1 F beats) and 209 (383 S beats).
+# Record-level validation hold-out of DS1, fixed so every run and every model sees the same split. Chosen so
+# each of N/S/V/F appears on both sides. Annotation counts N/S/V/F: 116 2302/1/109/0, 124 1536/31/47/5,
+# 205 2571/3/71/11, 220 1954/94/0/0, 223 2045/73/473/14 -> validation N 10408, S 202, V 700, F 30 (~22 %,
+# 21 %, 18 %, 7 % of DS1); train keeps 208 (373 of the 415 DS1 F beats) and 209 (383 S beats).
 VAL_RECORDS = ("116", "124", "205", "220", "223")
 TRAIN_RECORDS = tuple(r for r in DS1 if r not in VAL_RECORDS)
 
@@ -57,12 +58,15 @@ SYMBOL_TO_AAMI = {
 }
 
 _CACHE_VERSION = 1
+_SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
+_SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
 
 @dataclass(frozen=True)
 class EcgRecord:
-    """One record: ``signal`` float32[L] lead MLII in mV at ``fs`` Hz; beat annotations (all AAMI classes incl. Q):
-    ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols`` str[n] (MIT-BIH symbol), ``aami`` str[n]."""
+    """One record: ``signal`` float32[L] lead MLII in mV at ``fs`` Hz; beat annotations (all AAMI classes
+    incl. Q): ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols`` str[n] (MIT-BIH symbol),
+    ``aami`` str[n]."""
 
     name: str
     signal: np.ndarray
@@ -75,8 +79,8 @@ class EcgRecord:
 @dataclass(frozen=True)
 class BeatSet:
     """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 4]
-    (see :func:`rr_features`), ``y`` int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N]
-    (R-peak sample at 360 Hz in its record)."""
+    (see :func:`rr_features`), ``y`` int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample``
+    int64[N] (R-peak sample at 360 Hz in its record)."""
 
     x: np.ndarray
     rr: np.ndarray
@@ -97,10 +101,13 @@ class BeatSet:
 
     @staticmethod
     def concat(parts: Sequence[BeatSet]) -> BeatSet:
-        return BeatSet(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(BeatSet)})
+        return BeatSet(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(BeatSet)}
+        )
 
 
-def _record_path(name: str | int, root: str | Path | None) -> Path:
+def record_path(name: str | int, root: str | Path | None = None) -> Path:
+    """Path of record `name` without extension; raises DataNotFoundError if its .hea/.dat/.atr are missing."""
     base = dataset_dir("mitdb", root) / str(name)
     missing = [ext for ext in (".hea", ".dat", ".atr") if not base.with_suffix(ext).is_file()]
     if missing:
@@ -117,13 +124,13 @@ def _beat_annotations(base: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     is_beat = np.isin(symbols, list(SYMBOL_TO_AAMI))
     symbols = symbols[is_beat].astype("<U1")
     samples = np.asarray(ann.sample, dtype=np.int64)[is_beat]
-    aami = np.asarray([SYMBOL_TO_AAMI[s] for s in symbols], dtype="<U1")
+    aami = _SYM_AAMI[np.searchsorted(_SYM_KEYS, symbols)] if symbols.size else symbols
     return samples, symbols, aami
 
 
 def load_record(name: str | int, root: str | Path | None = None) -> EcgRecord:
     """Read record ``name`` (e.g. ``"114"``): lead MLII located by name (it is channel 1 in record 114)."""
-    base = _record_path(name, root)
+    base = record_path(name, root)
     rec = wfdb.rdrecord(str(base))
     if LEAD not in rec.sig_name:
         raise ValueError(f"record {name} has no {LEAD} lead (leads: {rec.sig_name})")
@@ -135,8 +142,9 @@ def load_record(name: str | int, root: str | Path | None = None) -> EcgRecord:
 
 
 def class_counts(records: Iterable[str | int], root: str | Path | None = None) -> dict[str, int]:
-    """Annotation counts of the five AAMI classes N/S/V/F/Q over ``records`` (annotations only, no windowing)."""
-    aami = np.concatenate([_beat_annotations(_record_path(r, root))[2] for r in records])
+    """Annotation counts of the five AAMI classes N/S/V/F/Q over ``records`` (annotations only, no
+    windowing)."""
+    aami = np.concatenate([_beat_annotations(record_path(r, root))[2] for r in records])
     return {c: int(np.count_nonzero(aami == c)) for c in AAMI_CLASSES}
 
 
@@ -145,14 +153,15 @@ def rr_features(peaks: np.ndarray, fs: float = FS) -> np.ndarray:
 
     - pre_rr[i] = (p[i] - p[i-1]) / fs; first beat: pre_rr[0] := post_rr[0].
     - post_rr[i] = (p[i+1] - p[i]) / fs; last beat: post_rr[n-1] := pre_rr[n-1].
-    - local_rr[i] = mean(pre_rr[max(0, i-9) .. i]): up to 10 most recent pre-RR intervals, current one included.
+    - local_rr[i] = mean(pre_rr[max(0, i-9) .. i]): up to 10 most recent pre-RR intervals, current one
+      included.
 
-    Pure function of the peak array, so a streaming replayer computes the same values online by calling it on the
-    peaks detected so far, ``f = rr_features(peaks[:k])``: rows ``0 .. k-2`` are final (equal to the offline rows);
-    the newest row ``k-1`` is provisional because its post-RR is not known yet (it is set to its pre-RR). Emit beat
-    ``i`` once beat ``i+1`` has been detected (or accept the provisional post-RR). Equivalent O(1) update per new
-    peak: keep the last 10 pre-RR values; ``local_rr`` is their mean. With fewer than 2 peaks no interval exists:
-    rows are NaN. Peaks must be strictly increasing.
+    Pure function of the peak array, so a streaming replayer computes the same values online by calling it on
+    the peaks detected so far, ``f = rr_features(peaks[:k])``: rows ``0 .. k-2`` are final (equal to the
+    offline rows); the newest row ``k-1`` is provisional because its post-RR is not known yet (it is set to
+    its pre-RR). Emit beat ``i`` once beat ``i+1`` has been detected (or accept the provisional post-RR).
+    Equivalent O(1) update per new peak: keep the last 10 pre-RR values; ``local_rr`` is their mean. With
+    fewer than 2 peaks no interval exists: rows are NaN. Peaks must be strictly increasing.
     """
     p = np.asarray(peaks, dtype=np.int64).ravel()
     n = p.size
@@ -177,7 +186,8 @@ def beat_windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Windows float32[m, before+after] with the R-peak at index ``before``, and kept_mask bool[n].
 
-    Beats whose window would cross the record start or end are dropped (``kept_mask`` False); ``m = kept.sum()``.
+    Beats whose window would cross the record start or end are dropped (``kept_mask`` False);
+    ``m = kept_mask.sum()``.
     """
     sig = np.asarray(signal, dtype=np.float32).ravel()
     p = np.asarray(peaks, dtype=np.int64).ravel()
@@ -189,11 +199,13 @@ def beat_windows(
 
 
 def _record_beats(name: str, root: str | Path | None, before: int, after: int) -> dict[str, np.ndarray]:
-    base = _record_path(name, root)
+    base = record_path(name, root)
 
     def build() -> dict[str, np.ndarray]:
         rec = load_record(name, root)
-        rr = rr_features(rec.beat_samples, rec.fs)  # over all beats (Q included): RR is a property of the rhythm
+        rr = rr_features(
+            rec.beat_samples, rec.fs
+        )  # over all beats (Q included): RR is a property of the rhythm
         x, kept = beat_windows(rec.signal, rec.beat_samples, before, after)
         aami = rec.aami[kept]
         keep4 = aami != "Q"
@@ -206,8 +218,8 @@ def _record_beats(name: str, root: str | Path | None, before: int, after: int) -
 
 
 def _class_index(labels: np.ndarray) -> np.ndarray:
-    lut = {c: i for i, c in enumerate(CLASSES)}
-    return np.fromiter((lut[c] for c in labels), dtype=np.int64, count=len(labels))
+    """int64[n] index of each label in CLASSES (labels must all be in CLASSES)."""
+    return np.argmax(np.asarray(labels)[:, None] == np.asarray(CLASSES)[None, :], axis=1).astype(np.int64)
 
 
 def load_beats(
@@ -216,7 +228,8 @@ def load_beats(
     before: int = BEFORE,
     after: int = AFTER,
 ) -> BeatSet:
-    """All N/S/V/F beats of ``records`` (record order, then time order); each record is cached in ``cache_dir()``."""
+    """All N/S/V/F beats of ``records`` (record order, then time order); each record is cached in
+    ``cache_dir()``."""
     parts = []
     for name in map(str, records):
         a = _record_beats(name, root, before, after)
@@ -232,18 +245,17 @@ def split_validation(
 ) -> tuple[BeatSet, BeatSet] | tuple[tuple[str, ...], tuple[str, ...]]:
     """Record-level DS1 validation split: ``(train, val)`` BeatSets, or ``(train, val)`` record-name tuples.
 
-    Validation = the records of ``data`` that are in ``val_records`` (default :data:`VAL_RECORDS`); deterministic.
-    Raises ``ValueError`` if ``data`` contains a DS2 record: thresholds and temperature are never fitted on DS2.
+    Validation = the records of ``data`` that are in ``val_records`` (default :data:`VAL_RECORDS`);
+    deterministic. Raises ``ValueError`` if ``data`` contains a DS2 record: thresholds and temperature are
+    never fitted on DS2.
     """
     val_set = {str(r) for r in val_records}
-    if isinstance(data, BeatSet):
-        names = set(np.unique(data.record).tolist())
-    else:
-        names = [str(r) for r in data]
+    is_beats = isinstance(data, BeatSet)
+    names = np.unique(data.record).tolist() if is_beats else [str(r) for r in data]
     leaked = sorted(set(names) & set(DS2))
     if leaked:
         raise ValueError(f"validation must come from DS1 only; DS2 records given: {leaked}")
-    if isinstance(data, BeatSet):
+    if is_beats:
         is_val = np.isin(data.record, sorted(val_set))
         return data.subset(~is_val), data.subset(is_val)
     return tuple(r for r in names if r not in val_set), tuple(r for r in names if r in val_set)

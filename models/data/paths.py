@@ -4,11 +4,12 @@ Data directory (raw files, never copied into the repository), first match wins:
   1. the ``override`` argument,
   2. the environment variable ``SCI_DATA_DIR``,
   3. ``<repo root>/../shared/data`` (repo root = the folder that holds the ``models`` package).
-It holds one subfolder per dataset: ``mitdb/`` (WFDB files) and ``cwru/`` (``12k_DE/*.mat``, ``normal/*.mat``).
+It holds one subfolder per dataset: ``mitdb/`` (WFDB files) and ``cwru/`` (``12k_DE/*.mat``,
+``normal/*.mat``).
 
-Cache directory (derived ``.npz`` arrays): ``SCI_CACHE_DIR``, default ``~/.cache/sci-monitor``. Every cache file name
-carries a hash of the builder's parameters, a format version and the source files' size and mtime, so a cache
-built from other parameters, other code or other files is never read back.
+Cache directory (derived ``.npz`` arrays): ``SCI_CACHE_DIR``, default ``~/.cache/sci-monitor``. Every cache
+file name carries a hash of the builder's parameters, a format version and the source files' size and mtime,
+so a cache built from other parameters, other code or other files is never read back.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_CACHE_DIR = Path("~/.cache/sci-monitor")
 
-_HINT = "set SCI_DATA_DIR to the folder that holds mitdb/ and cwru/, or run `sci-monitor data fetch mitdb|cwru`"
+_HINT = (
+    "set SCI_DATA_DIR to the folder that holds mitdb/ and cwru/, or run `sci-monitor data fetch mitdb|cwru`"
+)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -37,8 +40,8 @@ class DataNotFoundError(FileNotFoundError):
 def data_dir(override: str | os.PathLike[str] | None = None, must_exist: bool = True) -> Path:
     """The data root: ``override``, else ``$SCI_DATA_DIR``, else ``<repo>/../shared/data``.
 
-    With ``must_exist`` (default) a missing folder raises :class:`DataNotFoundError`; ``must_exist=False`` only
-    resolves the path (used by the fetcher to know where to download to).
+    With ``must_exist`` (default) a missing folder raises :class:`DataNotFoundError`; ``must_exist=False``
+    only resolves the path (used by the fetcher to know where to download to).
     """
     if override is not None:
         path, origin = Path(override), "the given data directory"
@@ -53,12 +56,15 @@ def data_dir(override: str | os.PathLike[str] | None = None, must_exist: bool = 
 
 
 def dataset_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
-    """``<data root>/<name>`` for ``name`` in ``DATASETS``; raises :class:`DataNotFoundError` if absent or empty."""
+    """``<data root>/<name>`` for ``name`` in ``DATASETS``; raises :class:`DataNotFoundError` if absent or
+    empty."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
     path = data_dir(root) / name
     if not path.is_dir() or not any(p.is_file() for p in path.rglob("*")):
-        raise DataNotFoundError(f"dataset {name!r} not found or empty at {path}; {_HINT.replace('mitdb|cwru', name)}")
+        raise DataNotFoundError(
+            f"dataset {name!r} not found or empty at {path}; {_HINT.replace('mitdb|cwru', name)}"
+        )
     return path
 
 
@@ -84,8 +90,8 @@ def cached_arrays(
 ) -> dict[str, np.ndarray]:
     """Load ``<cache>/<namespace>/<key>.npz`` or call ``build()`` and save its arrays there (atomic rename).
 
-    ``params`` must hold everything the result depends on, including a format ``version`` the caller bumps when
-    the builder's code changes.
+    ``params`` must hold everything the result depends on, including a format ``version`` the caller bumps
+    when the builder's code changes.
     """
     folder = cache_dir() / namespace
     path = folder / f"{cache_key(params, sources)}.npz"

@@ -1,0 +1,138 @@
+"""Training recipes: for each dataset, the model, its data splits, training settings and controller defaults.
+
+Splits (every number in the docs says which one it comes from):
+- ``mitdb``: AAMI N/S/V/F beats (Q excluded, reported separately by the data loader), inter-patient: train = DS1
+  minus the validation records, val = DS1 records ``VAL_RECORDS`` (temperature, policy choice), test = DS2.
+- ``cwru``: 4 classes (normal, ball, inner, outer) over all 12 kHz drive-end recordings and loads, each recording
+  cut in time into train / val / test blocks separated by gaps (no test frame overlaps a training sample).
+- ``cwru-loadshift``: same classes, train/val on motor loads 0-2, test on load 3 (normal: only load 0 exists, so it
+  follows the time-block split).
+- ``paper-bearings``: the paper's synthetic generator, 2000 train / 500 test per seed (+500 val, another seed).
+- ``paper-mitdb``: the paper's binary N-vs-rest beats at 125 Hz, random split across beats (patients leak, as in the
+  paper), 12000 train / 2000 test (+1000 val) drawn with the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.architectures import BearingFrameNet, EcgBeatNet, McModel, PaperBearingNet, PaperEcgNet
+from models.training import Arrays, TrainConfig
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Arrays
+    val: Arrays
+    test: Arrays
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # checkpoint name
+    dataset: str
+    modality: str
+    classes: tuple[str, ...]
+    fs: float
+    aux: str | None
+    split: str
+    make_model: Callable[[], McModel]
+    train: TrainConfig
+    load: Callable[[int], Splits]  # seed -> splits
+    temperature: float | None = None  # None: fitted on the validation split
+    controller: dict[str, Any] = field(default_factory=dict)  # t_max, sp_star, candidate policies
+
+
+def _mitdb(seed: int) -> Splits:
+    from models.data import mitdb
+
+    train = mitdb.load_beats(mitdb.TRAIN_RECORDS)
+    val = mitdb.load_beats(mitdb.VAL_RECORDS)
+    test = mitdb.load_beats(mitdb.DS2)
+    return Splits(*(Arrays(b.x, b.rr, b.y) for b in (train, val, test)))
+
+
+def _cwru(seed: int) -> Splits:
+    from models.data import cwru
+
+    parts = [cwru.load_frames(s) for s in ("train", "val", "test")]
+    return Splits(*(Arrays(f.x, None, f.y) for f in parts))
+
+
+def _cwru_loadshift(seed: int) -> Splits:
+    from models.data import cwru
+
+    train, val, test = cwru.load_shift_frames(train_loads=(0, 1, 2), test_load=3)
+    return Splits(*(Arrays(f.x, None, f.y) for f in (train, val, test)))
+
+
+def _paper_bearings(seed: int) -> Splits:
+    from models.data.synthetic import paper_bearings
+
+    x, y = paper_bearings(2500, seed)
+    xv, yv = paper_bearings(500, seed + 100_003)
+    return Splits(Arrays(x[:2000], None, y[:2000]), Arrays(xv, None, yv), Arrays(x[2000:], None, y[2000:]))
+
+
+def _paper_mitdb(seed: int) -> Splits:
+    from models.data.paper_mitdb import load_paper_beats
+
+    b = load_paper_beats(seed=seed, n_train=12000, n_test=3000)
+    return Splits(Arrays(b.x_train, None, b.y_train), Arrays(b.x_test[2000:], None, b.y_test[2000:]),
+                  Arrays(b.x_test[:2000], None, b.y_test[:2000]))
+
+
+_PRODUCTION_CONTROLLER = {"t_max": 25, "sp_star": 0.85, "policies": {
+    "paper": {"eps": 0.005, "sp_floor": 0.8, "t_min": 4},
+    "threshold": {"sp_star": 0.85, "t_min": 2},
+    "bound": {"z": 2.0, "margin": 0.0, "t_min": 3},
+}}
+_PAPER_CONTROLLER = {"t_max": 25, "sp_star": 0.85, "select": "paper", "policies": {
+    "paper": {"eps": 0.005, "sp_floor": 0.8, "t_min": 4},
+    "threshold": {"sp_star": 0.85, "t_min": 2},
+    "bound": {"z": 2.0, "margin": 0.0, "t_min": 3},
+}}
+
+_ECG = {"dataset": "mitdb", "modality": "ecg", "fs": 360.0, "aux": "rr"}
+_CWRU = {"modality": "vibration", "classes": ("normal", "ball", "inner", "outer"), "fs": 12000.0, "aux": None}
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("mitdb", classes=("N", "S", "V", "F"), **_ECG,
+           split="train DS1 minus VAL_RECORDS / val DS1 VAL_RECORDS / test DS2 (inter-patient)",
+           make_model=lambda: EcgBeatNet(4), train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4),
+           load=_mitdb, controller=_PRODUCTION_CONTROLLER),
+    Recipe("cwru", dataset="cwru", **_CWRU, split="per-recording time blocks 60/20/20 with gaps, all loads",
+           make_model=lambda: BearingFrameNet(4), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
+           load=_cwru, controller=_PRODUCTION_CONTROLLER),
+    Recipe("cwru-loadshift", dataset="cwru", **_CWRU, split="train/val loads 0-2 (time blocks), test load 3",
+           make_model=lambda: BearingFrameNet(4), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
+           load=_cwru_loadshift, controller=_PRODUCTION_CONTROLLER),
+    Recipe("paper-bearings", dataset="synthetic-bearings", modality="vibration", classes=("normal", "fault"),
+           fs=200.0, aux=None, split="synthetic: 2000 train / 500 test from the seed, 500 val from seed+100003",
+           make_model=lambda: PaperBearingNet(2), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3,
+                                                                    class_weighted=False),
+           load=_paper_bearings, temperature=1.0, controller=_PAPER_CONTROLLER),
+    Recipe("paper-mitdb", dataset="mitdb-paper-binary", modality="ecg", classes=("normal", "abnormal"), fs=125.0,
+           aux=None, split="random across beats (patients leak, as in the paper): 12000 train / 2000 test / 1000 val",
+           make_model=lambda: PaperEcgNet(2), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
+           load=_paper_mitdb, temperature=0.5, controller=_PAPER_CONTROLLER),
+)}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(RECIPES)}") from None
+
+
+def window_count(splits: Splits) -> dict[str, int]:
+    return {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
+
+
+def as_numpy_labels(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y, dtype=np.int64)

@@ -1,0 +1,3 @@
+from sci_monitor.cli import main
+
+raise SystemExit(main())

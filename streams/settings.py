@@ -1,0 +1,307 @@
+"""Runtime settings for sci-monitor: one frozen dataclass and a layered loader.
+
+Precedence (highest first): ``overrides`` (CLI flags) > environment (``SCI_<FIELD NAME>``) > TOML file >
+defaults.
+
+Environment: every field ``name`` is read from ``SCI_`` + ``name.upper()``, e.g. ``SCI_KAFKA_BOOTSTRAP``,
+``SCI_INFLUX_URL``, ``SCI_BATCH_SIZE``, ``SCI_BATCH_TIMEOUT_S``, ``SCI_ALERT_THRESHOLD``, ``SCI_STATE_DIR``,
+``SCI_KAFKA_PORT``. Unknown ``SCI_*`` variables are ignored (other tools may share the prefix).
+
+TOML file (``tomllib``): flat top-level keys named like the fields, and/or four sections with short keys::
+
+    batch_size = 32       # flat form: a field name at top level (must come before the first section)
+
+    [kafka]               # bootstrap, port, topic_prefix, input_partitions, output_partitions
+    bootstrap = "broker:9092"
+    [influx]              # url, port, rpc_port, version, db, rp, user, password, org, bucket, token,
+    version = "auto"      #   batch_lines, max_attempts, backoff_s, timeout_s  (field influx_<key>)
+    [worker]              # app_id, batch_size, batch_timeout_s, alert_threshold, alert_critical, device,
+    batch_timeout_s = 0.1 #   data_dir
+    [stack]               # state_dir, timeout_s (field stack_timeout_s)
+    state_dir = ".state"  # relative paths in the file are relative to the file's directory
+
+Unknown sections/keys and bad values raise :class:`SettingsError` with a one-line message naming the source.
+
+Derived defaults: an empty ``kafka_bootstrap`` becomes ``127.0.0.1:<kafka_port>``, an empty ``influx_url``
+becomes ``http://127.0.0.1:<influx_port>`` and an empty ``influx_bucket`` becomes ``influx_db``, so setting
+only ``SCI_KAFKA_PORT`` moves both the local stack and its clients.
+
+The ΔSP alert thresholds (0.3 warning, 0.5 critical) are starting points, not calibrated values: tune them on
+replayed data before relying on the alerts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "SCI_"
+SECTIONS = ("kafka", "influx", "worker", "stack")
+TOPIC_ROLES = ("windows", "labels", "escalations", "alerts", "deadletter")
+_TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a bad value; the message names the setting and where it came from."""
+
+
+def _opt(default: Any, section: str, key: str, doc: str, *, secret: bool = False,
+         choices: tuple[str, ...] = (), minimum: float | None = None, kind: str | None = None) -> Any:
+    """Declare one setting: TOML ``[section] key``, env ``SCI_<NAME>``, validation rules."""
+    meta = {"section": section, "key": key, "doc": doc, "secret": secret, "choices": choices,
+            "minimum": minimum, "kind": kind}
+    if isinstance(default, Path):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every runtime knob of sci-monitor; defaults talk to the local stack (``sci-monitor stack up``)."""
+
+    # [kafka]
+    kafka_bootstrap: str = _opt("", "kafka", "bootstrap", "bootstrap servers host:port[,host:port]")
+    kafka_port: int = _opt(19092, "kafka", "port", "local broker listener port", kind="port")
+    topic_prefix: str = _opt("sci", "kafka", "topic_prefix", "topics are <prefix>.windows, .labels, ...")
+    input_partitions: int = _opt(4, "kafka", "input_partitions", "partitions of <prefix>.windows", minimum=1)
+    output_partitions: int = _opt(1, "kafka", "output_partitions", "partitions of each output topic",
+                                  minimum=1)
+    # [influx]
+    influx_url: str = _opt("", "influx", "url", "InfluxDB base URL", kind="url")
+    influx_port: int = _opt(18086, "influx", "port", "local influxd HTTP port", kind="port")
+    influx_rpc_port: int = _opt(18088, "influx", "rpc_port", "local influxd RPC (backup) port", kind="port")
+    influx_version: str = _opt("auto", "influx", "version", "API: auto (from /ping), 1 or 2",
+                               choices=("auto", "1", "2"))
+    influx_db: str = _opt("sci", "influx", "db", "1.x database")
+    influx_rp: str = _opt("autogen", "influx", "rp", "1.x retention policy")
+    influx_user: str = _opt("", "influx", "user", "1.x user (basic auth)")
+    influx_password: str = _opt("", "influx", "password", "1.x password", secret=True)
+    influx_org: str = _opt("", "influx", "org", "2.x organisation")
+    influx_bucket: str = _opt("", "influx", "bucket", "2.x bucket (default: influx_db)")
+    influx_token: str = _opt("", "influx", "token", "2.x API token", secret=True)
+    influx_batch_lines: int = _opt(5000, "influx", "batch_lines", "lines per HTTP write", minimum=1)
+    influx_max_attempts: int = _opt(5, "influx", "max_attempts", "tries per batch (1 = no retry)", minimum=1)
+    influx_backoff_s: float = _opt(0.2, "influx", "backoff_s", "first retry delay, doubles per try (s)",
+                                   minimum=0)
+    influx_timeout_s: float = _opt(10.0, "influx", "timeout_s", "HTTP timeout per request (s)", minimum=0.001)
+    # [worker]
+    app_id: str = _opt("sci-monitor", "worker", "app_id", "Faust app id (= consumer group)")
+    batch_size: int = _opt(64, "worker", "batch_size", "windows per classifier batch", minimum=1)
+    batch_timeout_s: float = _opt(0.05, "worker", "batch_timeout_s", "max wait to fill a batch (s)",
+                                  minimum=0)
+    alert_threshold: float = _opt(0.3, "worker", "alert_threshold", "ΔSP warning level (starting point)",
+                                  minimum=0)
+    alert_critical: float = _opt(0.5, "worker", "alert_critical", "ΔSP critical level (starting point)",
+                                 minimum=0)
+    device: str = _opt("auto", "worker", "device", "torch device", choices=("auto", "cpu", "cuda"))
+    data_dir: Path | None = _opt(None, "worker", "data_dir",  # noqa: RUF009 (_opt returns a field)
+                                 "recordings (None: models.data.paths default)", kind="optional_path")
+    # [stack]
+    state_dir: Path = _opt(REPO_ROOT / ".state", "stack", "state_dir",  # noqa: RUF009 (_opt returns a field)
+                           "pid/log/data files of the local stack")
+    stack_timeout_s: float = _opt(30.0, "stack", "timeout_s", "max wait for the local stack to start (s)",
+                                  minimum=0.1)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f, getattr(self, f.name), f"Settings({f.name}=...)"))
+        if not self.kafka_bootstrap:
+            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+        if not self.influx_url:
+            object.__setattr__(self, "influx_url", f"http://127.0.0.1:{self.influx_port}")
+        if not self.influx_bucket:
+            object.__setattr__(self, "influx_bucket", self.influx_db)
+        object.__setattr__(self, "influx_url", self.influx_url.rstrip("/"))
+        if self.alert_threshold > self.alert_critical:
+            raise SettingsError(f"alert_threshold ({self.alert_threshold}) must not exceed alert_critical "
+                                f"({self.alert_critical})")
+        if self.influx_port == self.influx_rpc_port:
+            raise SettingsError(f"influx_port and influx_rpc_port must differ (both {self.influx_port})")
+
+    # topics -----------------------------------------------------------------------------------------------
+    @property
+    def topic_windows(self) -> str:
+        return f"{self.topic_prefix}.windows"
+
+    @property
+    def topic_labels(self) -> str:
+        return f"{self.topic_prefix}.labels"
+
+    @property
+    def topic_escalations(self) -> str:
+        return f"{self.topic_prefix}.escalations"
+
+    @property
+    def topic_alerts(self) -> str:
+        return f"{self.topic_prefix}.alerts"
+
+    @property
+    def topic_deadletter(self) -> str:
+        return f"{self.topic_prefix}.deadletter"
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Role -> topic name, e.g. ``{"windows": "sci.windows", ...}``."""
+        return {role: f"{self.topic_prefix}.{role}" for role in TOPIC_ROLES}
+
+    @property
+    def topic_partitions(self) -> dict[str, int]:
+        """Topic name -> partitions: ``input_partitions`` for the input topic, ``output_partitions`` else."""
+        return {name: self.input_partitions if role == "windows" else self.output_partitions
+                for role, name in self.topics.items()}
+
+    def masked(self) -> dict[str, Any]:
+        """Field name -> value for display; secrets (and URL passwords) set are shown as '***'."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                value = "***" if value else ""
+            elif f.metadata["kind"] == "url":
+                value = _mask_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None = None) -> Any:
+    """Convert ``value`` (str from env/flags, or a TOML/Python value) to the field's type and validate it."""
+    meta = f.metadata
+    kind = meta["kind"]
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"{source}: bad value {value!r} for {f.name} ({expected})")
+
+    if kind == "optional_path" or typ == "Path":
+        if value is None or (kind == "optional_path" and value == ""):
+            if kind == "optional_path":
+                return None
+            raise bad("expected a path")
+        if not isinstance(value, str | os.PathLike):
+            raise bad("expected a path")
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        return path.resolve()
+    if typ == "int":
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad("expected an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("expected an integer")
+        if kind == "port" and not 1 <= value <= 65535:
+            raise bad("expected a TCP port 1..65535")
+    elif typ == "float":
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("expected a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("expected a number")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad("expected a finite number")
+    else:  # str
+        if meta["choices"] and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise bad("expected a string")
+        value = value.strip()
+        if meta["choices"] and value not in meta["choices"]:
+            raise bad("expected one of " + ", ".join(meta["choices"]))
+        if kind == "url" and value and urlsplit(value).scheme not in ("http", "https"):
+            raise bad("expected an http:// or https:// URL")
+        if f.name == "topic_prefix" and not _TOPIC_PREFIX_RE.match(value):
+            raise bad("expected letters, digits, '.', '_' or '-'")
+        if f.name == "kafka_bootstrap" and value and not all(
+                re.fullmatch(r"[^\s:,]+:\d{1,5}", server.strip()) for server in value.split(",")):
+            raise bad("expected host:port[,host:port]")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise bad(f"must be >= {meta['minimum']}")
+    return value
+
+
+def _read_toml(path: Path) -> dict[str, tuple[Any, str]]:
+    """TOML file -> {field name: (value, source)}; relative paths resolved against the file's directory."""
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+    fields = _fields()
+    by_section = {(f.metadata["section"], f.metadata["key"]): name for name, f in fields.items()}
+    found: dict[str, tuple[Any, str]] = {}
+
+    def put(name: str, value: Any, source: str) -> None:
+        if name in found:
+            raise SettingsError(f"{source}: {name} is already set by {found[name][1]}")
+        found[name] = (value, source)
+
+    for top_key, top_value in doc.items():
+        if top_key in SECTIONS and isinstance(top_value, dict):
+            for key, value in top_value.items():
+                name = by_section.get((top_key, key))
+                if name is None:
+                    known = ", ".join(k for s, k in by_section if s == top_key)
+                    raise SettingsError(f"{path}: unknown setting [{top_key}] {key} (known: {known})")
+                put(name, value, f"{path} [{top_key}] {key}")
+        elif top_key in fields:
+            put(top_key, top_value, f"{path} {top_key}")
+        else:
+            raise SettingsError(f"{path}: unknown setting {top_key!r} (sections: {', '.join(SECTIONS)}; "
+                                "or flat field names)")
+    return found
+
+
+def load_settings(toml_path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                  env: Mapping[str, str] = os.environ) -> Settings:
+    """Build :class:`Settings` from defaults < TOML file < ``SCI_*`` env < ``overrides`` (None skipped).
+
+    ``overrides`` keys are field names (``{"batch_size": 32}``); values may be strings (as from CLI flags) or
+    typed values. Raises :class:`SettingsError` on unknown keys or bad values.
+    """
+    fields = _fields()
+    values: dict[str, Any] = {}
+    base_dir: Path | None = None
+    if toml_path is not None:
+        toml_path = Path(toml_path)
+        base_dir = toml_path.resolve().parent
+        for name, (value, source) in _read_toml(toml_path).items():
+            values[name] = _coerce(fields[name], value, source, base_dir)
+    for name, f in fields.items():
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            values[name] = _coerce(f, env[var], f"environment {var}")
+    for name, value in (overrides or {}).items():
+        if name not in fields:
+            raise SettingsError(f"unknown setting {name!r} (known: {', '.join(fields)})")
+        if value is not None:
+            values[name] = _coerce(fields[name], value, f"option {name}")
+    return Settings(**values)
