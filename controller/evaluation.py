@@ -128,9 +128,9 @@ def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu",
     sel = f"sci_{card.controller['policy']}"
     keep = ("error", "macro_f1", "auroc_delta_sp", "auroc_1_minus_sp", "mean_passes", "passes_correct",
             "passes_wrong", "abstain_rate", "accuracy_non_abstained", "aurc", "ece")
-    card.metrics = {"split": "test", "method": sel, **{
-        m: {k: summarize(o, test.y, tuple(card.classes), n_boot=n_boot)[k] for k in keep}
-        for m, o in outcomes.items() if m in (sel, "deterministic", "fixed_t")}}
+    reports = {m: summarize(o, test.y, tuple(card.classes), n_boot=n_boot)
+               for m, o in outcomes.items() if m in (sel, "deterministic", "fixed_t")}
+    card.metrics = {"split": "test", "method": sel, **{m: {k: r[k] for k in keep} for m, r in reports.items()}}
     path = save_checkpoint(model, card, checkpoint_dir)
     log(f"[{name}] saved {path}")
     return card

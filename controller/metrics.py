@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 __all__ = [
     "aurc",
     "auroc",
+    "bootstrap_auroc_ci",
     "bootstrap_ci",
     "classification_summary",
     "ece",
@@ -247,3 +248,42 @@ def passes_summary(passes, correct) -> dict:
         "passes_wrong": p_wrong,
         "ratio_wrong_correct": p_wrong / p_correct if defined else float("nan"),
     }
+
+
+def bootstrap_auroc_ci(score, is_error, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                       chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`auroc`, vectorized over replicates.
+
+    Same resamples as ``bootstrap_ci(auroc, score, is_error, n_boot=n_boot, seed=seed)`` (identical index
+    draws), but each replicate is a weighted Mann-Whitney statistic over tie groups of the sorted scores instead of a
+    call to scikit-learn: O(n_boot · N) array work, seconds instead of minutes at N ≈ 50k.
+    """
+    s = _vector("score", score, np.float64)
+    err = _vector("is_error", is_error).astype(bool)
+    _same_length(score=s, is_error=err)
+    n = s.size
+    order = np.argsort(s, kind="stable")
+    s_sorted, err_sorted = s[order], err[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # tie groups
+    rank_of = np.empty(n, np.int64)
+    rank_of[order] = np.arange(n)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    values = []
+    for c in range(0, n_boot, chunk):
+        block = idx[c : c + chunk]
+        m = block.shape[0]
+        flat = (np.arange(m)[:, None] * n + rank_of[block]).ravel()
+        counts = np.bincount(flat, minlength=m * n).reshape(m, n).astype(np.float64)
+        pos = np.add.reduceat(counts * err_sorted, starts, axis=1)  # [m, G] error weight per tie group
+        neg = np.add.reduceat(counts * ~err_sorted, starts, axis=1)
+        below = np.cumsum(neg, axis=1) - neg
+        num = (pos * (below + 0.5 * neg)).sum(1)
+        den = pos.sum(1) * neg.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values.append(np.where(den > 0, num / den, np.nan))
+    v = np.concatenate(values)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

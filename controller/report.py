@@ -31,8 +31,8 @@ def summarize(o: Outcome, y: np.ndarray, classes: tuple[str, ...], n_boot: int =
     cov, risk = metrics.risk_coverage(o.confidence, correct)
     auroc = metrics.auroc(o.score, err)
     auroc_sp = metrics.auroc(1 - o.sp, err)
-    ci = metrics.bootstrap_ci(metrics.auroc, o.score, err, n_boot=n_boot, seed=seed)
-    ci_sp = metrics.bootstrap_ci(metrics.auroc, 1 - o.sp, err, n_boot=n_boot, seed=seed)
+    ci = metrics.bootstrap_auroc_ci(o.score, err, n_boot=n_boot, seed=seed)
+    ci_sp = metrics.bootstrap_auroc_ci(1 - o.sp, err, n_boot=n_boot, seed=seed)
     return {
         "n": int(len(y)),
         "error": _r(cls["error"]),

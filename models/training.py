@@ -102,4 +102,4 @@ def fit_temperature(logits: Tensor, y: Tensor, max_iter: int = 200) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, markup=False)
 out = Console(highlight=False)
 
 
@@ -98,6 +98,71 @@ def cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- online commands
+SETTING_FLAGS = {  # CLI flag -> Settings field
+    "bootstrap": "kafka_bootstrap", "influx_url": "influx_url", "influx_version": "influx_version",
+    "influx_db": "influx_db", "influx_org": "influx_org", "influx_bucket": "influx_bucket",
+    "batch_size": "batch_size", "batch_timeout": "batch_timeout_s", "device": "device", "state_dir": "state_dir",
+    "app_id": "app_id",
+}
+
+
+def _settings(a: argparse.Namespace):
+    from streams.settings import load_settings
+
+    overrides = {field: getattr(a, flag) for flag, field in SETTING_FLAGS.items() if getattr(a, flag, None) is not None}
+    return load_settings(a.config, overrides)
+
+
+def cmd_stack(a: argparse.Namespace) -> int:
+    from streams.stack import LocalStack
+
+    stack = LocalStack(_settings(a))
+    if a.action == "up":
+        out.print(str(stack.up()))
+    elif a.action == "down":
+        stack.down()
+        out.print("local stack stopped")
+    else:
+        status = stack.status()
+        out.print(str(status))
+        return 0 if status.healthy else 1
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    run_worker(_settings(a), loglevel=a.loglevel)
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from streams.replay import replay_command
+
+    summary = replay_command(_settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
+                             max_windows=a.max_windows, progress=not a.no_progress)
+    out.print(summary)
+    return 0
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    s = _settings(a)
+    t = Table(title="effective settings (flags > SCI_* env > TOML > defaults)")
+    t.add_column("setting")
+    t.add_column("value")
+    for k, v in s.masked().items():
+        t.add_row(k, str(v))
+    out.print(t)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(_settings(a), duration_s=a.duration, speed=a.speed, console=out)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from models.recipes import RECIPES
@@ -129,6 +194,48 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", help="write the rows to this JSON file")
     r.add_argument("--seeds", type=int, nargs="+", help="seeds (default 42 100 2024)")
     r.add_argument("--device", default="auto")
+
+    def online(sp: argparse.ArgumentParser, kafka: bool = True, influx: bool = True, worker: bool = False) -> None:
+        sp.add_argument("--config", help="TOML settings file (see `sci-monitor config show`)")
+        sp.add_argument("--state-dir", help="local stack state directory (default .state)")
+        if kafka:
+            sp.add_argument("--bootstrap", help="Kafka bootstrap servers host:port[,host:port]")
+        if influx:
+            sp.add_argument("--influx-url")
+            sp.add_argument("--influx-version", choices=["auto", "1", "2"])
+            sp.add_argument("--influx-db", help="1.x database")
+            sp.add_argument("--influx-org", help="2.x organisation (token from SCI_INFLUX_TOKEN)")
+            sp.add_argument("--influx-bucket", help="2.x bucket")
+        if worker:
+            sp.add_argument("--batch-size", type=int)
+            sp.add_argument("--batch-timeout", type=float, help="seconds to wait to fill a batch")
+            sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+            sp.add_argument("--app-id", help="Faust app id = consumer group")
+
+    st = add("stack", cmd_stack, "start, stop or check the local broker and InfluxDB")
+    st.add_argument("action", choices=["up", "down", "status"])
+    online(st, kafka=False, influx=False)
+
+    w = add("worker", cmd_worker, "run a streaming worker (Faust) until interrupted")
+    online(w, worker=True)
+    w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+
+    rp = add("replay", cmd_replay, "publish real recordings as live sensor streams")
+    online(rp, influx=False)
+    rp.add_argument("--dataset", choices=["mitdb", "cwru"], required=True)
+    rp.add_argument("--records", nargs="+", help="MIT-BIH record names or CWRU file ids (default: a few test ones)")
+    rp.add_argument("--speed", type=float, default=1.0, help="× real time; 0 = as fast as possible")
+    rp.add_argument("--max-windows", type=int, help="stop after this many windows")
+    rp.add_argument("--no-progress", action="store_true")
+
+    c = add("config", cmd_config, "print the effective settings (secrets masked)")
+    c.add_argument("action", choices=["show"])
+    online(c, worker=True)
+
+    dm = add("demo", cmd_demo, "start the local stack and a worker, replay ECG and vibration streams, summarise")
+    online(dm, kafka=False, influx=False)
+    dm.add_argument("--duration", type=float, default=60.0, help="seconds of replay (default 60)")
+    dm.add_argument("--speed", type=float, default=10.0, help="× real time (default 10)")
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])

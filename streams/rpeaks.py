@@ -2,8 +2,8 @@
 
 Pipeline per chunk, all causal with carried state so that chunking does not change any sample:
 
-1. band-pass 5–15 Hz (Butterworth, ``sosfilt`` with carried ``zi``, initialised to the steady state of the first
-   sample so the baseline offset causes no start-up transient);
+1. band-pass 5–15 Hz (Butterworth, ``sosfilt`` with carried ``zi``, initialised to the steady state of the
+   first sample so the baseline offset causes no start-up transient);
 2. five-point derivative ``(2x[n] + x[n-1] - x[n-3] - 2x[n-4]) · fs/8`` and squaring;
 3. moving-window integration over 150 ms (MWI);
 4. candidates = local maxima of the MWI (``find_peaks``) that are the maximum of the MWI within ±200 ms
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
-from scipy.signal import butter, find_peaks, group_delay, lfilter, sos2tf, sosfilt, sosfilt_zi
+from scipy.signal import butter, find_peaks, group_delay, sos2tf, sosfilt, sosfilt_zi
 
 __all__ = ["StreamingRPeakDetector", "detect_rpeaks"]
 
@@ -57,6 +57,7 @@ class StreamingRPeakDetector:
     REFINE_S = 0.050
     T_WAVE_RR_S = 0.360
     SEARCHBACK_FACTOR = 1.66
+    MAX_NOISE = 64  # candidates kept for search-back
 
     def __init__(self, fs: float, band_hz: tuple[float, float] = (5.0, 15.0), history_s: float = 2.0):
         if fs <= 0:
@@ -70,14 +71,12 @@ class StreamingRPeakDetector:
         self._half = max(1, round(self.REFINE_S * self.fs))
         b, a = sos2tf(self._sos)
         centre = float(np.sqrt(band_hz[0] * band_hz[1]))
-        self._bp_delay = int(round(float(group_delay((b, a), w=[centre], fs=self.fs)[1][0])))
+        self._bp_delay = round(float(group_delay((b, a), w=[centre], fs=self.fs)[1][0]))
         self._delay = self._bp_delay + 2 + (self._w - 1) // 2  # MWI peak -> QRS centre, samples
         self._learn = max(1, round(self.LEARN_S * self.fs))
         self._hist = max(round(history_s * self.fs), self._delay + 4 * self._half + self._w + 2 * self._refr)
 
         self._zi_bp: np.ndarray | None = None
-        self._zi_d = np.zeros(len(self._deriv) - 1)
-        self._zi_m = np.zeros(self._w - 1)
         # buffers of raw, band-passed, derivative and MWI signals from absolute index self._off
         self._off = 0
         self._raw = np.zeros(0)
@@ -100,7 +99,7 @@ class StreamingRPeakDetector:
         self._noise: list[_Candidate] = []  # candidates since the last QRS that were not beats
         self.peaks_found = 0
 
-    # ---------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------
     # public API
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
@@ -113,27 +112,38 @@ class StreamingRPeakDetector:
         return self._advance(final=False)
 
     def flush(self) -> np.ndarray:
-        """End of stream: decide the remaining tail; returns int64[m] of the last peaks. No push() after this."""
+        """End of stream: decide the tail; returns int64[m] of the last peaks. No push() after this."""
         if self._flushed:
             return np.zeros(0, np.int64)
         out = self._advance(final=True)
         self._flushed = True
         return out
 
-    # ---------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------
     # signal processing (vectorized per chunk)
 
     def _filter(self, x: np.ndarray) -> None:
         if self._zi_bp is None:
             self._zi_bp = sosfilt_zi(self._sos) * x[0]
         bp, self._zi_bp = sosfilt(self._sos, x, zi=self._zi_bp)
-        d, self._zi_d = lfilter(self._deriv, [1.0], bp, zi=self._zi_d)
-        mwi, self._zi_m = lfilter(self._mwi_b, [1.0], d * d, zi=self._zi_m)
+        # FIR stages as 'valid' convolutions over the buffered history (zeros before the first sample)
+        d = np.convolve(
+            np.concatenate((self._tail(self._bp, self._deriv.size - 1), bp)), self._deriv, "valid"
+        )
+        d_hist = self._tail(self._d, self._w - 1)
+        mwi = np.convolve(np.concatenate((d_hist * d_hist, d * d)), self._mwi_b, "valid")
         self._raw = np.concatenate((self._raw, x))
         self._bp = np.concatenate((self._bp, bp))
         self._d = np.concatenate((self._d, d))
         self._mwi = np.concatenate((self._mwi, mwi))
         self._n += x.size
+
+    @staticmethod
+    def _tail(buf: np.ndarray, k: int) -> np.ndarray:
+        """Last ``k`` samples of ``buf``, zero-padded in front when shorter."""
+        if buf.size >= k:
+            return buf[buf.size - k :]
+        return np.concatenate((np.zeros(k - buf.size), buf))
 
     def _advance(self, final: bool) -> np.ndarray:
         end = self._n if final else self._n - self._refr  # candidates at p < end can be decided now
@@ -198,7 +208,7 @@ class StreamingRPeakDetector:
             self._mwi = self._mwi[cut:]
             self._off = keep_from
 
-    # ---------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------
     # adaptive thresholds (sequential over candidates)
 
     def _init_thresholds(self) -> None:
@@ -249,6 +259,8 @@ class StreamingRPeakDetector:
             lo = ref + self._refr if self._last is not None else -1
             pool = [c for c in self._noise if c.p > lo and c.p < p and c.amp > 0.5 * self._thr1]
             if not pool:
+                if p - ref > 2.0 * self._rr_limit():  # long without beats: let the signal level decay
+                    self._spki = self._npki + 0.5 * (self._spki - self._npki)
                 return
             best = max(pool, key=lambda c: c.amp)
             self._noise = [c for c in self._noise if c.p > best.p]
@@ -259,15 +271,15 @@ class StreamingRPeakDetector:
         last = self._last
         if c.amp > self._thr1 and (last is None or c.r - last.r > self._refr):
             is_t = (
-                last is not None
-                and c.r - last.r < self.T_WAVE_RR_S * self.fs
-                and c.slope < 0.5 * last.slope
+                last is not None and c.r - last.r < self.T_WAVE_RR_S * self.fs and c.slope < 0.5 * last.slope
             )
             if not is_t:
                 self._accept(c, out, weight=0.125)
                 return
         self._npki = 0.125 * c.amp + 0.875 * self._npki
         self._noise.append(c)
+        if len(self._noise) > self.MAX_NOISE:
+            del self._noise[0]
 
 
 def detect_rpeaks(signal: np.ndarray, fs: float, chunk: int | None = None) -> np.ndarray:

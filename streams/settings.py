@@ -185,8 +185,10 @@ def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(Settings)}
 
 
-def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None = None) -> Any:
-    """Convert ``value`` (str from env/flags, or a TOML/Python value) to the field's type and validate it."""
+def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None = None,
+            from_text: bool = False) -> Any:
+    """Convert ``value`` to the field's type and validate it; strings are parsed as numbers only when
+    ``from_text`` (env vars, CLI flags): TOML and Python values must already have the right type."""
     meta = f.metadata
     kind = meta["kind"]
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
@@ -206,7 +208,7 @@ def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None
             path = (base_dir or Path.cwd()) / path
         return path.resolve()
     if typ == "int":
-        if isinstance(value, str):
+        if from_text and isinstance(value, str):
             try:
                 value = int(value.strip())
             except ValueError:
@@ -216,7 +218,7 @@ def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None
         if kind == "port" and not 1 <= value <= 65535:
             raise bad("expected a TCP port 1..65535")
     elif typ == "float":
-        if isinstance(value, str):
+        if from_text and isinstance(value, str):
             try:
                 value = float(value.strip())
             except ValueError:
@@ -298,10 +300,10 @@ def load_settings(toml_path: str | os.PathLike | None = None, overrides: Mapping
     for name, f in fields.items():
         var = ENV_PREFIX + name.upper()
         if var in env:
-            values[name] = _coerce(f, env[var], f"environment {var}")
+            values[name] = _coerce(f, env[var], f"environment {var}", from_text=True)
     for name, value in (overrides or {}).items():
         if name not in fields:
             raise SettingsError(f"unknown setting {name!r} (known: {', '.join(fields)})")
         if value is not None:
-            values[name] = _coerce(fields[name], value, f"option {name}")
+            values[name] = _coerce(fields[name], value, f"option {name}", from_text=True)
     return Settings(**values)

@@ -198,10 +198,11 @@ class LocalStack:
                         f"{svc.name}: {HOST}:{port} is already in use by a process not started from "
                         f"{self.state_dir}; stop it or choose other ports (SCI_KAFKA_PORT, SCI_INFLUX_PORT, "
                         "SCI_INFLUX_RPC_PORT)")
+        commands = [(svc, svc.command()) for svc in to_start]  # binaries resolved before anything starts
         started = []
         try:
-            for svc in to_start:
-                started.append(self._start(svc))
+            for svc, cmd in commands:
+                started.append(self._start(svc, cmd))
             for svc in to_start:
                 self._wait_healthy(svc, deadline)
             self._create_topics(deadline)
@@ -261,9 +262,8 @@ class LocalStack:
         svc.pid_path.unlink(missing_ok=True)
         return False
 
-    def _start(self, svc: _Service) -> _Service:
+    def _start(self, svc: _Service, cmd: list[str]) -> _Service:
         svc.dir.mkdir(parents=True, exist_ok=True)
-        cmd = svc.command()
         # our own settings must not be overridden by the caller's environment (influxd reads INFLUXDB_*,
         # tansu reads LISTENER_URL, STORAGE_ENGINE, ...)
         env = {k: v for k, v in os.environ.items()
@@ -390,6 +390,7 @@ class LocalStack:
         if binary is None:
             raise StackError("influxdb: influxd not found on PATH; run `make setup` "
                              "(it apt-installs the Debian package influxdb)")
+        self.influx.dir.mkdir(parents=True, exist_ok=True)
         self._write_influx_conf(binary)
         return [binary, "run", "-config", str(self.influx_conf)]
 

@@ -235,3 +235,14 @@ def test_plots_reject_non_png_and_mismatched_lengths(tmp_path):
         plots.plot_delta_sp([0.1, 0.2], [True, False], tmp_path / "x.svg", title="x")
     with pytest.raises(ValueError, match="same length"):
         plots.plot_passes_hist([1, 2, 3], [True, False], tmp_path / "x.png", title="x")
+
+
+def test_vectorized_bootstrap_auroc_matches_generic_bootstrap():
+    from controller.metrics import auroc, bootstrap_auroc_ci, bootstrap_ci
+
+    rng = np.random.default_rng(3)
+    err = rng.random(400) < 0.1
+    score = np.round(rng.random(400) + 0.4 * err, 2)  # rounded: many ties
+    fast = bootstrap_auroc_ci(score, err, n_boot=300, seed=11)
+    slow = bootstrap_ci(auroc, score, err, n_boot=300, seed=11)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import os
 import tempfile
@@ -26,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-import wfdb
 
-from models.data.mitdb import ALL_RECORDS
+from models.data.mitdb import ALL_RECORDS, wfdb  # wfdb imported without its pandas warnings
 from models.data.paths import data_dir
 
 MITDB_DB = "mitdb"
@@ -65,6 +65,10 @@ _HINT = "check the internet connection, or set SCI_DATA_DIR to a folder that alr
 
 class FetchError(RuntimeError):
     """A download failed; the message names the file, the source and what to do."""
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,8 @@ def _download_mitdb(folder: Path, records: list[str], progress: bool) -> None:
             wfdb.dl_database(MITDB_DB, str(folder), records=records, annotators=["atr"])
     except Exception as exc:  # requests / urllib / OS errors from wfdb
         raise FetchError(
-            f"could not download MIT-BIH records {records} from PhysioNet ({MITDB_DB}): {exc}; {_HINT}"
+            f"could not download MIT-BIH records {records} from PhysioNet ({MITDB_DB}): {_one_line(exc)}; "
+            f"{_HINT}"
         ) from exc
 
 
@@ -198,8 +203,8 @@ def _http_get(url: str, what: str) -> bytes:
     try:
         with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
             return resp.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = _one_line(getattr(exc, "reason", exc))
         raise FetchError(f"could not download {what} from {url}: {reason}; {_HINT}") from exc
 
 

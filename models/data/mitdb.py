@@ -16,15 +16,21 @@ Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import wfdb
 from numpy.lib.stride_tricks import sliding_window_view
 
 from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
+
+# wfdb 4.3 calls DataFrame.set_index(inplace=True), deprecated in pandas: silence it at import and read time
+_WFDB_NOISE = {"message": ".*inplace keyword.*", "module": "wfdb"}
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", **_WFDB_NOISE)
+    import wfdb
 
 FS = 360
 BEFORE = 96
@@ -119,7 +125,9 @@ def record_path(name: str | int, root: str | Path | None = None) -> Path:
 
 
 def _beat_annotations(base: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ann = wfdb.rdann(str(base), "atr")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", **_WFDB_NOISE)
+        ann = wfdb.rdann(str(base), "atr")
     symbols = np.asarray(ann.symbol, dtype="<U2")
     is_beat = np.isin(symbols, list(SYMBOL_TO_AAMI))
     symbols = symbols[is_beat].astype("<U1")

@@ -1,0 +1,348 @@
+"""InfluxDB sink for per-window results: measurement ``sci_window``, line protocol, bounded retries.
+
+Schema: tags ``stream, modality, model, decision (stopped|abstained), predicted``; fields ``sp`` (float),
+``delta_sp`` (float), ``passes`` (int), ``max_prob`` (float), ``latency_ms`` (float), ``seq`` (int), ``truth``
+(string) and ``correct`` (bool) only when the truth is known; time = window start in ns, so a replayed window
+(same tags + time) overwrites its earlier point instead of adding one.
+
+Both API versions send the same line protocol: :func:`window_point` builds an ``influxdb_client.Point``;
+:func:`window_points` builds the identical lines for a whole batch with numpy string ufuncs (the hot path,
+several times faster than Points; ``tests/test_influx_sink.py`` checks the equivalence). :class:`InfluxV1Sink`
+posts to ``/write`` (1.x, and 2.x/3.x through their v1 compatibility API); :class:`InfluxV2Sink` uses
+``influxdb_client``'s synchronous write API (org/bucket/token). :func:`make_sink` picks one from the settings
+or from the ``X-Influxdb-Version`` header of ``GET /ping``.
+
+Writes are chunked (``influx_batch_lines``) and retried with exponential backoff on connection errors, 429 and
+5xx, up to ``influx_max_attempts`` tries; 4xx is raised at once with the server's message. A batch that still
+fails raises :class:`SinkError` so the caller can leave its Kafka offsets uncommitted. The sinks block (HTTP);
+call them from a thread executor inside an asyncio/Faust agent.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import requests
+from influxdb_client import Point, WritePrecision
+
+from streams.settings import Settings
+
+MEASUREMENT = "sci_window"
+TAGS = ("decision", "modality", "model", "predicted", "stream")  # sorted, as Point writes them
+FLOAT_FIELDS = ("delta_sp", "latency_ms", "max_prob", "sp")
+INT_FIELDS = ("passes", "seq")
+REQUIRED_COLUMNS = (*TAGS, *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
+_MAX_BACKOFF_S = 10.0
+_SD = np.dtypes.StringDType()
+_TAG_ESCAPES = ((",", r"\,"), ("=", r"\="), (" ", r"\ "), ("\n", r"\n"), ("\t", r"\t"), ("\r", r"\r"))
+
+
+class SinkError(RuntimeError):
+    """A batch could not be written (after retries) or a query failed; the message has the server's text."""
+
+
+class _Retryable(Exception):
+    """A transient failure (connection error, 429, 5xx): worth another try."""
+
+
+# ------------------------------------------------------------------------------------------------ points
+def window_point(stream: str, modality: str, model: str, decision: str, predicted: str, sp: float,
+                 delta_sp: float, passes: int, max_prob: float, latency_ms: float, seq: int, t0_ns: int,
+                 truth: str | None = None) -> Point:
+    """One ``sci_window`` point; ``t0_ns`` = window start (ns since epoch). NaN floats are left out."""
+    p = Point(MEASUREMENT)
+    for key, value in zip(TAGS, (decision, modality, model, predicted, stream), strict=True):
+        p.tag(key, value)
+    p.field("sp", float(sp)).field("delta_sp", float(delta_sp)).field("passes", int(passes))
+    p.field("max_prob", float(max_prob)).field("latency_ms", float(latency_ms)).field("seq", int(seq))
+    if truth is not None and truth != "":
+        p.field("truth", str(truth)).field("correct", str(truth) == str(predicted))
+    return p.time(int(t0_ns), WritePrecision.NS)
+
+
+def window_points(rows: Mapping[str, Any]) -> list[str]:
+    """Line protocol for a batch, byte-identical to ``window_point(...).to_line_protocol()`` per row.
+
+    ``rows``: parallel 1-D arrays/lists of length n with the keys of :func:`window_point` (``stream``,
+    ``modality``, ``model``, ``decision``, ``predicted``: str; ``sp``, ``delta_sp``, ``max_prob``,
+    ``latency_ms``: float; ``passes``, ``seq``, ``t0_ns``: int) and optionally ``truth`` (str, ``None`` or
+    ``""`` where unknown). Scalars broadcast (e.g. one ``model`` for the whole batch). Built column-wise with
+    numpy StringDType ufuncs; every row has ``passes`` and ``seq``, so fields before them carry a trailing
+    comma and fields after them a leading one.
+    """
+    missing = [k for k in REQUIRED_COLUMNS if k not in rows]
+    if missing:
+        raise ValueError(f"window_points: missing columns {missing}")
+    cols = {k: np.asarray(v) for k, v in rows.items()}
+    n = max((c.shape[0] for c in cols.values() if c.ndim == 1), default=1)
+    bad = {k: c.shape for k, c in cols.items() if c.ndim > 1 or (c.ndim == 1 and c.shape[0] != n)}
+    if bad:
+        raise ValueError(f"window_points: columns must be scalars or 1-D of length {n}, got shapes {bad}")
+    if n == 0:
+        return []
+
+    pieces: list[str | np.ndarray] = [MEASUREMENT, *(_tag_piece(key, cols[key]) for key in TAGS), " "]
+    truth = cols.get("truth")
+    if truth is not None:
+        if truth.dtype == object:  # None marks unknown
+            truth = np.where(np.not_equal(truth, None), truth, "")
+        truth = np.broadcast_to(truth.astype(_SD), (n,))
+        known = truth != ""
+        if known.any():
+            correct = np.where(truth == cols["predicted"].astype(_SD), "correct=true,", "correct=false,")
+            pieces.append(np.where(known, correct, ""))
+        else:
+            truth = None
+    pieces += [_float_piece(k, cols[k], trailing=True) for k in ("delta_sp", "latency_ms", "max_prob")]
+    pieces += ["passes=", _int_text(cols["passes"]), "i,seq=", _int_text(cols["seq"]), "i"]
+    pieces.append(_float_piece("sp", cols["sp"], trailing=False))
+    if truth is not None:
+        escaped = np.strings.replace(np.strings.replace(truth, "\\", "\\\\"), '"', '\\"')
+        pieces.append(np.where(known, ',truth="' + escaped + '"', ""))
+    pieces += [" ", _int_text(cols["t0_ns"])]
+
+    line: str | np.ndarray = ""
+    for piece in pieces:
+        line = line + piece
+    return np.broadcast_to(np.asarray(line, dtype=_SD), (n,)).tolist()
+
+
+_ESCAPE_TAG = str.maketrans(dict(_TAG_ESCAPES))
+
+
+def _tag_piece(key: str, values: np.ndarray) -> str | np.ndarray:
+    """``,key=value`` with Point's tag escaping (``, = space \\n \\t \\r``; a trailing backslash gets a
+    space); rows with an empty value get no tag, as with Point."""
+    if values.ndim == 0:
+        text = str(values).translate(_ESCAPE_TAG)
+        text += " " if text.endswith("\\") else ""
+        return f",{key}={text}" if text else ""
+    text = values.astype(_SD)
+    for old, new in _TAG_ESCAPES:
+        if np.strings.find(text, old).max() >= 0:
+            text = np.strings.replace(text, old, new)
+    text = np.where(np.strings.endswith(text, "\\"), text + " ", text)
+    tagged = f",{key}=" + text
+    empty = text == ""
+    return np.where(empty, "", tagged) if empty.any() else tagged
+
+
+def _float_piece(key: str, values: np.ndarray, trailing: bool) -> str | np.ndarray:
+    """``key=<repr>`` (Point trims a trailing ``.0``), trailing or leading comma; non-finite -> ``""``."""
+    x = values.astype(np.float64)
+    text = x.astype(_SD)
+    finite = np.isfinite(x)
+    whole = finite & (np.trunc(x) == x) & (np.abs(x) < 1e16)  # exactly the reprs that end in ".0"
+    if whole.any():
+        text = np.where(whole, np.strings.slice(text, 0, -2), text)
+    piece = f"{key}=" + text + "," if trailing else f",{key}=" + text
+    return piece if finite.all() else np.where(finite, piece, "")
+
+
+def _int_text(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.int64).astype(_SD)
+
+
+def _as_lines(points: Iterable[str | Point]) -> list[str]:
+    lines = [p if isinstance(p, str) else p.to_line_protocol() for p in points]
+    return [line for line in lines if line]
+
+
+# ------------------------------------------------------------------------------------------------- sinks
+class InfluxSink(abc.ABC):
+    """Writes line protocol in chunks with bounded retries; counts ``written`` and ``failed`` points.
+
+    ``attempts`` counts HTTP write requests (tries), so ``attempts - chunks`` is the number of retries.
+    """
+
+    def __init__(self, url: str, *, db: str, rp: str = "", batch_lines: int = 5000, max_attempts: int = 5,
+                 backoff_s: float = 0.2, timeout_s: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.db, self.rp = db, rp
+        self.batch_lines, self.max_attempts = batch_lines, max_attempts
+        self.backoff_s, self.timeout_s = backoff_s, timeout_s
+        self.written = 0
+        self.failed = 0
+        self.attempts = 0
+        self._session = requests.Session()
+
+    def write(self, points: Iterable[str | Point]) -> None:
+        """Write points (line-protocol strings or Points, all ns precision). Raises :class:`SinkError` when a
+        chunk still fails after ``max_attempts`` tries; chunks before it stay written (rewrites overwrite)."""
+        lines = points if isinstance(points, list) and all(isinstance(p, str) for p in points) \
+            else _as_lines(points)
+        for start in range(0, len(lines), self.batch_lines):
+            chunk = lines[start:start + self.batch_lines]
+            try:
+                self._write_chunk("\n".join(chunk).encode())
+            except SinkError:
+                self.failed += len(lines) - start
+                raise
+            self.written += len(chunk)
+
+    def _write_chunk(self, body: bytes) -> None:
+        for attempt in range(1, self.max_attempts + 1):
+            self.attempts += 1
+            try:
+                self._send(body)
+                return
+            except _Retryable as exc:
+                if attempt == self.max_attempts:
+                    n = body.count(b"\n") + 1
+                    raise SinkError(f"writing {n} points to {self.url} failed after {attempt} attempt(s): "
+                                    f"{exc}") from None
+                time.sleep(min(_MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)))
+
+    @abc.abstractmethod
+    def _send(self, body: bytes) -> None:
+        """POST one chunk; raise :class:`_Retryable` for transient failures, :class:`SinkError` otherwise."""
+
+    def _query_auth(self) -> dict[str, Any]:
+        return {}
+
+    def query(self, influxql: str, *, db: str | None = None) -> list[dict[str, Any]]:
+        """Run InfluxQL through the v1 ``/query`` API; one dict per row (columns plus series tags; ``time``
+        in ns). Raises :class:`SinkError` with the server's message on errors."""
+        params = {"q": influxql, "db": db or self.db, "epoch": "ns"}
+        if self.rp:
+            params["rp"] = self.rp
+        try:
+            r = self._session.post(f"{self.url}/query", data=params, timeout=self.timeout_s,
+                                   **self._query_auth())
+            body = r.json()
+        except (requests.RequestException, ValueError) as exc:
+            raise SinkError(f"InfluxQL query to {self.url} failed: {exc}") from exc
+        errors = [body.get("error")] + [res.get("error") for res in body.get("results", [])]
+        errors = [e for e in errors if e]
+        if r.status_code != 200 or errors:
+            raise SinkError(f"InfluxQL query failed ({r.status_code}): {'; '.join(errors) or r.text[:200]}")
+        return [{**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))}
+                for res in body.get("results", []) for series in res.get("series", [])
+                for values in series["values"]]
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> InfluxSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _raise_for_status(url: str, status: int, text: str) -> None:
+    if status == 429 or status >= 500:
+        raise _Retryable(f"HTTP {status}: {text[:300]}")
+    if status >= 300:
+        raise SinkError(f"InfluxDB at {url} rejected the write (HTTP {status}): {text.strip()[:500]}")
+
+
+class InfluxV1Sink(InfluxSink):
+    """InfluxDB 1.x ``POST /write?db=&rp=&precision=ns`` with optional basic auth."""
+
+    def __init__(self, url: str, *, db: str, rp: str = "", user: str = "", password: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(url, db=db, rp=rp, **kwargs)
+        self._auth = (user, password) if user else None
+        self._params = {"db": db, "precision": "ns", **({"rp": rp} if rp else {})}
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> InfluxV1Sink:
+        return cls(s.influx_url, db=s.influx_db, rp=s.influx_rp, user=s.influx_user,
+                   password=s.influx_password, **_common(s))
+
+    def _query_auth(self) -> dict[str, Any]:
+        return {"auth": self._auth}
+
+    def _send(self, body: bytes) -> None:
+        try:
+            r = self._session.post(f"{self.url}/write", params=self._params, data=body, auth=self._auth,
+                                   timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+        _raise_for_status(self.url, r.status_code, r.text)
+
+
+class InfluxV2Sink(InfluxSink):
+    """InfluxDB 2.x through ``influxdb_client`` (synchronous write API, org/bucket/token).
+
+    ``query`` uses the v1-compatible ``/query`` endpoint with ``db=bucket`` (2.x needs a DBRP mapping for it).
+    """
+
+    def __init__(self, url: str, *, bucket: str, org: str, token: str, **kwargs: Any) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        super().__init__(url, db=bucket, **kwargs)
+        self.bucket, self.org, self._token = bucket, org, token
+        self._client = InfluxDBClient(url=self.url, token=token, org=org, timeout=int(self.timeout_s * 1000),
+                                      retries=False)
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> InfluxV2Sink:
+        token = s.influx_token or (f"{s.influx_user}:{s.influx_password}" if s.influx_user else "")
+        return cls(s.influx_url, bucket=s.influx_bucket, org=s.influx_org, token=token, **_common(s))
+
+    def _query_auth(self) -> dict[str, Any]:
+        return {"headers": {"Authorization": f"Token {self._token}"}} if self._token else {}
+
+    def _send(self, body: bytes) -> None:
+        import urllib3
+        from influxdb_client.rest import ApiException
+
+        try:
+            self._write_api.write(bucket=self.bucket, org=self.org, record=body,
+                                  write_precision=WritePrecision.NS)
+        except ApiException as exc:
+            _raise_for_status(self.url, exc.status or 0, str(exc.body or exc.reason))
+            raise _Retryable(str(exc)) from None  # status 0: no HTTP answer
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        self._write_api.close()
+        self._client.close()
+        super().close()
+
+
+def _common(s: Settings) -> dict[str, Any]:
+    return {"batch_lines": s.influx_batch_lines, "max_attempts": s.influx_max_attempts,
+            "backoff_s": s.influx_backoff_s, "timeout_s": s.influx_timeout_s}
+
+
+def detect_influx_version(url: str, *, timeout_s: float = 2.0, attempts: int = 1,
+                          backoff_s: float = 0.2) -> str:
+    """"1" or "2" from ``GET /ping``'s ``X-Influxdb-Version`` header (``1.6.7~rc0`` -> "1", ``v2.7.4`` ->
+    "2", 3.x -> "2"). Tries ``attempts`` times on connection errors; raises :class:`SinkError` saying what
+    to do."""
+    for attempt in range(1, attempts + 1):
+        try:
+            r = requests.get(f"{url.rstrip('/')}/ping", timeout=timeout_s)
+            break
+        except requests.RequestException as exc:
+            if attempt == attempts:
+                raise SinkError(f"cannot reach InfluxDB at {url} to detect its version "
+                                f"({type(exc).__name__}); start it (`sci-monitor stack up`) or set "
+                                "SCI_INFLUX_VERSION=1|2") from None
+            time.sleep(min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1)))
+    version = r.headers.get("X-Influxdb-Version", "")
+    major = version.lstrip("vV").split(".", 1)[0]
+    if not major.isdigit():
+        raise SinkError(f"{url}/ping answered {r.status_code} without a usable X-Influxdb-Version header "
+                        f"({version!r}); set SCI_INFLUX_VERSION=1|2")
+    return "1" if int(major) <= 1 else "2"
+
+
+def make_sink(settings: Settings) -> InfluxSink:
+    """The sink for ``settings.influx_version`` ("1", "2", or "auto": detected from ``GET /ping``)."""
+    version = settings.influx_version
+    if version == "auto":
+        version = detect_influx_version(settings.influx_url, timeout_s=min(2.0, settings.influx_timeout_s),
+                                        attempts=settings.influx_max_attempts,
+                                        backoff_s=settings.influx_backoff_s)
+    return InfluxV1Sink.from_settings(settings) if version == "1" else InfluxV2Sink.from_settings(settings)
