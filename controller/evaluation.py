@@ -48,7 +48,7 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     cal = calibrate(val, recipe.controller, recipe.temperature)
     log(f"[{name}] trained in {stats['seconds']} s; T = {cal.temperature:.3f}; policy {cal.policy} (validation)")
     card = ModelCard(
-        name=name, arch=model.arch, arch_params={"n_classes": len(recipe.classes)}, dataset=recipe.dataset,
+        name=name, arch=model.arch, arch_params=dict(model.arch_params), dataset=recipe.dataset,
         modality=recipe.modality, split=recipe.split, classes=list(recipe.classes), fs=recipe.fs,
         input_length=model.input_length, aux=recipe.aux, temperature=round(cal.temperature, 5),
         controller={"policy": cal.policy, "params": cal.params, "t_max": recipe.controller["t_max"],

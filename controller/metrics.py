@@ -255,8 +255,8 @@ def bootstrap_auroc_ci(score, is_error, n_boot: int = 1000, seed: int = 0, alpha
     """Percentile bootstrap CI of :func:`auroc`, vectorized over replicates.
 
     Same resamples as ``bootstrap_ci(auroc, score, is_error, n_boot=n_boot, seed=seed)`` (identical index
-    draws), but each replicate is a weighted Mann-Whitney statistic over tie groups of the sorted scores instead of a
-    call to scikit-learn: O(n_boot · N) array work, seconds instead of minutes at N ≈ 50k.
+    draws), but each replicate is a weighted Mann-Whitney statistic over tie groups of the sorted scores
+    instead of a call to scikit-learn: O(n_boot · N) array work, seconds instead of minutes at N ≈ 50k.
     """
     s = _vector("score", score, np.float64)
     err = _vector("is_error", is_error).astype(bool)

@@ -34,7 +34,7 @@ def summarize(o: Outcome, y: np.ndarray, classes: tuple[str, ...], n_boot: int =
     ci = metrics.bootstrap_auroc_ci(o.score, err, n_boot=n_boot, seed=seed)
     ci_sp = metrics.bootstrap_auroc_ci(1 - o.sp, err, n_boot=n_boot, seed=seed)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "error": _r(cls["error"]),
         "n_errors": int(err.sum()),
         "macro_f1": _r(cls["macro_f1"]),

@@ -21,6 +21,7 @@ class McModel(nn.Module):
     arch: ClassVar[str]
     input_length: ClassVar[int]
     aux_dim: ClassVar[int] = 0
+    arch_params: dict  # the constructor arguments, saved in checkpoints to rebuild the model
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -62,29 +63,38 @@ class EcgBeatNet(McModel):
     """AAMI beat classifier: 256-sample MLII window at 360 Hz (R-peak at index 96) plus 4 RR features.
 
     x: float32[B, 256] in mV; aux: float32[B, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr/local_rr).
-    The window is baseline-corrected (minus its median) inside the model, so raw stream samples go straight in.
+    The window is baseline-corrected (minus its median) inside the model, so raw stream samples go straight in;
+    with ``standardize`` it is also scaled to unit RMS (amplitude differs between patients and leads) and the log
+    RMS joins the side features.
     """
 
     arch = "ecg_beat_net"
     input_length = 256
     aux_dim = 4
 
-    def __init__(self, n_classes: int = 4, p: float = 0.5) -> None:
+    def __init__(self, n_classes: int = 4, p: float = 0.5, standardize: bool = False) -> None:
         super().__init__()
+        self.arch_params = {"n_classes": n_classes, "p": p, "standardize": standardize}
+        self.standardize = standardize
         self.features = nn.Sequential(
             _conv_block(1, 16, 7), _conv_block(16, 32, 5), _conv_block(32, 32, 5), nn.Flatten()
         )
         self.embed = nn.Sequential(nn.Linear(32 * 32, 64), nn.ReLU(inplace=True))
-        self.rr_norm = nn.BatchNorm1d(4)
-        self.mlp = MlpHead(64 + 4, 64, n_classes, p_in=p, p_hidden=p)
+        n_side = 5 if standardize else 4
+        self.side_norm = nn.BatchNorm1d(n_side)
+        self.mlp = MlpHead(64 + n_side, 64, n_classes, p_in=p, p_hidden=p)
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         assert aux is not None, "EcgBeatNet needs RR features (aux: float32[B, 4])"
         x = x - x.median(dim=1, keepdim=True).values
-        h = self.embed(self.features(x.unsqueeze(1)))
         pre, post, local = aux[:, 0:1], aux[:, 1:2], aux[:, 2:3].clamp_min(1e-3)
-        rr = torch.cat([pre / local, post / local, post / pre.clamp_min(1e-3), local], dim=1)
-        return torch.cat([h, self.rr_norm(rr)], dim=1)
+        side = [pre / local, post / local, post / pre.clamp_min(1e-3), local]
+        if self.standardize:
+            rms = x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)
+            x = x / rms
+            side.append(rms.log())
+        h = self.embed(self.features(x.unsqueeze(1)))
+        return torch.cat([h, self.side_norm(torch.cat(side, dim=1))], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
         return self.mlp(h, noise)
@@ -102,6 +112,7 @@ class BearingFrameNet(McModel):
 
     def __init__(self, n_classes: int = 4, p: float = 0.5) -> None:
         super().__init__()
+        self.arch_params = {"n_classes": n_classes, "p": p}
         self.features = nn.Sequential(
             _conv_block(1, 16, 64, stride=8),
             _conv_block(16, 32, 3),
@@ -133,6 +144,7 @@ class PaperBearingNet(McModel):
 
     def __init__(self, n_classes: int = 2) -> None:
         super().__init__()
+        self.arch_params = {"n_classes": n_classes}
         self.features = nn.Sequential(
             nn.Conv1d(1, 16, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(16, 32, 5), nn.ReLU(), nn.MaxPool1d(2),
             nn.Flatten(),
@@ -159,6 +171,7 @@ class PaperEcgNet(McModel):
 
     def __init__(self, n_classes: int = 2) -> None:
         super().__init__()
+        self.arch_params = {"n_classes": n_classes}
         self.features = nn.Sequential(
             nn.Conv1d(1, 32, 5), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(32, 64, 5), nn.ReLU(), nn.MaxPool1d(2)
         )

@@ -20,7 +20,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    class_weighted: bool = True  # inverse-frequency class weights in the cross-entropy
+    class_weighted: bool = True  # class weights (inverse frequency ** class_weight_power) in the cross-entropy
+    class_weight_power: float = 1.0  # 1 = inverse frequency, 0.5 = its square root (tempered)
     seed: int = 42
 
 
@@ -42,11 +43,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> Tensor:
-    """Inverse-frequency weights normalised to mean 1 over present classes (absent classes get 0)."""
+def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> Tensor:
+    """(1/frequency)**power per class, normalised to mean 1 over present classes (absent classes get 0)."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
+    present = counts > 0
+    w = np.where(present, (counts.sum() / np.maximum(counts, 1)) ** power, 0.0)
+    return torch.tensor(w / w[present].mean(), dtype=torch.float32)
 
 
 def train_model(model: McModel, data: Arrays, n_classes: int, cfg: TrainConfig,
@@ -60,7 +62,7 @@ def train_model(model: McModel, data: Arrays, n_classes: int, cfg: TrainConfig,
     x = torch.as_tensor(data.x, dtype=torch.float32)
     aux = None if data.aux is None else torch.as_tensor(data.aux, dtype=torch.float32)
     y = torch.as_tensor(data.y, dtype=torch.int64)
-    weight = class_weights(data.y, n_classes).to(device) if cfg.class_weighted else None
+    weight = class_weights(data.y, n_classes, cfg.class_weight_power).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, loss_value = time.perf_counter(), float("nan")
     for epoch in range(cfg.epochs):

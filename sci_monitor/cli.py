@@ -65,6 +65,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from controller.paper import PAPER_TABLE4, SEEDS, reproduce
 
@@ -78,10 +82,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
         t.add_row(row, "paper (quoted)", f"{q['error']:.2%}", f"{q['auroc_delta_sp']:.2f}",
                   f"{q['passes_correct']:.2f}", f"{q['passes_wrong']:.2f}", "—")
         lo, hi = r["auroc_delta_sp_ci95"]
-        fmt = (lambda v: "—" if v is None else f"{v:.2f}")
         t.add_row("", "ours (run)", f"{r['error']:.2%} ({r['n_errors']}/{r['n']})",
-                  f"{fmt(r['auroc_delta_sp'])} [{fmt(lo)}, {fmt(hi)}]", fmt(r["passes_correct"]),
-                  fmt(r["passes_wrong"]), f"{r['abstain_rate']:.1%}")
+                  f"{_fmt(r['auroc_delta_sp'])} [{_fmt(lo)}, {_fmt(hi)}]", _fmt(r["passes_correct"]),
+                  _fmt(r["passes_wrong"]), f"{r['abstain_rate']:.1%}")
     out.print(t)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -91,10 +94,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 def cmd_data(a: argparse.Namespace) -> int:
     from models.data.fetch import fetch
-    from models.data.paths import data_dir
 
-    dest = Path(a.dir) if a.dir else data_dir(must_exist=False)
-    fetch(a.dataset, dest)
+    report = fetch(a.dataset, Path(a.dir) if a.dir else None)
+    out.print(report.summary)
     return 0
 
 

@@ -193,7 +193,8 @@ def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] |
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_partitions=settings.input_partitions,
         topic_allow_declare=True, consumer_auto_offset_reset="earliest", producer_acks=-1,
-        broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_commit_every=settings.batch_size,
+        broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=10.0,
+        broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
     )
     names, parts = settings.topics, settings.topic_partitions

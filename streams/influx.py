@@ -38,7 +38,7 @@ INT_FIELDS = ("passes", "seq")
 REQUIRED_COLUMNS = (*TAGS, *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
 _MAX_BACKOFF_S = 10.0
 _SD = np.dtypes.StringDType()
-_TAG_ESCAPES = ((",", r"\,"), ("=", r"\="), (" ", r"\ "), ("\n", r"\n"), ("\t", r"\t"), ("\r", r"\r"))
+_ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
 
 
 class SinkError(RuntimeError):
@@ -105,30 +105,26 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
         pieces.append(np.where(known, ',truth="' + escaped + '"', ""))
     pieces += [" ", _int_text(cols["t0_ns"])]
 
-    line: str | np.ndarray = ""
-    for piece in pieces:
-        line = line + piece
-    return np.broadcast_to(np.asarray(line, dtype=_SD), (n,)).tolist()
-
-
-_ESCAPE_TAG = str.maketrans(dict(_TAG_ESCAPES))
+    while len(pieces) > 1:  # pairwise, so each character is copied log2(len(pieces)) times, not len(pieces)
+        pieces = [pieces[i] + pieces[i + 1] if i + 1 < len(pieces) else pieces[i]
+                  for i in range(0, len(pieces), 2)]
+    return np.broadcast_to(np.asarray(pieces[0], dtype=_SD), (n,)).tolist()
 
 
 def _tag_piece(key: str, values: np.ndarray) -> str | np.ndarray:
-    """``,key=value`` with Point's tag escaping (``, = space \\n \\t \\r``; a trailing backslash gets a
-    space); rows with an empty value get no tag, as with Point."""
+    """``,key=value`` per row; escaped once per distinct value (a batch has few), then gathered."""
     if values.ndim == 0:
-        text = str(values).translate(_ESCAPE_TAG)
-        text += " " if text.endswith("\\") else ""
-        return f",{key}={text}" if text else ""
-    text = values.astype(_SD)
-    for old, new in _TAG_ESCAPES:
-        if np.strings.find(text, old).max() >= 0:
-            text = np.strings.replace(text, old, new)
-    text = np.where(np.strings.endswith(text, "\\"), text + " ", text)
-    tagged = f",{key}=" + text
-    empty = text == ""
-    return np.where(empty, "", tagged) if empty.any() else tagged
+        return _tag_text(key, str(values))
+    distinct, index = np.unique(values, return_inverse=True)
+    return np.array([_tag_text(key, str(v)) for v in distinct.tolist()], dtype=_SD)[index]
+
+
+def _tag_text(key: str, value: str) -> str:
+    """Point's tag escaping (``, = space \\n \\t \\r``; a trailing backslash gets a space); an empty
+    value drops the tag, as with Point."""
+    text = value.translate(_ESCAPE_TAG)
+    text += " " if text.endswith("\\") else ""
+    return f",{key}={text}" if text else ""
 
 
 def _float_piece(key: str, values: np.ndarray, trailing: bool) -> str | np.ndarray:
@@ -148,6 +144,7 @@ def _int_text(values: np.ndarray) -> np.ndarray:
 
 
 def _as_lines(points: Iterable[str | Point]) -> list[str]:
+    """Line-protocol strings (Points serialised at their ns precision); empty lines dropped."""
     lines = [p if isinstance(p, str) else p.to_line_protocol() for p in points]
     return [line for line in lines if line]
 
@@ -156,7 +153,9 @@ def _as_lines(points: Iterable[str | Point]) -> list[str]:
 class InfluxSink(abc.ABC):
     """Writes line protocol in chunks with bounded retries; counts ``written`` and ``failed`` points.
 
-    ``attempts`` counts HTTP write requests (tries), so ``attempts - chunks`` is the number of retries.
+    ``failed`` counts every point of a ``write`` call from the chunk that raised on (a 1.x "partial write"
+    400 may still have stored some of them). ``attempts`` counts HTTP write requests, so ``attempts - chunks``
+    is the number of retries.
     """
 
     def __init__(self, url: str, *, db: str, rp: str = "", batch_lines: int = 5000, max_attempts: int = 5,
@@ -173,8 +172,7 @@ class InfluxSink(abc.ABC):
     def write(self, points: Iterable[str | Point]) -> None:
         """Write points (line-protocol strings or Points, all ns precision). Raises :class:`SinkError` when a
         chunk still fails after ``max_attempts`` tries; chunks before it stay written (rewrites overwrite)."""
-        lines = points if isinstance(points, list) and all(isinstance(p, str) for p in points) \
-            else _as_lines(points)
+        lines = _as_lines(points)
         for start in range(0, len(lines), self.batch_lines):
             chunk = lines[start:start + self.batch_lines]
             try:

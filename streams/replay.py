@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,18 +31,26 @@ from models.data import cwru, mitdb
 from streams.contracts import SensorWindow, encode_window, window_key
 from streams.rpeaks import StreamingRPeakDetector
 
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
 __all__ = [
     "LABEL_TOLERANCE_S",
     "ReplaySummary",
     "Replayer",
     "ecg_windows",
     "publish_raw",
+    "replay_command",
     "replay_streams",
     "vibration_windows",
 ]
 
 LABEL_TOLERANCE_S = 0.050  # detected peak <-> reference annotation, for the ground-truth label
 CHUNK_S = 1.0
+# `sci-monitor replay` defaults: DS2 (test) records with N/S/V beats; one load-3 (test-load) CWRU file per
+# fault class plus the only normal baseline (file 97, load 0)
+DEFAULT_ECG_RECORDS = ("100", "200", "210", "233")
+DEFAULT_CWRU_IDS = (97, 121, 108, 133)
 
 
 def _ns(start_ns: int, samples: np.ndarray | int, fs: float) -> np.ndarray:
@@ -196,7 +205,9 @@ def _bootstrap(bootstrap: str | None) -> str:
 
 
 def _producer(bootstrap: str, **overrides):
+    """kafka-python producer (acks=all, batching); RuntimeError naming the fix when no broker answers."""
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
     config = {
         "bootstrap_servers": bootstrap,
@@ -208,7 +219,13 @@ def _producer(bootstrap: str, **overrides):
         "client_id": "sci-monitor-replay",
     }
     config.update(overrides)
-    return KafkaProducer(**config)
+    try:
+        return KafkaProducer(**config)
+    except KafkaError as e:
+        raise RuntimeError(
+            f"no Kafka broker answers at {bootstrap} ({e}); start one with `sci-monitor stack up` "
+            "or set SCI_KAFKA_BOOTSTRAP"
+        ) from e
 
 
 @dataclass
@@ -261,6 +278,8 @@ class Replayer:
         self.progress = progress
         self.producer_config = dict(producer_config or {})
         self._lock = threading.Lock()
+        self.sent_so_far = 0  # live counters of the current run (read from other threads, e.g. the demo)
+        self.produced_so_far = 0
 
     def run(
         self,
@@ -276,9 +295,12 @@ class Replayer:
         per_stream: Counter[str] = Counter()
         labels: Counter[str] = Counter()
 
+        self.sent_so_far = self.produced_so_far = 0
+
         def ok(_meta) -> None:
             with self._lock:
                 summary.produced += 1
+                self.produced_so_far = summary.produced
 
         def err(exc: BaseException) -> None:
             with self._lock:
@@ -286,15 +308,7 @@ class Replayer:
                 if len(summary.errors) < 10:
                     summary.errors.append(f"{type(exc).__name__}: {exc}")
 
-        from kafka.errors import NoBrokersAvailable
-
-        try:
-            producer = _producer(self.bootstrap, **self.producer_config)
-        except NoBrokersAvailable as e:
-            raise RuntimeError(
-                f"no Kafka broker at {self.bootstrap}; start one with `sci-monitor stack up` "
-                "or set SCI_KAFKA_BOOTSTRAP"
-            ) from e
+        producer = _producer(self.bootstrap, **self.producer_config)
         merged = heapq.merge(*streams, key=lambda w: w.t0_ns)
         if max_windows is not None:
             merged = itertools.islice(merged, max(0, int(max_windows)))
@@ -313,6 +327,7 @@ class Replayer:
                     fut.add_callback(ok)
                     fut.add_errback(err)
                     summary.sent += 1
+                    self.sent_so_far = summary.sent
                     per_stream[w.stream] += 1
                     if w.label is not None:
                         labels[w.label] += 1
@@ -325,6 +340,26 @@ class Replayer:
         summary.labels = dict(labels)
         summary.labelled = sum(labels.values())
         return summary
+
+
+def replay_command(
+    settings: Settings,
+    dataset: str,
+    records: Sequence[str | int] | None = None,
+    speed: float = 1.0,
+    max_windows: int | None = None,
+    progress: bool = True,
+) -> ReplaySummary:
+    """`sci-monitor replay`: publish MIT-BIH records (``dataset="mitdb"``, record names) or CWRU recordings
+    (``"cwru"``, file ids or file stems) to ``settings.topic_windows`` at ``settings.kafka_bootstrap``."""
+    if dataset == "mitdb":
+        streams = replay_streams(ecg_records=records or DEFAULT_ECG_RECORDS, root=settings.data_dir)
+    elif dataset == "cwru":
+        streams = replay_streams(vibration_recordings=records or DEFAULT_CWRU_IDS, root=settings.data_dir)
+    else:
+        raise ValueError(f"dataset must be 'mitdb' or 'cwru', got {dataset!r}")
+    replayer = Replayer(settings.kafka_bootstrap, settings.topic_windows, speed=speed, progress=progress)
+    return replayer.run(streams, max_windows=max_windows)
 
 
 class _ProgressBar:

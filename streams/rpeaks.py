@@ -10,19 +10,23 @@ Pipeline per chunk, all causal with carried state so that chunking does not chan
    (the refractory period). A candidate at sample p is decided once samples up to p + 200 ms have arrived,
    which makes the candidate set independent of chunk boundaries;
 5. adaptive thresholds over the candidates (sequential over candidates, not samples): signal/noise levels
-   SPKI/NPKI, THR1 = NPKI + 0.25·(SPKI − NPKI), THR2 = THR1/2, learned on the first 2 s; T-wave rejection
-   (RR < 360 ms and max slope < half of the previous QRS slope); search-back for the largest candidate above
-   THR2 when no beat was found for 1.66 × the regular RR average;
+   SPKI/NPKI, THR1 = NPKI + 0.25·(SPKI − NPKI), THR2 = THR1/2, learned on the first 2 s; THR1 halved while
+   the rhythm is irregular (last RR outside 92–116 % of the regular RR average), as in Pan & Tompkins (1985);
+   T-wave rejection (RR < 360 ms and max slope < half of the previous QRS slope); search-back for the largest
+   candidate above THR2 when no beat was found for 1.66 × the regular RR average; after 2 × that without any
+   beat, SPKI decays towards NPKI so the detector recovers from a sudden amplitude drop;
 6. R position = expected QRS centre (MWI peak minus the group delays of band-pass at 10 Hz, derivative and
    MWI), refined to the extremum of the band-passed signal (delay compensated) within ±50 ms and then to the
-   extremum of the raw signal (relative to its local mean) within ±50 ms of that.
+   largest deviation of the raw signal from its PR-segment baseline (median over 150–80 ms before) within
+   ±50 ms of that: the R (or S/QS) extremum the annotators mark, also for wide ventricular beats.
 
 ``push`` returns absolute sample indices (int64) of newly confirmed peaks, in increasing order; a peak is
 confirmed about 200–300 ms after the R wave (later when found by search-back). ``flush`` decides the tail.
 Chunk-size independence: all filters are exact across chunks, candidates depend only on ±200 ms of MWI and
 the thresholds only on the ordered candidates, so any chunking gives identical peaks. The one documented
 edge effect: an exactly flat MWI plateau that is a local maximum and straddles a decision boundary may be
-reported (or not) differently; it only happens on exactly constant input.
+reported (or not) differently; it only happens on exactly constant input. A beat in the last ~100 ms of a
+stream has no MWI maximum yet and is not reported.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class StreamingRPeakDetector:
     REFRACTORY_S = 0.200
     MWI_S = 0.150
     REFINE_S = 0.050
+    PR_S = (0.150, 0.080)  # baseline window before the QRS, s
     T_WAVE_RR_S = 0.360
     SEARCHBACK_FACTOR = 1.66
     MAX_NOISE = 64  # candidates kept for search-back
@@ -74,7 +79,9 @@ class StreamingRPeakDetector:
         self._bp_delay = round(float(group_delay((b, a), w=[centre], fs=self.fs)[1][0]))
         self._delay = self._bp_delay + 2 + (self._w - 1) // 2  # MWI peak -> QRS centre, samples
         self._learn = max(1, round(self.LEARN_S * self.fs))
-        self._hist = max(round(history_s * self.fs), self._delay + 4 * self._half + self._w + 2 * self._refr)
+        self._pr = np.arange(round(self.PR_S[1] * self.fs), round(self.PR_S[0] * self.fs) + 1)
+        need = self._delay + 2 * self._half + int(self._pr[-1]) + self._w + 2 * self._refr
+        self._hist = max(round(history_s * self.fs), need)
 
         self._zi_bp: np.ndarray | None = None
         # buffers of raw, band-passed, derivative and MWI signals from absolute index self._off
@@ -107,6 +114,11 @@ class StreamingRPeakDetector:
         if self._flushed:
             raise RuntimeError("push() after flush(): create a new StreamingRPeakDetector for a new stream")
         x = np.asarray(chunk, dtype=np.float64).ravel()
+        if not np.isfinite(x).all():
+            raise ValueError(
+                f"chunk has non-finite samples at offsets {np.flatnonzero(~np.isfinite(x))[:5].tolist()}; "
+                "interpolate or drop them before push() (they would corrupt the filter state)"
+            )
         if x.size:
             self._filter(x)
         return self._advance(final=False)
@@ -181,20 +193,26 @@ class StreamingRPeakDetector:
         # max slope over the integration window before p
         idx = np.clip(p[:, None] - off - np.arange(self._w)[None, :], 0, n_buf - 1)
         slope = np.abs(self._d[idx]).max(axis=1)
-        # expected QRS centre, refined on the band-passed signal then on the raw signal
-        h = np.arange(-self._half, self._half + 1)
-        est = p - self._delay
-        ib = np.clip(est[:, None] + self._bp_delay + h[None, :] - off, 0, n_buf - 1)
-        r1 = est + h[np.abs(self._bp[ib]).argmax(axis=1)]
-        ir = np.clip(r1[:, None] + h[None, :] - off, 0, n_buf - 1)
-        raw = self._raw[ir]
-        r = r1 + h[np.abs(raw - raw.mean(axis=1, keepdims=True)).argmax(axis=1)]
-        r = np.clip(r, 0, self._n - 1)
+        r = self._refine(p)
         amp = seg[pk]
         return [
             _Candidate(int(a), float(b), float(c), int(e))
             for a, b, c, e in zip(p.tolist(), amp.tolist(), slope.tolist(), r.tolist(), strict=True)
         ]
+
+    def _refine(self, p: np.ndarray) -> np.ndarray:
+        """R positions (absolute) for MWI peaks ``p``: expected QRS centre, refined on band-pass, then raw."""
+        off, n_buf = self._off, self._mwi.size
+        h = np.arange(-self._half, self._half + 1)
+        est = p - self._delay
+        ib = np.clip(est[:, None] + self._bp_delay + h[None, :] - off, 0, n_buf - 1)
+        r1 = est + h[np.abs(self._bp[ib]).argmax(axis=1)]
+        # baseline: median raw level of the PR segment, 150..80 ms before the band-pass extremum
+        ipr = np.clip(r1[:, None] - self._pr[None, :] - off, 0, n_buf - 1)
+        base = np.median(self._raw[ipr], axis=1, keepdims=True)
+        ir = np.clip(r1[:, None] + h[None, :] - off, 0, n_buf - 1)
+        r = r1 + h[np.abs(self._raw[ir] - base).argmax(axis=1)]
+        return np.clip(r, 0, self._n - 1)
 
     def _trim(self) -> None:
         keep_from = max(0, min(self._next, self._n) - self._hist)

@@ -16,7 +16,6 @@ import torch
 
 from controller.calibration import controller_config
 from controller.engine import SciResult
-from controller.policies import REASONS
 from controller.sci import SciController
 from models.checkpoint import ModelCard, load_checkpoint
 from models.keyed_dropout import window_keys
@@ -54,8 +53,9 @@ class ServedModel:
             return f"{w.modality} model {c.name} needs fs = {c.fs:g} Hz, got {w.fs:g}"
         if c.aux is not None:
             feats = w.features.get(c.aux)
-            if feats is None or len(feats) != self.controller.model.aux_dim:
-                return f"{w.modality} model {c.name} needs features[{c.aux!r}] of {self.controller.model.aux_dim} values"
+            n_aux = self.controller.model.aux_dim
+            if feats is None or len(feats) != n_aux:
+                return f"{w.modality} model {c.name} needs features[{c.aux!r}] of {n_aux} values"
         return None
 
     def classify(self, group: Sequence[SensorWindow]) -> SciResult:
@@ -100,5 +100,3 @@ class ModelRuntime:
                                       float(r.delta_sp[j]), int(r.passes[j]), bool(r.abstained[j]), reasons[j])
         return out
 
-
-__all__ = ["DEFAULT_MODELS", "REASONS", "ModelRuntime", "WindowResult"]

@@ -220,7 +220,8 @@ class LocalStack:
         for svc in services:
             pid = svc.read_pid()
             if svc.owns(pid):
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         errors = []
         for svc in services:
             try:
@@ -233,7 +234,11 @@ class LocalStack:
     def status(self) -> StackStatus:
         """Current state; starts nothing. Health checks take at most ~2 s per service."""
         kafka, influx = (self._service_status(svc) for svc in (self.kafka, self.influx))
-        return StackStatus(kafka, influx, self._topic_partitions() if kafka.healthy else {})
+        topics: dict[str, int] = {}
+        if kafka.healthy:
+            with contextlib.suppress(StackError):
+                topics = self._topic_partitions()
+        return StackStatus(kafka, influx, topics)
 
     # ------------------------------------------------------------------------------------------- processes
     def _service_status(self, svc: _Service) -> ServiceStatus:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -102,8 +103,8 @@ def env_example() -> tuple[dict[str, str], dict[str, str]]:
     for line in ENV_EXAMPLE.read_text().splitlines():
         if m := re.match(r"^([A-Z][A-Z0-9_]*)=(.*)$", line):
             active[m[1]] = m[2]
-        elif m := re.match(r"^#\s*([A-Z][A-Z0-9_]*)=(\S*)$", line):
-            commented[m[1]] = m[2]
+        elif m := re.match(r"^#\s*([A-Z][A-Z0-9_]*)=(.*)$", line):
+            commented[m[1]] = m[2].strip().strip('"')
     return active, commented
 
 
@@ -320,8 +321,12 @@ def test_resolved_config_with_env_example():
     # the replayer never sees Influx credentials; it reads the recordings read-only
     replayer = services["replayer"]
     assert not any(k.startswith("SCI_INFLUX") for k in environment(replayer))
-    cmd = replayer["command"]
+    cmd = shlex.split(replayer["command"]) if isinstance(replayer["command"], str) else replayer["command"]
     assert cmd[:3] == ["replay", "--dataset", "mitdb"]
+    records = cmd[cmd.index("--records") + 1 : cmd.index("--speed")]
+    assert records == ["100", "105", "200", "213", "233"], (
+        "SCI_REPLAY_RECORDS must split into one arg per record"
+    )
     assert cmd[cmd.index("--bootstrap") + 1] == "kafka:9092"
     source, target, mode = replayer["volumes"][0].rsplit(":", 2)
     assert (source, target, mode) == ("../shared/data", "/data", "ro")

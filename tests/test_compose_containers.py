@@ -243,23 +243,26 @@ def partition_counts_after(kafka, script: str, env: dict[str, str]) -> dict[str,
 @pytest.fixture(scope="module")
 def influx(network):
     """InfluxDB 2 in setup mode (image from docker-compose.yml), reachable as `influxdb` on the network."""
-    from testcontainers.community.influxdb.version2 import InfluxDb2Container
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import HttpWaitStrategy
 
     container = (
-        InfluxDb2Container(
-            SERVICES["influxdb"]["image"],
-            init_mode="setup",
-            admin_token=TOKEN,
-            username="sci-admin",
-            password=secrets.token_hex(12),
-            org_name=ORG,
-            bucket=BUCKET,
+        DockerContainer(SERVICES["influxdb"]["image"])
+        .with_exposed_ports(8086)
+        .with_envs(
+            DOCKER_INFLUXDB_INIT_MODE="setup",
+            DOCKER_INFLUXDB_INIT_USERNAME="sci-admin",
+            DOCKER_INFLUXDB_INIT_PASSWORD=secrets.token_hex(12),
+            DOCKER_INFLUXDB_INIT_ORG=ORG,
+            DOCKER_INFLUXDB_INIT_BUCKET=BUCKET,
+            DOCKER_INFLUXDB_INIT_ADMIN_TOKEN=TOKEN,
         )
         .with_network(network)
         .with_network_aliases("influxdb")
+        .waiting_for(HttpWaitStrategy(8086, "/health").for_status_code(200).with_startup_timeout(180))
     )
     with container:
-        url = container.get_url()
+        url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(8086)}"
         deadline = time.monotonic() + 120
         while True:  # setup finishes just before /health answers; wait until the bucket is visible
             r = requests.get(

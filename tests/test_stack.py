@@ -103,8 +103,11 @@ def test_produce_consume_round_trip(local_stack):
         producer.flush(timeout=10)
     finally:
         producer.close()
+    # tansu answers a new group's JoinGroup only after the rebalance timeout (= max_poll_interval_ms): keep it
+    # short, with a unique group id
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"test-{uuid.uuid4().hex}",
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000,
+                             max_poll_interval_ms=3000, session_timeout_ms=3000, heartbeat_interval_ms=500)
     received = []
     deadline = time.monotonic() + 20
     try:
@@ -160,7 +163,8 @@ def test_port_in_use_is_reported_and_nothing_starts(tmp_path):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", stack.settings.influx_port))
         squatter.listen()
-        with pytest.raises(StackError, match=rf"influxdb: 127\.0\.0\.1:{stack.settings.influx_port} is already"):
+        port = stack.settings.influx_port
+        with pytest.raises(StackError, match=rf"influxdb: 127\.0\.0\.1:{port} is already in use"):
             stack.up(timeout=10)
     assert not port_open(stack.settings.kafka_port)
     assert not stack.kafka.pid_path.exists() and not stack.influx.pid_path.exists()
