@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from models.architectures import BearingFrameNet, EcgBeatNet, McModel, PaperBearingNet, PaperEcgNet
 from models.training import Arrays, TrainConfig
 
@@ -103,7 +101,8 @@ _CWRU = {"modality": "vibration", "classes": ("normal", "ball", "inner", "outer"
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("mitdb", classes=("N", "S", "V", "F"), **_ECG,
            split="train DS1 minus VAL_RECORDS / val DS1 VAL_RECORDS / test DS2 (inter-patient)",
-           make_model=lambda: EcgBeatNet(4), train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4),
+           make_model=lambda: EcgBeatNet(4),
+           train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, class_weight_power=0.5),
            load=_mitdb, controller=_PRODUCTION_CONTROLLER),
     Recipe("cwru", dataset="cwru", **_CWRU, split="per-recording time blocks 60/20/20 with gaps, all loads",
            make_model=lambda: BearingFrameNet(4), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
@@ -129,10 +128,3 @@ def get_recipe(name: str) -> Recipe:
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(RECIPES)}") from None
 
-
-def window_count(splits: Splits) -> dict[str, int]:
-    return {k: len(getattr(splits, k)) for k in ("train", "val", "test")}
-
-
-def as_numpy_labels(y: np.ndarray) -> np.ndarray:
-    return np.asarray(y, dtype=np.int64)

@@ -124,9 +124,7 @@ def _check_choice(name: str, x: Any, choices: tuple[str, ...], what: str) -> str
 
 def _check_features(x: Any) -> dict[str, list[float]]:
     if not isinstance(x, dict):
-        raise ContractError(
-            f"field 'features' must be an object of name -> list of numbers, got {type(x).__name__}"
-        )
+        raise ContractError(f"field 'features' must be an object of name -> list of numbers, got {type(x).__name__}")
     out: dict[str, list[float]] = {}
     for k, v in x.items():
         if not isinstance(k, str):
@@ -275,9 +273,7 @@ def encode_window(w: SensorWindow) -> bytes:
         "dtype": "<f4",
     }
     h = json.dumps(header, separators=_JSON_SEPARATORS, allow_nan=False).encode()
-    return b"".join(
-        (_PREFIX.pack(MAGIC, WIRE_VERSION, len(h)), h, w.samples.astype(_DTYPE, copy=False).tobytes())
-    )
+    return b"".join((_PREFIX.pack(MAGIC, WIRE_VERSION, len(h)), h, w.samples.astype(_DTYPE, copy=False).tobytes()))
 
 
 def decode_window(data: bytes) -> SensorWindow:

@@ -9,6 +9,11 @@
 - :func:`vibration_windows`: a CWRU recording cut into ``FRAME = 1024``-sample frames at 12 kHz.
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
+
+Throughput (2-core dev machine, tansu broker, speed 0): ECG windows are generated at ~3.4k windows/s (the
+R-peak detector dominates); producing is bound by kafka-python's record-batch CRC32C, which is pure Python
+unless the ``crc32c`` package is installed (measured: 1.7k vs 11.8k CWRU frames/s, 1.5k vs 2.2k mixed
+ECG+CWRU windows/s end to end).
 """
 
 from __future__ import annotations

@@ -139,9 +139,7 @@ class StreamingRPeakDetector:
             self._zi_bp = sosfilt_zi(self._sos) * x[0]
         bp, self._zi_bp = sosfilt(self._sos, x, zi=self._zi_bp)
         # FIR stages as 'valid' convolutions over the buffered history (zeros before the first sample)
-        d = np.convolve(
-            np.concatenate((self._tail(self._bp, self._deriv.size - 1), bp)), self._deriv, "valid"
-        )
+        d = np.convolve(np.concatenate((self._tail(self._bp, self._deriv.size - 1), bp)), self._deriv, "valid")
         d_hist = self._tail(self._d, self._w - 1)
         mwi = np.convolve(np.concatenate((d_hist * d_hist, d * d)), self._mwi_b, "valid")
         self._raw = np.concatenate((self._raw, x))
@@ -288,9 +286,7 @@ class StreamingRPeakDetector:
         self._search_back(c.p, out)
         last = self._last
         if c.amp > self._thr1 and (last is None or c.r - last.r > self._refr):
-            is_t = (
-                last is not None and c.r - last.r < self.T_WAVE_RR_S * self.fs and c.slope < 0.5 * last.slope
-            )
+            is_t = last is not None and c.r - last.r < self.T_WAVE_RR_S * self.fs and c.slope < 0.5 * last.slope
             if not is_t:
                 self._accept(c, out, weight=0.125)
                 return

@@ -32,9 +32,7 @@ def random_window(rng: np.random.Generator) -> SensorWindow:
     samples = (rng.standard_normal(n) * scale).astype(np.float32)
     samples[rng.random(n) < 0.01] = np.float32(0.0)
     modality = str(rng.choice(["ecg", "vibration"]))
-    features = {
-        f"f{i}": rng.standard_normal(int(rng.integers(0, 6))).tolist() for i in range(rng.integers(0, 3))
-    }
+    features = {f"f{i}": rng.standard_normal(int(rng.integers(0, 6))).tolist() for i in range(rng.integers(0, 3))}
     meta = {f"k{i}": "välue-" + str(rng.integers(1e9)) for i in range(rng.integers(0, 4))}
     return SensorWindow(
         stream=f"stream-ü{rng.integers(100)}",
@@ -332,9 +330,7 @@ def test_dead_letter_round_trip() -> None:
         12345,
     )
     assert dl.key == b"mitdb-100:9" and dl.original == original
-    dl2 = decode_dead_letter(
-        dead_letter(b"", "model rejected: length 255", "sci.windows", 0, 0, None, "Reject")
-    )
+    dl2 = decode_dead_letter(dead_letter(b"", "model rejected: length 255", "sci.windows", 0, 0, None, "Reject"))
     assert dl2.key is None and dl2.original == b"" and dl2.error_type == "Reject"
     rng = np.random.default_rng(RNG_SEED)
     for _ in range(50):
