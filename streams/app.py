@@ -209,6 +209,7 @@ def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] |
 
     @app.agent(topics["windows"], name="classify")
     async def classify(stream: faust.StreamT) -> None:
+        await pipeline.start()  # load the models before the first batch, not during it
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
             await pipeline.process(events, topics)
 

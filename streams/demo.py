@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -29,7 +30,7 @@ from streams.settings import Settings
 from streams.stack import LocalStack
 
 ECG_RECORDS = ("100", "105", "119", "208", "213", "233")  # DS2: never seen in training
-CWRU_IDS = (108, 133, 172, 200)  # load 3 recordings of each fault type (frames from all time blocks)
+CWRU_IDS = (97, 121, 108, 133)  # one recording per class: normal, ball, inner race, outer race
 VIB_HOP = 8  # frames: one 1024-sample frame every 8192 samples
 
 
@@ -43,9 +44,9 @@ def _until(deadline: float, windows: Iterable) -> Iterator:
 class Follower(threading.Thread):
     """Consumes the output topics from the demo's start and keeps the running numbers."""
 
-    def __init__(self, s: Settings, since_ns: int) -> None:
+    def __init__(self, s: Settings, since_ms: int) -> None:
         super().__init__(daemon=True)
-        self.s, self.since_ns = s, since_ns
+        self.s, self.since_ms = s, since_ms  # only outputs produced (Kafka timestamp) after the demo started
         self.labels: Counter = Counter()
         self.decisions = Counter()
         self.severity = Counter()
@@ -67,7 +68,8 @@ class Follower(threading.Thread):
             while not self.stop.is_set():
                 for tp, records in c.poll(timeout_ms=500).items():
                     for r in records:
-                        self._take(tp.topic, r.value)
+                        if r.timestamp >= self.since_ms:
+                            self._take(tp.topic, r.value)
         finally:
             c.close()
 
@@ -75,8 +77,6 @@ class Follower(threading.Thread):
         m = json.loads(value)
         if topic == self.s.topic_deadletter:
             self.dead += 1
-            return
-        if m["t0_ns"] < self.since_ns:
             return
         if topic == self.s.topic_alerts:
             self.severity[m["severity"]] += 1
@@ -133,14 +133,16 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     s = stack.settings
     log_path = s.state_dir / "worker.log"
     con.print(f"starting a worker (log: {log_path}) ...")
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("a") as log:
         worker = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=_worker_env(s), stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_ready(worker, log_path, log_offset, timeout_s=120)
     start_ns, t0 = time.time_ns(), time.monotonic()
     deadline = t0 + duration_s
     streams = [_until(deadline, ecg_windows(r, start_ns=start_ns)) for r in ECG_RECORDS]
     streams += [_until(deadline, vibration_windows(i, hop=VIB_HOP * 1024, start_ns=start_ns)) for i in CWRU_IDS]
-    follower = Follower(s, start_ns)
+    follower = Follower(s, start_ns // 1_000_000)
     follower.start()
     replayer = Replayer(s.kafka_bootstrap, s.topic_windows, speed=speed, progress=False)
     result: dict = {}
@@ -174,6 +176,21 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
         f"  worker log {log_path}\n"
         f"Stop it with: .venv/bin/sci-monitor stack down")
     return 0 if follower.windows > 0 else 1
+
+
+def _wait_ready(worker: subprocess.Popen, log_path: Path, offset: int, timeout_s: float) -> None:
+    """Until this worker has joined its group and loaded its models (both are logged after ``offset``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with log_path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        if "[^Worker]: Ready" in text and "models loaded" in text:
+            return
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready after {timeout_s:.0f} s; see {log_path}")
 
 
 def _sent(replayer: Replayer, result: dict) -> int:
