@@ -326,9 +326,10 @@ def decode_window(data: bytes) -> SensorWindow:
 class LabelMessage:
     """Decision of the worker for one window (topic ``sci.labels``).
 
-    ``probs``: class -> mean MC-dropout probability; ``sp``: SCI stopping score after ``passes`` passes,
-    ``delta_sp``: its last change; ``decision``: "stopped" (confident) | "abstained"; ``truth``/``correct``:
-    null when the replay does not know the label; ``latency_ms``: window t0 -> decision, ms.
+    ``probs``: class -> softmax(z̄/T) of the mean logits of the MC-dropout passes; ``sp``: interpretive state
+    SP = 1 − H(probs)/log K after ``passes`` passes; ``delta_sp``: |SP* − SP|; ``decision``: "stopped" |
+    "abstained" (an escalation); ``reason``: the stop rule that fired or why it abstained; ``truth``/``correct``:
+    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision.
     """
 
     stream: str
