@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from controller import plots
+from controller import metrics, plots
 from controller.calibration import Calibration, calibrate, policies_from
 from controller.engine import SciConfig
 from controller.methods import Outcome, run_all
@@ -24,17 +24,17 @@ from controller.passes import SplitPasses, sample_passes
 from controller.report import summarize
 from models.checkpoint import CHECKPOINT_DIR, ModelCard, load_checkpoint, save_checkpoint
 from models.recipes import Recipe, Splits, get_recipe
-from models.training import train_model
+from models.training import Arrays, train_model
 
 Log = Callable[[str], None]
 TEST_KEY_OFFSET = 1 << 40  # test windows get keys disjoint from validation windows
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
     pass
 
 
-def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = _quiet,
+def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = quiet,
                         splits: Splits | None = None) -> tuple[torch.nn.Module, ModelCard, Calibration]:
     """Train the recipe's model on its train split, then calibrate on its validation split (never on test)."""
     recipe = get_recipe(name)
@@ -42,8 +42,8 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     log(f"[{name}] windows: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
     torch.manual_seed(seed)
     model = recipe.make_model().to(device)
-    stats = train_model(model, splits.train, len(recipe.classes), recipe.train.__class__(
-        **{**asdict(recipe.train), "seed": seed}), on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
+    stats = train_model(model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
+                        on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
     val = sample_passes(model, splits.val, recipe.controller["t_max"], device)
     cal = calibrate(val, recipe.controller, recipe.temperature)
     log(f"[{name}] trained in {stats['seconds']} s; T = {cal.temperature:.3f}; policy {cal.policy} (validation)")
@@ -60,18 +60,17 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     return model, card, cal
 
 
-def compare_methods(model: torch.nn.Module, card: ModelCard, test: SplitPasses | None = None, data=None,
-                    device: str | torch.device = "cpu") -> tuple[dict[str, Outcome], SplitPasses]:
-    """Run baselines and every candidate SCI policy of the card on the test passes."""
+def compare_methods(model: torch.nn.Module, card: ModelCard, data: Arrays, device: str | torch.device = "cpu"
+                    ) -> tuple[dict[str, Outcome], SplitPasses]:
+    """Draw the test passes once, then run the baselines and every candidate SCI policy of the card on them."""
     c = card.controller
     cfg = SciConfig(card.temperature, int(c["t_max"]), float(c["sp_star"]))
-    if test is None:
-        test = sample_passes(model, data, cfg.t_max, device, key_offset=TEST_KEY_OFFSET)
+    test = sample_passes(model, data, cfg.t_max, device, key_offset=TEST_KEY_OFFSET)
     return run_all(test, policies_from(c["candidates"]), cfg, c["baseline_thresholds"]), test
 
 
 def evaluate(name: str, checkpoint: str | None = None, json_out: Path | None = None, plots_dir: Path | None = None,
-             device: str | torch.device = "cpu", n_boot: int = 1000, log: Log = _quiet,
+             device: str | torch.device = "cpu", n_boot: int = 1000, log: Log = quiet,
              checkpoint_dir: Path = CHECKPOINT_DIR) -> dict[str, Any]:
     """Evaluate a committed checkpoint on its recipe's test split; returns (and optionally writes) the report."""
     recipe: Recipe = get_recipe(name)
@@ -105,8 +104,6 @@ def build_report(card: ModelCard, outcomes: dict[str, Outcome], y: np.ndarray, n
 
 
 def write_plots(outcomes: dict[str, Outcome], y: np.ndarray, out: Path, name: str, policy: str) -> list[Path]:
-    from controller import metrics
-
     out.mkdir(parents=True, exist_ok=True)
     curves = {m: metrics.risk_coverage(o.confidence, o.label == y) for m, o in outcomes.items()}
     sel = outcomes[f"sci_{policy}"]
@@ -118,7 +115,7 @@ def write_plots(outcomes: dict[str, Outcome], y: np.ndarray, out: Path, name: st
     ]
 
 
-def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = _quiet,
+def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = quiet,
                   checkpoint_dir: Path = CHECKPOINT_DIR, n_boot: int = 200) -> ModelCard:
     """Train, calibrate, record validation and test metrics on the card, save the checkpoint."""
     recipe = get_recipe(name)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.evaluation import Log, _quiet, compare_methods, train_and_calibrate
+from controller.evaluation import Log, compare_methods, quiet, train_and_calibrate
 from controller.methods import Outcome
 from controller.report import summarize
 from models.recipes import get_recipe
@@ -30,7 +30,7 @@ def _pool(parts: list[Outcome]) -> Outcome:
     return Outcome(*(np.concatenate([getattr(p, f) for p in parts]) for f in Outcome.__dataclass_fields__))
 
 
-def reproduce_row(row: str, seeds: tuple[int, ...] = SEEDS, device: str = "cpu", log: Log = _quiet,
+def reproduce_row(row: str, seeds: tuple[int, ...] = SEEDS, device: str = "cpu", log: Log = quiet,
                   n_boot: int = 1000) -> dict[str, Any]:
     recipe = get_recipe(row)
     outcomes, ys = [], []
@@ -45,6 +45,6 @@ def reproduce_row(row: str, seeds: tuple[int, ...] = SEEDS, device: str = "cpu",
     return {"seeds": list(seeds), "split": f"test, pooled over seeds — {recipe.split}", **summary}
 
 
-def reproduce(seeds: tuple[int, ...] = SEEDS, device: str = "cpu", log: Log = _quiet) -> dict[str, Any]:
+def reproduce(seeds: tuple[int, ...] = SEEDS, device: str = "cpu", log: Log = quiet) -> dict[str, Any]:
     return {"rows": {row: reproduce_row(row, seeds, device, log) for row in ROWS},
             "paper_quoted": PAPER_TABLE4}
