@@ -7,6 +7,7 @@ subscriber would, and prints windows/s, labels, escalations, alerts and latency 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from models.checkpoint import available_checkpoints
+from streams.contracts import SensorWindow
 from streams.replay import Replayer, ecg_windows, vibration_windows
 from streams.runtime import DEFAULT_MODELS
 from streams.settings import Settings
@@ -31,7 +33,20 @@ from streams.stack import LocalStack
 
 ECG_RECORDS = ("100", "105", "119", "208", "213", "233")  # DS2: never seen in training
 CWRU_IDS = (97, 121, 108, 133)  # one recording per class: normal, ball, inner race, outer race
-VIB_HOP = 8  # frames: one 1024-sample frame every 8192 samples
+VIB_HOP = 4 * 1024  # samples between vibration frames (one 1024-sample frame every 4096 samples)
+
+
+def _looped_vibration(file_id: int, start_ns: int) -> Iterator[SensorWindow]:
+    """A CWRU recording (about 10 s) played in a loop, as a machine that keeps running: seq and time continue."""
+    seq, t0 = 0, start_ns
+    while True:
+        last = None
+        for w in vibration_windows(file_id, hop=VIB_HOP, start_ns=t0):
+            yield dataclasses.replace(w, seq=seq)
+            seq, last = seq + 1, w
+        if last is None:
+            return
+        t0 = last.t0_ns + int(VIB_HOP * 1e9 / last.fs)
 
 
 def _until(deadline: float, windows: Iterable) -> Iterator:
@@ -141,7 +156,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     start_ns, t0 = time.time_ns(), time.monotonic()
     deadline = t0 + duration_s
     streams = [_until(deadline, ecg_windows(r, start_ns=start_ns)) for r in ECG_RECORDS]
-    streams += [_until(deadline, vibration_windows(i, hop=VIB_HOP * 1024, start_ns=start_ns)) for i in CWRU_IDS]
+    streams += [_until(deadline, _looped_vibration(i, start_ns)) for i in CWRU_IDS]
     follower = Follower(s, start_ns // 1_000_000)
     follower.start()
     replayer = Replayer(s.kafka_bootstrap, s.topic_windows, speed=speed, progress=False)
