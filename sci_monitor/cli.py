@@ -48,7 +48,7 @@ def _methods_table(title: str, methods: dict[str, dict]) -> Table:
     t = Table(title=title)
     cols = ("error", "macro_f1", "auroc_delta_sp", "auroc_1_minus_sp", "mean_passes", "passes_correct",
             "passes_wrong", "abstain_rate", "accuracy_non_abstained", "aurc", "ece")
-    t.add_column("method")
+    t.add_column("method", no_wrap=True, min_width=13)
     for c in cols:
         t.add_column(c.replace("_", " "), justify="right")
     for name, m in methods.items():
@@ -76,7 +76,7 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
     result = reproduce(seeds, _device(a.device), log=err.print)
     t = Table(title=f"Paper Table 4 vs this run (seeds {', '.join(map(str, seeds))}, test sets pooled)")
     for c in ("row", "source", "error", "AUROC ΔSP [95% CI]", "passes correct", "passes wrong", "abstain"):
-        t.add_column(c, justify="right" if c not in ("row", "source") else "left")
+        t.add_column(c, justify="right" if c not in ("row", "source") else "left", no_wrap=c == "row")
     for row, r in result["rows"].items():
         q = PAPER_TABLE4[row]
         t.add_row(row, "paper (quoted)", f"{q['error']:.2%}", f"{q['auroc_delta_sp']:.2f}",
