@@ -435,15 +435,13 @@ class LocalStack:
         return True, f"InfluxDB {version}"
 
     def _influx_query(self, q: str, timeout: float) -> None:
-        try:
-            r = requests.post(f"{self.settings.influx_url}/query", data={"q": q}, timeout=timeout)
-            body = r.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise StackError(f"influxdb: {q!r} failed: {exc}; log {self.influx.log_path}") from exc
-        errors = [body.get("error")] + [res.get("error") for res in body.get("results", [])]
-        errors = [e for e in errors if e]
-        if r.status_code != 200 or errors:
-            raise StackError(f"influxdb: {q!r} failed ({r.status_code}): {'; '.join(errors)}")
+        from streams.influx import InfluxV1Sink, SinkError
+
+        with InfluxV1Sink(self.settings.influx_url, db=self.settings.influx_db, timeout_s=timeout) as influx:
+            try:
+                influx.query(q)
+            except SinkError as exc:
+                raise StackError(f"influxdb: {q!r} failed: {exc}; log {self.influx.log_path}") from exc
 
     def _create_database(self, deadline: float) -> None:
         s = self.settings
