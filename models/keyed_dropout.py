@@ -10,8 +10,10 @@ The masks come from a counter-based hash (SplitMix64 finaliser) evaluated on the
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -97,7 +99,6 @@ def window_keys(stream_ids: list[str], seqs: Tensor) -> Tensor:
 
     The stream id is hashed with a stable (not per-process salted) hash so keys agree across workers and restarts.
     """
-    import zlib
-
-    sid = torch.tensor([zlib.crc32(s.encode()) for s in stream_ids], dtype=torch.int64)
-    return mix64(sid * _GOLDEN + seqs.to(torch.int64).cpu())
+    names, inverse = np.unique(np.asarray(stream_ids, dtype=object).astype(str), return_inverse=True)
+    crc = torch.tensor([zlib.crc32(n.encode()) for n in names], dtype=torch.int64)  # once per distinct stream
+    return mix64(crc[torch.from_numpy(inverse.ravel())] * _GOLDEN + seqs.to(torch.int64).cpu())

@@ -94,8 +94,9 @@ class Pipeline:
             self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
 
     async def process(self, events: Sequence[Any], topics: dict[str, faust.TopicT]) -> None:
-        """Decode, classify, publish and record one batch of Faust events; returns once all outputs are durable."""
-        await self.start()
+        """Decode, classify, publish and record one batch of Faust events; returns once all outputs are durable.
+
+        ``start()`` must have run (the agent calls it before its first batch)."""
         loop = asyncio.get_running_loop()
         windows: list[SensorWindow] = []
         origin: list[Any] = []

@@ -160,20 +160,19 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     follower = Follower(s, start_ns // 1_000_000)
     follower.start()
     replayer = Replayer(s.kafka_bootstrap, s.topic_windows, speed=speed, progress=False)
-    result: dict = {}
-    feeder = threading.Thread(target=lambda: result.setdefault("summary", replayer.run(streams)), daemon=True)
+    feeder = threading.Thread(target=replayer.run, args=(streams,), daemon=True)
     con.print(f"replaying {len(ECG_RECORDS)} ECG and {len(CWRU_IDS)} vibration streams at {speed:g}× real time "
               f"for {duration_s:.0f} s ...")
     feeder.start()
     try:
         with Live(follower.table(0, 0), console=con, refresh_per_second=2) as live:
-            while feeder.is_alive() or (follower.windows < _sent(replayer, result)
+            while feeder.is_alive() or (follower.windows < replayer.sent_so_far
                                         and time.monotonic() < deadline + 60):
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")
-                live.update(follower.table(_sent(replayer, result), time.monotonic() - t0))
+                live.update(follower.table(replayer.sent_so_far, time.monotonic() - t0))
                 time.sleep(0.5)
-            live.update(follower.table(_sent(replayer, result), time.monotonic() - t0))
+            live.update(follower.table(replayer.sent_so_far, time.monotonic() - t0))
     finally:
         follower.stop.set()
         if worker.poll() is None:
@@ -206,8 +205,3 @@ def _wait_ready(worker: subprocess.Popen, log_path: Path, offset: int, timeout_s
             raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")
         time.sleep(0.5)
     raise RuntimeError(f"the worker was not ready after {timeout_s:.0f} s; see {log_path}")
-
-
-def _sent(replayer: Replayer, result: dict) -> int:
-    summary = result.get("summary")
-    return summary.sent if summary is not None else getattr(replayer, "sent_so_far", 0)
