@@ -147,6 +147,8 @@ class _Service:
         """The pid is alive and is this service (command line carries the marker where /proc exists)."""
         if pid is None or not _pid_alive(pid):
             return False
+        if pid in _CHILDREN:  # started by this process: no /proc check (an exiting child's cmdline reads empty)
+            return True
         cmdline = _cmdline(pid)
         return cmdline is None or self.marker in cmdline
 
