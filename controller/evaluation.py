@@ -40,10 +40,8 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     recipe = get_recipe(name)
     splits = splits or recipe.load(seed)
     log(f"[{name}] windows: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
-    torch.manual_seed(seed)
-    model = recipe.make_model().to(device)
-    stats = train_model(model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
-                        on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
+    model, stats = train_model(recipe.make_model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
+                               device, on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
     val = sample_passes(model, splits.val, recipe.controller["t_max"], device)
     cal = calibrate(val, recipe.controller, recipe.temperature)
     log(f"[{name}] trained in {stats['seconds']} s; T = {cal.temperature:.3f}; policy {cal.policy} (validation)")

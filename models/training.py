@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from models.architectures import McModel
 
@@ -37,12 +38,6 @@ class Arrays:
         return int(self.y.shape[0])
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> Tensor:
     """(1/frequency)**power per class, normalised to mean 1 over present classes (absent classes get 0)."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -51,41 +46,44 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> Tensor:
     return torch.tensor(w / w[present].mean(), dtype=torch.float32)
 
 
-def train_model(model: McModel, data: Arrays, n_classes: int, cfg: TrainConfig,
-                on_epoch: Callable[[int, float], None] | None = None) -> dict[str, float]:
-    """Train in place on CPU/GPU wherever the model is; returns {"seconds", "final_loss"}.
+def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int, cfg: TrainConfig,
+                device: str | torch.device = "cpu", on_epoch: Callable[[int, float], None] | None = None
+                ) -> tuple[McModel, dict[str, float]]:
+    """Seed torch with ``cfg.seed``, build the model (on CPU, then moved to ``device``) and train it.
 
-    Deterministic for a seed on CPU: the shuffling generator and parameter init are seeded here.
+    Returns (model in eval mode, {"seconds", "final_loss"}). The global torch generator drives, in this order,
+    parameter init, each epoch's shuffle (a ``DataLoader`` with a ``RandomSampler``) and the training-time dropout:
+    the standard PyTorch recipe, so a reference script seeded the same way trains bit-identical weights on CPU.
     """
-    gen = seed_everything(cfg.seed)
-    device = next(model.parameters()).device
-    x = torch.as_tensor(data.x, dtype=torch.float32)
-    aux = None if data.aux is None else torch.as_tensor(data.aux, dtype=torch.float32)
-    y = torch.as_tensor(data.y, dtype=torch.int64)
+    torch.manual_seed(cfg.seed)
+    model = make_model().to(device)
+    tensors = [torch.as_tensor(data.x, dtype=torch.float32), torch.as_tensor(data.y, dtype=torch.int64)]
+    if data.aux is not None:
+        tensors.insert(1, torch.as_tensor(data.aux, dtype=torch.float32))
+    dataset = TensorDataset(*tensors)
+    # whole batches are indexed at once (batch_size=None + a BatchSampler): same sampling as DataLoader(shuffle=True)
+    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(RandomSampler(dataset), cfg.batch_size, False))
     weight = class_weights(data.y, n_classes, cfg.class_weight_power).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, loss_value = time.perf_counter(), float("nan")
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(y), generator=gen)
         total, seen = 0.0, 0
-        for i in range(0, len(y), cfg.batch_size):
-            b = order[i : i + cfg.batch_size]
-            if len(b) < 2:  # BatchNorm needs two samples
+        for batch in loader:
+            xb, *ab, yb = (t.to(device) for t in batch)
+            if len(yb) < 2:  # BatchNorm needs two samples
                 continue
-            xb = x[b].to(device)
-            ab = None if aux is None else aux[b].to(device)
-            loss = F.cross_entropy(model(xb, ab), y[b].to(device), weight=weight)
+            loss = F.cross_entropy(model(xb, ab[0] if ab else None), yb, weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(b)
-            seen += len(b)
+            total += loss.item() * len(yb)
+            seen += len(yb)
         loss_value = total / max(seen, 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, loss_value)
     model.eval()
-    return {"seconds": round(time.perf_counter() - start, 1), "final_loss": round(loss_value, 5)}
+    return model, {"seconds": round(time.perf_counter() - start, 1), "final_loss": round(loss_value, 5)}
 
 
 def fit_temperature(logits: Tensor, y: Tensor, max_iter: int = 200) -> float:

@@ -51,6 +51,21 @@ def test_paper_bearings_components():
     assert abs(resid.std() - 0.4) < 0.01
 
 
+def test_paper_bearings_follow_the_reference_draw_order():
+    # the paper's scripts seed numpy's legacy global stream, then per signal: one uniform (label), 200 normals
+    x, y = paper_bearings(3, seed=42)
+    rs = np.random.RandomState(42)
+    t = np.linspace(0.0, 1.0, 200)
+    for i in range(3):
+        label = rs.rand() > 0.5
+        expected = 0.5 * np.sin(2 * np.pi * 30 * t)
+        if label:
+            expected = expected + 0.8 * np.sin(2 * np.pi * 120 * t) * np.exp(-5 * t)
+        expected = expected + rs.normal(0, 0.4, size=200)
+        assert y[i] == label
+        np.testing.assert_array_equal(x[i], expected.astype(np.float32))
+
+
 # ------------------------------------------------------------------------------------------------- data paths
 def test_data_dir_error_when_sci_data_dir_points_nowhere(monkeypatch, tmp_path):
     monkeypatch.setenv("SCI_DATA_DIR", str(tmp_path / "nowhere"))
