@@ -39,7 +39,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         card = train_command(name, seed=a.seed, device=_device(a.device), log=err.print,
                              **({"checkpoint_dir": Path(a.out)} if a.out else {}))
         m = card.metrics[card.metrics["method"]]
-        err.print(f"[{name}] test ({card.split.split('/')[-1].strip()}): error {m['error']:.4f}, "
+        err.print(f"[{name}] test split, policy {card.metrics['method']}: error {m['error']:.4f}, "
                   f"AUROC(1−SP) {m['auroc_1_minus_sp']}, mean passes {m['mean_passes']}")
     return 0
 
