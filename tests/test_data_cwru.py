@@ -7,25 +7,12 @@ import collections
 import numpy as np
 import pytest
 import scipy.io
+from data_marks import needs_data
 from scipy.signal import welch
 
 from models.data import cwru
-from models.data.paths import DataNotFoundError, dataset_dir
 
-
-def _has_cwru() -> bool:
-    try:
-        dataset_dir("cwru")
-    except DataNotFoundError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _has_cwru(),
-    reason="CWRU data absent: set SCI_DATA_DIR (see ../shared/data/README.md) or run "
-    "`sci-monitor data fetch cwru`",
-)
+pytestmark = needs_data("cwru")
 
 
 @pytest.fixture(scope="module")

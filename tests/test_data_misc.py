@@ -6,18 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_marks import needs_data
 
 from models.data import fetch as fetch_mod
 from models.data import paths
 from models.data.synthetic import paper_bearings
-
-
-def _has(name: str) -> bool:
-    try:
-        paths.dataset_dir(name)
-    except paths.DataNotFoundError:
-        return False
-    return True
 
 
 # -------------------------------------------------------------------------------------------------- synthetic
@@ -137,7 +130,7 @@ def no_downloads(monkeypatch):
     monkeypatch.setattr(fetch_mod, "_http_get", forbidden)
 
 
-@pytest.mark.skipif(not _has("mitdb"), reason="MIT-BIH data absent: set SCI_DATA_DIR or fetch it")
+@needs_data("mitdb")
 def test_fetch_mitdb_skips_present_files(no_downloads):
     root = paths.data_dir()
     report = fetch_mod.fetch("mitdb", root, progress=False)
@@ -146,7 +139,7 @@ def test_fetch_mitdb_skips_present_files(no_downloads):
     assert "132 files already present, 0 downloaded" in report.summary
 
 
-@pytest.mark.skipif(not _has("cwru"), reason="CWRU data absent: set SCI_DATA_DIR or fetch it")
+@needs_data("cwru")
 def test_fetch_cwru_skips_present_files(no_downloads):
     root = paths.data_dir()
     on_disk = {p.relative_to(root / "cwru").as_posix() for p in (root / "cwru").rglob("*.mat")}
@@ -155,7 +148,7 @@ def test_fetch_cwru_skips_present_files(no_downloads):
     assert report.downloaded == () and len(report.present) == 61
 
 
-@pytest.mark.skipif(not _has("mitdb"), reason="MIT-BIH data absent: set SCI_DATA_DIR or fetch it")
+@needs_data("mitdb")
 def test_mitdb_checksum_mismatch_marks_record_incomplete(tmp_path):
     shared = paths.dataset_dir("mitdb")
     for ext in (".hea", ".dat", ".atr"):

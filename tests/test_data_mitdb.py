@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from data_marks import needs_data
 
 from models.data import mitdb, paper_mitdb
-from models.data.paths import DataNotFoundError, dataset_dir
 
-
-def _has_mitdb() -> bool:
-    try:
-        dataset_dir("mitdb")
-    except DataNotFoundError:
-        return False
-    return True
-
-
-needs_mitdb = pytest.mark.skipif(
-    not _has_mitdb(),
-    reason="MIT-BIH data absent: set SCI_DATA_DIR (see ../shared/data/README.md) or run "
-    "`sci-monitor data fetch mitdb`",
-)
+needs_mitdb = needs_data("mitdb")
 
 
 # -------------------------------------------------------------------------------------------- split constants
