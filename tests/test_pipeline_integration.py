@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +62,8 @@ def _malformed(start_ns: int) -> list[bytes]:
     return [b"not a window", good[:-10], b"SCIW\x07" + good[5:], short, wrong_fs]
 
 
-def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
+def _private_pipeline(local_stack):
+    """Settings with topics, consumer group and database of this test's own, created on the shared stack."""
     tag = uuid.uuid4().hex[:8]
     s = dataclasses.replace(local_stack.settings, topic_prefix=f"it{tag}", app_id=f"sci-it-{tag}",
                             influx_db=f"it_{tag}", influx_bucket=f"it_{tag}")
@@ -71,13 +74,45 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
     admin.close()
     sink = InfluxV1Sink(s.influx_url, db=s.influx_db)
     sink.query(f'CREATE DATABASE "{s.influx_db}"')
+    return s, sink
 
+
+def _start_worker(s, state_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """A real `sci-monitor worker` process for settings ``s``; its log is ``state_dir/worker.log``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
            "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
-           "SCI_DEVICE": "cpu", "SCI_STATE_DIR": str(tmp_path)}
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+           "SCI_DEVICE": "cpu", "SCI_STATE_DIR": str(state_dir)}
+    log_path = state_dir / "worker.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def _stop_worker(proc: subprocess.Popen, log_path: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = "killed"
+    assert code == 0, log_path.read_text()[-3000:]
+
+
+def _wait_ready(log_path: Path, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        if "[^Worker]: Ready" in text and "models loaded" in text:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker not ready within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+
+
+def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
+    s, sink = _private_pipeline(local_stack)
+    worker, log_path = _start_worker(s, tmp_path)
     try:
         start_ns = time.time_ns()
         streams = [ecg_windows(r, start_ns=start_ns) for r in ECG_RECORDS]
@@ -92,7 +127,7 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
                                                                            range(len(bad))]) == len(bad)
 
         labels = _consume_all(s.kafka_bootstrap, s.topic_labels, N_WINDOWS, timeout_s=240)
-        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        assert worker.poll() is None, log_path.read_text()[-3000:]
         msgs = [json.loads(r.value) for r in labels]
         keys = Counter(r.key for r in labels)
         # exactly one label per input window
@@ -141,11 +176,29 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         assert len(known) > 0.9 * N_WINDOWS
         assert np.mean([m["correct"] for m in known]) > 0.8
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            code = "killed"
-        log.close()
-    assert code == 0, (tmp_path / "worker.log").read_text()[-3000:]
+        _stop_worker(worker, log_path)
+
+
+def test_two_workers_in_one_group_split_the_partitions(local_stack, tmp_path):
+    s, sink = _private_pipeline(local_stack)
+    first, first_log = _start_worker(s, tmp_path / "a")
+    second = second_log = None
+    try:
+        _wait_ready(first_log)
+        second, second_log = _start_worker(s, tmp_path / "b")  # joining triggers a rebalance of the group
+        _wait_ready(second_log)
+        streams = [ecg_windows(r, start_ns=time.time_ns()) for r in ECG_RECORDS]
+        streams += [vibration_windows(i, hop=8 * cwru.FRAME, start_ns=time.time_ns()) for i in CWRU_IDS]
+        n = 300
+        summary = Replayer(s.kafka_bootstrap, s.topic_windows, speed=0, progress=False).run(streams, max_windows=n)
+        assert summary.produced == n and summary.failed == 0
+        labels = _consume_all(s.kafka_bootstrap, s.topic_labels, n, timeout_s=240)
+        assert len(labels) == n and max(Counter(r.key for r in labels).values()) == 1
+        assert len(sink.query("SELECT * FROM sci_window")) == n
+    finally:
+        _stop_worker(first, first_log)
+        if second is not None:
+            _stop_worker(second, second_log)
+    # each worker says on shutdown how many windows it classified: both took a share, together each window once
+    done = [int(re.search(r"stopping: windows (\d+)", log.read_text()).group(1)) for log in (first_log, second_log)]
+    assert min(done) > 0 and sum(done) == n, done
