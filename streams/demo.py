@@ -152,7 +152,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     with log_path.open("a") as log:
         worker = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=_worker_env(s), stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
-    _wait_ready(worker, log_path, log_offset, timeout_s=120)
+    wait_worker_ready(worker, log_path, log_offset)
     start_ns, t0 = time.time_ns(), time.monotonic()
     deadline = t0 + duration_s
     streams = [_until(deadline, ecg_windows(r, start_ns=start_ns)) for r in ECG_RECORDS]
@@ -192,7 +192,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     return 0 if follower.windows > 0 else 1
 
 
-def _wait_ready(worker: subprocess.Popen, log_path: Path, offset: int, timeout_s: float) -> None:
+def wait_worker_ready(worker: subprocess.Popen, log_path: Path, offset: int = 0, timeout_s: float = 120.0) -> None:
     """Until this worker has joined its group and loaded its models (both are logged after ``offset``)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

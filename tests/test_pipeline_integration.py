@@ -19,6 +19,7 @@ import pytest
 
 from models.data import cwru
 from streams.contracts import SensorWindow, decode_dead_letter, encode_window
+from streams.demo import wait_worker_ready
 from streams.influx import InfluxV1Sink
 from streams.replay import Replayer, ecg_windows, publish_raw, vibration_windows
 
@@ -100,16 +101,6 @@ def _stop_worker(proc: subprocess.Popen, log_path: Path) -> None:
     assert code == 0, log_path.read_text()[-3000:]
 
 
-def _wait_ready(log_path: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = log_path.read_text()
-        if "[^Worker]: Ready" in text and "models loaded" in text:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"worker not ready within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
-
-
 def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
     s, sink = _private_pipeline(local_stack)
     worker, log_path = _start_worker(s, tmp_path)
@@ -184,9 +175,9 @@ def test_two_workers_in_one_group_split_the_partitions(local_stack, tmp_path):
     first, first_log = _start_worker(s, tmp_path / "a")
     second = second_log = None
     try:
-        _wait_ready(first_log)
+        wait_worker_ready(first, first_log)
         second, second_log = _start_worker(s, tmp_path / "b")  # joining triggers a rebalance of the group
-        _wait_ready(second_log)
+        wait_worker_ready(second, second_log)
         streams = [ecg_windows(r, start_ns=time.time_ns()) for r in ECG_RECORDS]
         streams += [vibration_windows(i, hop=8 * cwru.FRAME, start_ns=time.time_ns()) for i in CWRU_IDS]
         n = 300
