@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from controller.interpretive_state import delta_sp, normalized_entropy
-from controller.policies import ABSTAIN_REASONS, BUDGET, REASONS, SAMPLING, PassStats, Policy
+from controller.policies import PassStats, Policy
+from controller.reasons import ABSTAIN_REASONS, Reason
 
 # sampler(idx: int64[n] window indices, t: 1-based pass index) -> logits float[n, K] of pass t for those windows
 Sampler = Callable[[Tensor, int], Tensor]
@@ -41,7 +42,7 @@ class SciResult:
     """Per-window outcome (host numpy arrays, B windows, K classes).
 
     label int64[B] (argmax of probs, reported even when abstained), probs float32[B, K] = softmax(z̄/T) at the last
-    pass, sp float32[B], delta_sp float32[B], passes int64[B], abstained bool[B], reason int64[B] (index into REASONS).
+    pass, sp float32[B], delta_sp float32[B], passes int64[B], abstained bool[B], reason int64[B] (a Reason code).
     """
 
     label: np.ndarray
@@ -53,7 +54,7 @@ class SciResult:
     reason: np.ndarray
 
     def reason_names(self) -> list[str]:
-        return [REASONS[r] for r in self.reason.tolist()]
+        return [Reason(r).label for r in self.reason.tolist()]
 
     def __len__(self) -> int:
         return len(self.label)
@@ -69,7 +70,7 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
     prob_outer = torch.zeros(b, k, k, device=dev)
     sp_hist = torch.full((b, 3), float("nan"), device=dev)
     passes = torch.zeros(b, dtype=torch.int64, device=dev)
-    reason = torch.full((b,), SAMPLING, dtype=torch.int64, device=dev)
+    reason = torch.full((b,), Reason.SAMPLING, dtype=torch.int64, device=dev)
     idx = torch.arange(b, device=dev)
 
     for t in range(1, config.t_max + 1):
@@ -85,14 +86,14 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
         stats = PassStats(t, sp_hist[idx], prob_sum[idx], prob_outer[idx], mean_probs)
         r = policy.decide(stats)
         if t == config.t_max:
-            r = torch.where(r == SAMPLING, BUDGET, r)
+            r = torch.where(r == Reason.SAMPLING, Reason.BUDGET, r)
         passes[idx] = t
         reason[idx] = r
-        idx = idx[r == SAMPLING]  # the one host sync per pass
+        idx = idx[r == Reason.SAMPLING]  # the one host sync per pass
 
     probs = torch.softmax(logit_sum / (passes.clamp_min(1)[:, None] * temp), dim=1)
     sp = sp_hist[:, 0]
-    abstained = torch.isin(reason, torch.tensor(ABSTAIN_REASONS, device=dev))
+    abstained = torch.isin(reason, torch.tensor([int(r) for r in ABSTAIN_REASONS], device=dev))
     out = [probs.argmax(1), probs, sp, delta_sp(sp, config.sp_star), passes, abstained, reason]
     label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h = (x.cpu().numpy() for x in out)
     return SciResult(label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h)

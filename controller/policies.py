@@ -2,7 +2,7 @@
 
 A policy sees the running statistics of the active windows after pass ``t`` (all active windows are at the same
 pass index, because the batched engine advances them together) and returns, per window, one of
-a reason code: ``SAMPLING`` (continue), a stop reason, or an abstain reason (``ABSTAIN_REASONS``). The engine
+a :class:`~controller.reasons.Reason` code: ``SAMPLING`` (continue), a stop reason, or an abstain reason. The engine
 abstains on every window still undecided at ``t_max`` (reason ``budget``), so policies only express their own rule.
 """
 
@@ -14,10 +14,7 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor
 
-# Reason codes shared by engine and policies (index into REASONS).
-REASONS = ("sampling", "plateau", "threshold", "separated", "budget", "low_sp")
-SAMPLING, PLATEAU, THRESHOLD, SEPARATED, BUDGET, LOW_SP = range(len(REASONS))
-ABSTAIN_REASONS = (BUDGET, LOW_SP)
+from controller.reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class Policy(Protocol):
 
 
 def _sampling(s: PassStats) -> Tensor:
-    return torch.full((s.sp.shape[0],), SAMPLING, dtype=torch.int64, device=s.sp.device)
+    return torch.full((s.sp.shape[0],), Reason.SAMPLING, dtype=torch.int64, device=s.sp.device)
 
 
 @dataclass(frozen=True)
@@ -69,9 +66,9 @@ class PaperPlateau:
             return reason
         sp_now = s.sp[:, 0]
         plateau = ((sp_now - s.sp[:, 2]).abs() < self.eps) & (sp_now > self.sp_floor)
-        reason = torch.where(plateau, PLATEAU, reason)
+        reason = torch.where(plateau, Reason.PLATEAU, reason)
         if self.abstain_floor is not None:
-            reason = torch.where(~plateau & (sp_now < self.abstain_floor), LOW_SP, reason)
+            reason = torch.where(~plateau & (sp_now < self.abstain_floor), Reason.LOW_SP, reason)
         return reason
 
 
@@ -87,7 +84,7 @@ class Threshold:
         reason = _sampling(s)
         if s.t < self.t_min:
             return reason
-        return torch.where(s.sp[:, 0] >= self.sp_star, THRESHOLD, reason)
+        return torch.where(s.sp[:, 0] >= self.sp_star, Reason.THRESHOLD, reason)
 
 
 @dataclass(frozen=True)
@@ -120,7 +117,7 @@ class SeparationBound:
         e_d2 = e_aa.gather(1, a) + e_bb.gather(1, b) - 2 * e_aa.gather(1, b)  # E[(p_a − p_b)²]
         var = (e_d2.squeeze(1) - gap**2).clamp_min(0.0) * (t / (t - 1))
         separated = gap - self.z * (var / t).sqrt() > self.margin
-        return torch.where(separated, SEPARATED, reason)
+        return torch.where(separated, Reason.SEPARATED, reason)
 
 
 POLICIES: dict[str, type] = {p.name: p for p in (PaperPlateau, Threshold, SeparationBound)}

@@ -8,15 +8,11 @@ import math
 import numpy as np
 
 from controller.policies import (
-    BUDGET,
-    LOW_SP,
-    PLATEAU,
-    SEPARATED,
-    THRESHOLD,
     PaperPlateau,
     SeparationBound,
     Threshold,
 )
+from controller.reasons import Reason
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -42,18 +38,18 @@ def run_one(logits: np.ndarray, policy, temperature: float, t_max: int) -> tuple
         reason = None
         if isinstance(policy, PaperPlateau) and t >= max(policy.t_min, 3):
             if abs(sp - sps[-3]) < policy.eps and sp > policy.sp_floor:
-                reason = PLATEAU
+                reason = Reason.PLATEAU
             elif policy.abstain_floor is not None and sp < policy.abstain_floor:
-                reason = LOW_SP
+                reason = Reason.LOW_SP
         elif isinstance(policy, Threshold) and t >= policy.t_min and sp >= policy.sp_star:
-            reason = THRESHOLD
+            reason = Reason.THRESHOLD
         elif isinstance(policy, SeparationBound) and t >= max(policy.t_min, 2):
             a, b = np.argsort(-p, kind="stable")[:2]
             d = np.array([q[a] - q[b] for q in per_pass])
             if d.mean() - policy.z * d.std(ddof=1) / math.sqrt(t) > policy.margin:
-                reason = SEPARATED
+                reason = Reason.SEPARATED
         if reason is None and t == t_max:
-            reason = BUDGET
+            reason = Reason.BUDGET
         if reason is not None:
             return int(np.argmax(p)), t, reason, sp
     raise AssertionError("unreachable")

@@ -9,17 +9,12 @@ from sci_oracle import run_one
 
 from controller.engine import SciConfig, replay_sampler, run_sci
 from controller.policies import (
-    BUDGET,
-    LOW_SP,
-    PLATEAU,
-    REASONS,
-    SEPARATED,
-    THRESHOLD,
     PaperPlateau,
     SeparationBound,
     Threshold,
     make_policy,
 )
+from controller.reasons import Reason
 
 
 def run(seq: list[list[float]] | np.ndarray, policy, t_max: int = 25, temperature: float = 1.0):
@@ -33,7 +28,7 @@ def constant(z: list[float], t: int = 25) -> np.ndarray:
 
 def test_plateau_stops_at_t_min_on_confident_constant_passes():
     r = run(constant([6.0, 0.0]), PaperPlateau(t_min=4))
-    assert (r.passes[0], REASONS[r.reason[0]], bool(r.abstained[0])) == (4, "plateau", False)
+    assert (r.passes[0], Reason(r.reason[0]).label, bool(r.abstained[0])) == (4, "plateau", False)
     # p = (e^6, 1)/(e^6 + 1) → SP = 0.9819..., ΔSP = |0.85 − SP|
     p = 1 / (1 + math.exp(-6))
     sp = 1 + (p * math.log(p) + (1 - p) * math.log(1 - p)) / math.log(2)
@@ -43,7 +38,7 @@ def test_plateau_stops_at_t_min_on_confident_constant_passes():
 
 def test_plateau_below_floor_runs_to_budget_and_abstains():
     r = run(constant([0.5, 0.0]), PaperPlateau(t_min=4, sp_floor=0.8), t_max=10)
-    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (10, BUDGET, True)
+    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (10, Reason.BUDGET, True)
     assert r.label[0] == 0  # the label is still reported
 
 
@@ -58,19 +53,19 @@ def test_plateau_waits_for_sp_to_settle():
         p = np.exp(m - m.max()) / np.exp(m - m.max()).sum()
         sps.append(1 + (p * np.log(np.clip(p, 1e-9, None))).sum() / math.log(2))
     expected = next(t for t in range(4, 26) if abs(sps[t - 1] - sps[t - 3]) < 0.005 and sps[t - 1] > 0.8)
-    assert r.passes[0] == expected and r.reason[0] == PLATEAU and expected > 4
+    assert r.passes[0] == expected and r.reason[0] == Reason.PLATEAU and expected > 4
 
 
 def test_abstain_floor_abstains_early():
     r = run(constant([0.1, 0.0]), PaperPlateau(t_min=4, abstain_floor=0.2))
-    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (4, LOW_SP, True)
+    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (4, Reason.LOW_SP, True)
 
 
 def test_threshold_rule():
     # SP of (2, 0) is 0.4 < 0.85; the mean logit grows as confident passes arrive until SP ≥ SP*
     seq = np.array([[2, 0]] * 3 + [[12, 0]] * 22, dtype=np.float32)
     r = run(seq, Threshold(sp_star=0.85, t_min=2))
-    assert r.reason[0] == THRESHOLD
+    assert r.reason[0] == Reason.THRESHOLD
     means = np.cumsum(seq[:, 0]) / np.arange(1, 26)
     p = 1 / (1 + np.exp(-means))
     sp = 1 + (p * np.log(p) + (1 - p) * np.log(1 - p)) / math.log(2)
@@ -80,10 +75,10 @@ def test_threshold_rule():
 
 def test_separation_bound_stops_when_passes_agree_and_abstains_when_they_flip():
     agree = run(constant([3.0, 1.0, 0.0]), SeparationBound(z=2.0, t_min=3))
-    assert (agree.passes[0], agree.reason[0]) == (3, SEPARATED)
+    assert (agree.passes[0], agree.reason[0]) == (3, Reason.SEPARATED)
     flip = np.array([[3, 0, 0], [0, 3, 0]] * 13, dtype=np.float32)[:25]
     r = run(flip, SeparationBound(z=2.0, t_min=3))
-    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (25, BUDGET, True)
+    assert (r.passes[0], r.reason[0], bool(r.abstained[0])) == (25, Reason.BUDGET, True)
 
 
 def test_separation_bound_variance_matches_hand_computation():
@@ -93,9 +88,9 @@ def test_separation_bound_variance_matches_hand_computation():
     d = p0 - (1 - p0)
     lcb = d.mean() - 2.0 * d.std(ddof=1) / math.sqrt(3)
     assert lcb > 0
-    assert run(seq, SeparationBound(z=2.0, t_min=3), t_max=3).reason[0] == SEPARATED
+    assert run(seq, SeparationBound(z=2.0, t_min=3), t_max=3).reason[0] == Reason.SEPARATED
     z_block = d.mean() / (d.std(ddof=1) / math.sqrt(3)) + 0.01  # just too strict
-    assert run(seq, SeparationBound(z=z_block, t_min=3), t_max=3).reason[0] == BUDGET
+    assert run(seq, SeparationBound(z=z_block, t_min=3), t_max=3).reason[0] == Reason.BUDGET
 
 
 def test_make_policy_rejects_unknown_names():
