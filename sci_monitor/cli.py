@@ -165,6 +165,38 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(_settings(a), duration_s=a.duration, speed=a.speed, console=out)
 
 
+def cmd_alerts(a: argparse.Namespace) -> int:
+    import logging
+    import shlex
+
+    from streams.alerts import (
+        CommandDestination,
+        EventFilter,
+        Subscriber,
+        TerminalDestination,
+        WebhookDestination,
+        run_subscription,
+        secret_from_env,
+    )
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    retry = {"max_attempts": a.max_attempts, "backoff_s": a.backoff}
+    dests = []
+    if a.webhook:
+        dests.append(WebhookDestination(a.webhook, secret_from_env(a.secret_env), **retry))
+    if a.command:
+        dests.append(CommandDestination(shlex.split(a.command), **retry))
+    if a.json or not dests:
+        dests.append(TerminalDestination(sys.stdout, as_json=a.json))
+    flt = EventFilter(streams=tuple(a.stream or ()), modalities=tuple(a.modality or ()),
+                      reasons=tuple(a.reason or ()), kinds=tuple(a.kind), min_severity=a.min_severity)
+    sub = Subscriber(_settings(a), a.name, flt, dests, cooldown_s=a.cooldown, from_beginning=a.from_beginning)
+    stats = run_subscription(sub)
+    err.print(f"subscription {a.name}: read {stats.read}, matched {stats.matched}, "
+              f"notifications {stats.delivered}, invalid {stats.invalid}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from models.recipes import RECIPES
@@ -238,6 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     online(dm, kafka=False, influx=False)
     dm.add_argument("--duration", type=float, default=60.0, help="seconds of replay (default 60)")
     dm.add_argument("--speed", type=float, default=10.0, help="× real time (default 10)")
+
+    al = add("alerts", cmd_alerts, "subscribe to escalations and ΔSP alerts (terminal, webhook or command)")
+    al.add_argument("action", choices=["subscribe"])
+    online(al, influx=False)
+    al.add_argument("--name", required=True, help="subscription name = its own consumer group (resumes there)")
+    al.add_argument("--stream", nargs="+", help="stream glob patterns, e.g. 'mitdb-1*' (default: all)")
+    al.add_argument("--modality", nargs="+", choices=["ecg", "vibration"])
+    al.add_argument("--reason", nargs="+", help="reasons to keep, e.g. budget unfamiliar (default: all)")
+    al.add_argument("--kind", nargs="+", choices=["escalation", "alert"], default=["escalation", "alert"])
+    al.add_argument("--min-severity", choices=["warning", "critical"], default="warning")
+    al.add_argument("--cooldown", type=float, default=60.0,
+                    help="seconds: at most one notification per stream per cool-down, with the count held back")
+    al.add_argument("--json", action="store_true", help="JSON lines on stdout instead of readable lines")
+    al.add_argument("--webhook", help="POST each notification to this http(s) URL")
+    al.add_argument("--secret-env", help="environment variable holding the webhook signing secret (HMAC-SHA256)")
+    al.add_argument("--command", help="run this command per notification, the JSON on its stdin")
+    al.add_argument("--max-attempts", type=int, default=5, help="delivery tries before giving up (default 5)")
+    al.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling (default 0.5)")
+    al.add_argument("--from-beginning", action="store_true",
+                    help="a new subscription starts at the oldest event (default: new events only)")
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])
