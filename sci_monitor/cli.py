@@ -197,6 +197,14 @@ def cmd_alerts(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grafana(a: argparse.Namespace) -> int:
+    from streams.grafana import render
+
+    for path in render(_settings(a), Path(a.out)):
+        err.print(f"wrote {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from models.recipes import RECIPES
@@ -290,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--backoff", type=float, default=0.5, help="first retry delay in s, doubling (default 0.5)")
     al.add_argument("--from-beginning", action="store_true",
                     help="a new subscription starts at the oldest event (default: new events only)")
+
+    gr = add("grafana", cmd_grafana, "write the Grafana dashboards and alert rules for the effective settings")
+    gr.add_argument("action", choices=["render"])
+    gr.add_argument("--out", default="grafana", help="directory receiving dashboards/ and provisioning/alerting/")
+    online(gr, kafka=False, influx=False)
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])

@@ -19,6 +19,8 @@ TOML file (``tomllib``): flat top-level keys named like the fields, and/or four 
     batch_timeout_s = 0.1 #   data_dir
     [stack]               # state_dir, timeout_s (field stack_timeout_s)
     state_dir = ".state"  # relative paths in the file are relative to the file's directory
+    [monitor]             # trust_window, trust_interval_s, ece_bins, drift_delta, escalation_rate_max,
+    silence_s = 120       #   alert_rate_max, latency_p95_max_ms, silence_s, rule_window_s
 
 Unknown sections/keys and bad values raise :class:`SettingsError` with a one-line message naming the source.
 
@@ -44,7 +46,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "SCI_"
-SECTIONS = ("kafka", "influx", "worker", "stack")
+SECTIONS = ("kafka", "influx", "worker", "stack", "monitor")
 TOPIC_ROLES = ("windows", "labels", "escalations", "alerts", "deadletter")
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -109,6 +111,23 @@ class Settings:
                            "pid/log/data files of the local stack")
     stack_timeout_s: float = _opt(30.0, "stack", "timeout_s", "max wait for the local stack to start (s)",
                                   minimum=0.1)
+
+    # [monitor] online trust metrics (streams.trust) and the Grafana alert rules (streams.grafana)
+    trust_window: int = _opt(500, "monitor", "trust_window", "windows per rolling trust-metric window", minimum=10)
+    trust_interval_s: float = _opt(10.0, "monitor", "trust_interval_s", "seconds between trust-metric points",
+                                   minimum=0.1)
+    ece_bins: int = _opt(10, "monitor", "ece_bins", "equal-width confidence bins of the online ECE", minimum=2)
+    drift_delta: float = _opt(0.002, "monitor", "drift_delta", "ADWIN confidence δ of the drift detectors",
+                              minimum=1e-9)
+    escalation_rate_max: float = _opt(0.5, "monitor", "escalation_rate_max",
+                                      "alert rule: escalated share of a stream's windows (starting point)", minimum=0)
+    alert_rate_max: float = _opt(0.5, "monitor", "alert_rate_max",
+                                 "alert rule: ΔSP-alert share of a stream's windows (starting point)", minimum=0)
+    latency_p95_max_ms: float = _opt(2000.0, "monitor", "latency_p95_max_ms", "alert rule: latency p95 (ms)",
+                                     minimum=0)
+    silence_s: float = _opt(120.0, "monitor", "silence_s", "alert rule: no window stored for this long (s)",
+                            minimum=1)
+    rule_window_s: float = _opt(300.0, "monitor", "rule_window_s", "alert rules: evaluation window (s)", minimum=10)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
