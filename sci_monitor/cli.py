@@ -205,6 +205,14 @@ def cmd_grafana(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from streams.report import report_command
+
+    page = report_command(_settings(a), a.since, a.out, a.stream)
+    out.print(f"wrote {page} and its PNGs")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from models.recipes import RECIPES
@@ -303,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("action", choices=["render"])
     gr.add_argument("--out", default="grafana", help="directory receiving dashboards/ and provisioning/alerting/")
     online(gr, kafka=False, influx=False)
+
+    rep = add("report", cmd_report, "render the key panels from the stored data to PNGs and an index.html")
+    rep.add_argument("--since", default="1h", help="time range ending now: 90s, 15m, 1h, 2d (default 1h)")
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--stream", help="stream of the SP/ΔSP panel (default: the one with the most ΔSP alerts)")
+    online(rep, kafka=False)
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])

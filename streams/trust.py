@@ -1,0 +1,227 @@
+"""Online trust metrics: can the model be trusted today? Rolling fleet and per-stream metrics plus drift detection.
+
+:class:`TrustMonitor` sees every decided window (cheap: appends to bounded deques and one ADWIN update per signal)
+and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
+
+- ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``, ``alert_rate``
+  (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``;
+- where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
+  AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
+  (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
+  ``passes_wrong``; plus the fleet's reliability bins (``sci_calibration``: per bin the mean confidence, the
+  accuracy and the count).
+
+Drift: one ADWIN detector (River, Bifet & Gavaldà 2007; confidence ``drift_delta``) per stream on SP and one on
+the novelty score when the model reports one. ADWIN keeps an adaptive window and cuts it when two sub-windows have
+means that differ beyond a Hoeffding-style bound, so it needs no fixed reference period and adapts to slow
+streams; a detection becomes a :class:`DriftEvent` (JSON on ``<prefix>.drift`` and a ``sci_drift`` point).
+
+Storage: :func:`snapshot_lines` turns a snapshot into line protocol (measurements ``sci_trust``,
+``sci_calibration``, ``sci_drift``, ``sci_batch``), written through the worker's sink. Points are timed at the
+worker clock (never in the future), tagged ``scope`` = ``fleet`` | ``stream``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from influxdb_client import Point, WritePrecision
+
+from controller.metrics import auroc, ece
+from streams.settings import Settings
+
+FLEET = "all"
+SIGNALS = ("sp", "novelty")
+_OBS_FIELDS = ("t_s", "sp", "passes", "abstained", "alerted", "max_prob", "correct")
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the trust metrics need of one decided window. ``correct`` is None without ground truth;
+    ``novelty`` is None when the model has no novelty score; ``t_s`` = worker clock (s) when it was decided."""
+
+    stream: str
+    modality: str
+    seq: int
+    t_s: float
+    sp: float
+    passes: int
+    abstained: bool
+    alerted: bool
+    max_prob: float
+    correct: bool | None = None
+    novelty: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftEvent:
+    """A detected change of ``signal`` (sp | novelty) on ``stream``: ADWIN's window mean before the cut and
+    after it, the window width kept, and the window (seq, decision time) where it was detected."""
+
+    stream: str
+    modality: str
+    signal: str
+    seq: int
+    t_ns: int
+    mean_before: float
+    mean_after: float
+    width: int
+    detector: str = "adwin"
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.stream}:{self.signal}:{self.seq}".encode()
+
+    def to_json(self) -> bytes:
+        return json.dumps({"v": 1, **asdict(self)}, separators=(",", ":")).encode()
+
+
+def window_metrics(obs: Sequence[Observation], ece_bins: int = 10) -> dict[str, float | int]:
+    """Metrics of a list of observations (see the module docstring); keys absent when undefined.
+
+    >>> o = [Observation("s", "ecg", i, float(i), sp, 5 + 10 * (not ok), False, sp < 0.5, 0.9, ok)
+    ...      for i, (sp, ok) in enumerate([(0.9, True), (0.8, True), (0.3, False), (0.95, True)])]
+    >>> m = window_metrics(o, ece_bins=10)
+    >>> m["accuracy"], m["auroc"], m["passes_wrong"], m["passes_right"], m["alert_rate"]
+    (0.75, 1.0, 15.0, 5.0, 0.25)
+    >>> m["windows_per_s"]  # 4 windows, one per second
+    1.0
+    """
+    n = len(obs)
+    if n == 0:
+        return {}
+    cols = {k: np.fromiter((getattr(o, k) for o in obs), np.float64, n) for k in _OBS_FIELDS if k != "correct"}
+    span = float(cols["t_s"].max() - cols["t_s"].min())
+    out: dict[str, float | int] = {
+        "n": n, "abstain_rate": float(cols["abstained"].mean()), "alert_rate": float(cols["alerted"].mean()),
+        "mean_passes": float(cols["passes"].mean()), "sp_mean": float(cols["sp"].mean())}
+    if n > 1 and span > 0:
+        out["windows_per_s"] = (n - 1) / span  # n arrivals span n - 1 inter-arrival gaps
+    known = np.fromiter((o.correct is not None for o in obs), bool, n)
+    if known.any():
+        ok = np.fromiter((bool(o.correct) for o in obs), bool, n)[known]
+        passes = cols["passes"][known]
+        out["n_truth"] = int(known.sum())
+        out["accuracy"] = float(ok.mean())
+        out["ece"] = ece(np.clip(cols["max_prob"][known], 0.0, 1.0), ok, ece_bins)
+        if ok.any():
+            out["passes_right"] = float(passes[ok].mean())
+        if not ok.all():
+            out["passes_wrong"] = float(passes[~ok].mean())
+        a = auroc(1.0 - cols["sp"][known], ~ok)
+        if not math.isnan(a):
+            out["auroc"] = a
+    return out
+
+
+def calibration_bins(obs: Sequence[Observation], n_bins: int = 10) -> list[dict[str, float | int | str]]:
+    """Reliability diagram of the windows with ground truth: per non-empty bin (right-closed, as
+    :func:`controller.metrics.ece`) its label ``"0.8-0.9"``, mean confidence, accuracy and count.
+
+    >>> o = [Observation("s", "ecg", 0, 0.0, 1.0, 1, False, False, p, ok)
+    ...      for p, ok in [(0.95, True), (0.92, False), (0.55, True)]]
+    >>> [(b["bin"], round(b["confidence"], 3), b["accuracy"], b["n"]) for b in calibration_bins(o)]
+    [('0.5-0.6', 0.55, 1.0, 1), ('0.9-1.0', 0.935, 0.5, 2)]
+    """
+    pairs = [(o.max_prob, bool(o.correct)) for o in obs if o.correct is not None and math.isfinite(o.max_prob)]
+    if not pairs:
+        return []
+    conf = np.clip(np.array([p for p, _ in pairs]), 0.0, 1.0)
+    ok = np.array([c for _, c in pairs], np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.digitize(conf, edges[1:-1], right=True)
+    out = []
+    for b in np.unique(idx).tolist():
+        sel = idx == b
+        out.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "confidence": float(conf[sel].mean()),
+                    "accuracy": float(ok[sel].mean()), "n": int(sel.sum())})
+    return out
+
+
+@dataclass
+class _StreamState:
+    modality: str
+    recent: deque = field(default_factory=deque)
+    detectors: dict[str, Any] = field(default_factory=dict)
+
+
+class TrustMonitor:
+    """Rolling trust metrics and drift detectors of one worker (not thread-safe: feed it from one thread)."""
+
+    def __init__(self, settings: Settings, clock=time.time) -> None:
+        self.s, self.clock = settings, clock
+        self.fleet: deque[Observation] = deque(maxlen=settings.trust_window)
+        self.streams: dict[str, _StreamState] = {}
+        self.drifts = 0
+
+    def _detector(self):
+        from river.drift import ADWIN
+
+        return ADWIN(delta=self.s.drift_delta)
+
+    def observe(self, observations: Iterable[Observation]) -> list[DriftEvent]:
+        """Add decided windows (in decision order); returns the drifts they revealed."""
+        events = []
+        for o in observations:
+            self.fleet.append(o)
+            st = self.streams.get(o.stream)
+            if st is None:
+                st = self.streams[o.stream] = _StreamState(o.modality, deque(maxlen=self.s.trust_window))
+            st.recent.append(o)
+            for signal, value in (("sp", o.sp), ("novelty", o.novelty)):
+                if value is None or not math.isfinite(value):
+                    continue
+                det = st.detectors.get(signal)
+                if det is None:
+                    det = st.detectors[signal] = self._detector()
+                before = det.estimation
+                det.update(float(value))
+                if det.drift_detected:
+                    self.drifts += 1
+                    events.append(DriftEvent(o.stream, o.modality, signal, o.seq, int(o.t_s * 1e9), float(before),
+                                             float(det.estimation), int(det.width)))
+        return events
+
+    def snapshot_lines(self, now_s: float | None = None) -> list[str]:
+        """Line protocol of the current fleet and per-stream metrics and the fleet's calibration bins."""
+        t_ns = int((self.clock() if now_s is None else now_s) * 1e9)
+        lines = []
+        if self.fleet:
+            lines.append(_trust_line("fleet", FLEET, FLEET, window_metrics(self.fleet, self.s.ece_bins), t_ns))
+            for b in calibration_bins(self.fleet, self.s.ece_bins):
+                lines.append(Point("sci_calibration").tag("bin", b["bin"]).field("confidence", b["confidence"])
+                             .field("accuracy", b["accuracy"]).field("n", b["n"])
+                             .time(t_ns, WritePrecision.NS).to_line_protocol())
+        for stream, st in self.streams.items():
+            if st.recent:
+                lines.append(_trust_line("stream", stream, st.modality, window_metrics(st.recent, self.s.ece_bins),
+                                         t_ns))
+        return lines
+
+
+def _trust_line(scope: str, stream: str, modality: str, metrics: dict[str, float | int], t_ns: int) -> str:
+    p = Point("sci_trust").tag("scope", scope).tag("stream", stream).tag("modality", modality)
+    for k, v in metrics.items():
+        p.field(k, v)
+    return p.time(t_ns, WritePrecision.NS).to_line_protocol()
+
+
+def drift_line(e: DriftEvent) -> str:
+    """The ``sci_drift`` point of a detection (``drift`` = 1, so ``count``/``sum`` count detections)."""
+    return (Point("sci_drift").tag("stream", e.stream).tag("modality", e.modality).tag("signal", e.signal)
+            .field("drift", 1).field("mean_before", e.mean_before).field("mean_after", e.mean_after)
+            .field("width", e.width).field("seq", e.seq).time(e.t_ns, WritePrecision.NS).to_line_protocol())
+
+
+def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: int) -> str:
+    """The ``sci_batch`` point of one classifier batch (compute dashboard)."""
+    return (Point("sci_batch").tag("worker", worker).field("size", int(size))
+            .field("controller_ms", float(controller_ms)).field("passes", int(passes))
+            .time(t_ns, WritePrecision.NS).to_line_protocol())
