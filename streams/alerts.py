@@ -403,7 +403,7 @@ class Subscriber:
         self.destinations = list(destinations)
         self.grouper = BurstGrouper(cooldown_s)
         self.from_beginning, self.poll_ms = from_beginning, poll_ms
-        self.kind_of = {settings.topic_escalations: "escalation", settings.topic_alerts: "alert"}
+        self.kind_of = {settings.topics["escalations"]: "escalation", settings.topics["alerts"]: "alert"}
         self.stats = SubscriptionStats()
         self.stop = threading.Event()
 

@@ -3,8 +3,8 @@
 :class:`TrustMonitor` sees every decided window (cheap: appends to bounded deques and one ADWIN update per signal)
 and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
 
-- ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``, ``alert_rate``
-  (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``;
+- ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``,
+  ``alert_rate`` (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``;
 - where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
   AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
   (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
@@ -16,26 +16,41 @@ the novelty score when the model reports one. ADWIN keeps an adaptive window and
 means that differ beyond a Hoeffding-style bound, so it needs no fixed reference period and adapts to slow
 streams; a detection becomes a :class:`DriftEvent` (JSON on ``<prefix>.drift`` and a ``sci_drift`` point).
 
-Storage: :func:`snapshot_lines` turns a snapshot into line protocol (measurements ``sci_trust``,
+In the worker, :class:`TrustService` (a ``faust.Service`` next to the pipeline) receives each stored batch of
+decisions, feeds the monitor on its own thread (never on the event loop), and every ``trust_interval_s`` writes
+the metric points through the worker's sink and sends the drift events.
+
+Storage: :meth:`TrustMonitor.snapshot_lines` turns a snapshot into line protocol (measurements ``sci_trust``,
 ``sci_calibration``, ``sci_drift``, ``sci_batch``), written through the worker's sink. Points are timed at the
 worker clock (never in the future), tagged ``scope`` = ``fleet`` | ``stream``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import faust
 import numpy as np
 from influxdb_client import Point, WritePrecision
 
 from controller.metrics import auroc, ece
 from streams.settings import Settings
+from streams.sinks import RetryPolicy, SinkError, WindowDecision
+
+if TYPE_CHECKING:
+    from streams.app import Pipeline
+
+log = logging.getLogger("sci_monitor.trust")
 
 FLEET = "all"
 SIGNALS = ("sp", "novelty")
@@ -225,3 +240,92 @@ def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: 
     return (Point("sci_batch").tag("worker", worker).field("size", int(size))
             .field("controller_ms", float(controller_ms)).field("passes", int(passes))
             .time(t_ns, WritePrecision.NS).to_line_protocol())
+
+
+def observation(d: WindowDecision, alert_threshold: float, t_s: float) -> Observation:
+    """The trust view of one served decision (``t_s``: when it was decided, worker clock)."""
+    r = d.result
+    novelty = getattr(r, "novelty", None)  # the model's novelty score, where the runtime reports one
+    return Observation(d.window.stream, d.window.modality, d.window.seq, t_s, float(r.sp), int(r.passes),
+                       bool(r.abstained), r.delta_sp >= alert_threshold, d.max_prob, d.correct,
+                       None if novelty is None else float(novelty))
+
+
+class TrustService(faust.Service):
+    """The worker's online trust metrics: fed by the pipeline after each stored batch, flushed periodically.
+
+    Metric points go through the pipeline's sink (:meth:`streams.app.Pipeline.store_lines`) with a bounded
+    retry; points that still fail are dropped with a warning and counted in ``dropped`` (they are derived and
+    will be recomputed at the next flush, unlike window decisions, which are never dropped). Drift events go to
+    ``drift_channel`` (``<prefix>.drift``) keyed ``stream:signal:seq``.
+    """
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, drift_channel: faust.ChannelT | None,
+                 clock=time.time, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.s, self.pipeline, self.drift_channel, self.clock = settings, pipeline, drift_channel, clock
+        self.monitor = TrustMonitor(settings, clock)
+        self.retry = RetryPolicy(max_attempts=3, backoff_s=settings.sink_backoff_s,
+                                 max_backoff_s=settings.sink_max_backoff_s)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sci-trust")
+        self._lock = threading.Lock()
+        self._lines: list[str] = []  # sci_batch and sci_drift points waiting for the next flush
+        self._drifts: list[DriftEvent] = []
+        self.dropped = 0
+        pipeline.observers.append(self.observe)
+
+    def observe(self, decisions: Sequence[WindowDecision], controller_ms: float) -> None:
+        """Called on the event loop after a batch was stored: hands it to the trust thread."""
+        now = self.clock()
+        obs = [observation(d, self.s.alert_threshold, now) for d in decisions if d.result.served]
+        batch = batch_line(self.pipeline.worker_id, len(decisions), controller_ms,
+                           sum(d.result.passes for d in decisions), int(now * 1e9))
+        self._thread.submit(self._ingest, obs, batch)
+
+    def _ingest(self, obs: list[Observation], batch: str) -> None:
+        try:
+            events = self.monitor.observe(obs)
+        except Exception:  # a metrics bug must not take the worker down
+            log.exception("trust metrics: observing %d windows failed", len(obs))
+            events = []
+        with self._lock:
+            self._lines.append(batch)
+            self._lines.extend(drift_line(e) for e in events)
+            self._drifts.extend(events)
+        for e in events:
+            log.warning("drift on %s (%s): mean %.3f -> %.3f at seq %d", e.stream, e.signal, e.mean_before,
+                        e.mean_after, e.seq)
+
+    def _collect(self) -> tuple[list[str], list[DriftEvent]]:
+        with self._lock:
+            lines, drifts = self._lines, self._drifts
+            self._lines, self._drifts = [], []
+        return lines + self.monitor.snapshot_lines(), drifts
+
+    async def flush(self) -> None:
+        """Write the pending and current metric points and send the pending drift events."""
+        loop = asyncio.get_running_loop()
+        lines, drifts = await loop.run_in_executor(self._thread, self._collect)
+        try:
+            await self.pipeline.store_lines(lines, f"storing {len(lines)} trust-metric points", self.retry)
+        except SinkError as exc:
+            self.dropped += len(lines)
+            log.warning("trust metrics: %d points dropped (%s); %d dropped so far", len(lines), exc, self.dropped)
+        if self.drift_channel is not None:
+            for e in drifts:
+                await self.drift_channel.send(key=e.key, value=e.to_json())
+
+    @faust.Service.task
+    async def _flusher(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.s.trust_interval_s)
+            if not self.should_stop and self.pipeline.sink is not None:
+                await self.flush()
+
+    async def on_stop(self) -> None:
+        if self.pipeline.sink is not None:
+            try:
+                await self.flush()
+            except Exception as exc:  # stopping: say so, do not block the shutdown
+                log.warning("trust metrics: final flush failed: %s", exc)
+        self._thread.shutdown(wait=False)

@@ -241,7 +241,7 @@ def test_subscriptions_deliver_matching_events_once_across_a_restart(local_stack
         start_ns = time.time_ns()
         streams = [ecg_windows(r, start_ns=start_ns) for r in ("100", "208", "232")]
         streams.append(vibration_windows(130, hop=8 * cwru.FRAME, start_ns=start_ns))
-        summary = Replayer(s.kafka_bootstrap, s.topic_windows, speed=0, progress=False).run(streams, max_windows=n)
+        summary = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=0, progress=False).run(streams, max_windows=n)
         assert summary.produced == n
 
         # restart both subscribers once the first notifications arrived (mid-stream when the worker is slower)
@@ -252,7 +252,7 @@ def test_subscriptions_deliver_matching_events_once_across_a_restart(local_stack
         hook = _subscribe(s, f"hook-{tag}", tmp_path / "hook.out", *filt, "--webhook", receiver.url,
                           "--secret-env", "SCI_TEST_HOOK_SECRET", env=secret_env)
 
-        labels = _consume_all(s.kafka_bootstrap, s.topic_labels, n, timeout_s=300)
+        labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], n, timeout_s=300)
         assert len(labels) == n, worker_log.read_text()[-2000:]
         msgs = [json.loads(r.value) for r in labels]
         expected = {f"escalation/{m['stream']}:{m['seq']}" for m in msgs

@@ -265,14 +265,14 @@ def test_replay_command_uses_settings(local_stack) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        admin.create_topics([NewTopic(settings.topic_windows, 1, 1)])
+        admin.create_topics([NewTopic(settings.topics["windows"], 1, 1)])
     finally:
         admin.close()
     summary = replay_command(settings, "cwru", records=[106, "12k_Drive_End_B007_3_121"], speed=0,
                              max_windows=40, progress=False)  # fmt: skip
     assert summary.produced == 40 and set(summary.per_stream) == {"cwru-106", "cwru-121"}
     assert summary.labels == {"inner": summary.per_stream["cwru-106"], "ball": summary.per_stream["cwru-121"]}
-    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topic_windows, 40)]
+    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topics["windows"], 40)]
     assert len(windows) == 40 and {w.label for w in windows} == {"inner", "ball"}
     with pytest.raises(ValueError, match="dataset must be"):
         replay_command(settings, "eeg")
