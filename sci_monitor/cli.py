@@ -143,7 +143,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
     from streams.replay import replay_command
 
     summary = replay_command(_settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
-                             max_windows=a.max_windows, progress=not a.no_progress)
+                             max_windows=a.max_windows, progress=not a.no_progress, replay=a.replay_id)
     out.print(summary)
     return 0
 
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--speed", type=float, default=1.0, help="× real time; 0 = as fast as possible")
     rp.add_argument("--max-windows", type=int, help="stop after this many windows")
     rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--replay-id", help="repeat an earlier replay with the same time stamps (its points are "
+                    "overwritten, not added); printed at the end of every replay")
 
     c = add("config", cmd_config, "print the effective settings (secrets masked)")
     c.add_argument("action", choices=["show"])
