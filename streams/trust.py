@@ -175,6 +175,7 @@ class TrustMonitor:
         self.fleet: deque[Observation] = deque(maxlen=settings.trust_window)
         self.streams: dict[str, _StreamState] = {}
         self.drifts = 0
+        self._dirty: set[str] = set()  # streams with new windows since the last snapshot
 
     def _detector(self):
         from river.drift import ADWIN
@@ -190,6 +191,7 @@ class TrustMonitor:
             if st is None:
                 st = self.streams[o.stream] = _StreamState(o.modality, deque(maxlen=self.s.trust_window))
             st.recent.append(o)
+            self._dirty.add(o.stream)
             for signal, value in (("sp", o.sp), ("novelty", o.novelty)):
                 if value is None or not math.isfinite(value):
                     continue
@@ -205,19 +207,20 @@ class TrustMonitor:
         return events
 
     def snapshot_lines(self, now_s: float | None = None) -> list[str]:
-        """Line protocol of the current fleet and per-stream metrics and the fleet's calibration bins."""
+        """Line protocol of the current fleet and per-stream metrics and the fleet's calibration bins; only what
+        saw new windows since the last snapshot (an idle stream's metrics stop instead of repeating)."""
         t_ns = int((self.clock() if now_s is None else now_s) * 1e9)
+        dirty, self._dirty = self._dirty, set()
         lines = []
-        if self.fleet:
+        if dirty:
             lines.append(_trust_line("fleet", FLEET, FLEET, window_metrics(self.fleet, self.s.ece_bins), t_ns))
             for b in calibration_bins(self.fleet, self.s.ece_bins):
                 lines.append(Point("sci_calibration").tag("bin", b["bin"]).field("confidence", b["confidence"])
                              .field("accuracy", b["accuracy"]).field("n", b["n"])
                              .time(t_ns, WritePrecision.NS).to_line_protocol())
-        for stream, st in self.streams.items():
-            if st.recent:
-                lines.append(_trust_line("stream", stream, st.modality, window_metrics(st.recent, self.s.ece_bins),
-                                         t_ns))
+        for stream in dirty:
+            st = self.streams[stream]
+            lines.append(_trust_line("stream", stream, st.modality, window_metrics(st.recent, self.s.ece_bins), t_ns))
         return lines
 
 

@@ -89,3 +89,7 @@ def test_snapshot_lines_cover_fleet_streams_and_calibration():
     assert "n=100i" in fleet[0] and "accuracy=" in fleet[0] and all(line.endswith(" 1234500000000") for line in lines)
     assert "accuracy=" not in next(line for line in per if "stream=b " in line)  # b has no ground truth
     assert any(line.startswith("sci_calibration,bin=") for line in lines)
+    assert mon.snapshot_lines() == []  # nothing new: no repeated points
+    mon.observe(_obs(rng, 5, "b", truth=False))
+    again = [line for line in mon.snapshot_lines() if line.startswith("sci_trust,")]
+    assert len(again) == 2 and {line.split(" ")[0].split("stream=")[1] for line in again} == {"all", "b"}
