@@ -166,9 +166,11 @@ class Pipeline(faust.Service):
         for d in decisions:
             self._count(d.result, d.latency_ms)
         self.tally.batches += 1
-        if decisions:
-            for observe in self.observers:
+        for observe in self.observers if decisions else ():
+            try:  # an observer (the trust metrics) must never fail the batch: its outputs already exist
                 observe(decisions, controller_ms)
+            except Exception:
+                log.exception("observer %r failed on a batch of %d decisions", observe, len(decisions))
 
     async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
         """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
