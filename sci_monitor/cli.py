@@ -145,6 +145,10 @@ def cmd_replay(a: argparse.Namespace) -> int:
     summary = replay_command(_settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
                              max_windows=a.max_windows, progress=not a.no_progress)
     out.print(summary)
+    if not summary.ok:
+        err.print(f"sci-monitor: error: {summary.sent - summary.produced} of {summary.sent} windows were not "
+                  "acknowledged by the broker")
+        return 1
     return 0
 
 
