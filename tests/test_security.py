@@ -83,3 +83,28 @@ def test_sasl_without_credentials_is_refused_and_real_secrets_pass() -> None:
     with pytest.raises(SettingsError, match="needs kafka_sasl_username"):
         check_secrets(load_settings(env={"SCI_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}))
     check_secrets(load_settings(env={"SCI_INFLUX_TOKEN": "9f2c4e", "SCI_INFLUX_PASSWORD": "x"}))
+
+
+def _preflight(env: dict[str, str]):
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    svc = doc["services"]["preflight"]
+    script = svc["command"][0].replace("$$", "$")  # what compose hands to the shell
+    return subprocess.run(["/bin/sh", "-ec", script], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=10), doc
+
+
+def test_compose_preflight_refuses_the_placeholders_before_anything_starts() -> None:
+    result, doc = _preflight({"SCI_INFLUX_TOKEN": "change-me-influx-operator-token", "GRAFANA_ADMIN_PASSWORD": "ok"})
+    assert result.returncode == 1 and "SCI_INFLUX_TOKEN" in result.stderr
+    assert "change-me-influx" not in result.stderr + result.stdout  # names, never values
+    result, _ = _preflight({"SCI_INFLUX_TOKEN": "3c9d", "GRAFANA_ADMIN_PASSWORD": "pw"})
+    assert result.returncode == 0, result.stderr
+    for name in ("influxdb", "worker"):  # the worker waits for InfluxDB, which waits for the preflight
+        deps = doc["services"][name]["depends_on"]
+        assert "preflight" in deps or deps["influxdb"]["condition"] == "service_healthy"
+    assert doc["services"]["influxdb"]["depends_on"]["preflight"]["condition"] == "service_completed_successfully"
