@@ -315,6 +315,8 @@ class SensorWindow:
         s(self, "t0_ns", _check_int("t0_ns", self.t0_ns, minimum=TIME_MIN_NS, maximum=TIME_MAX_NS))
         s(self, "seq", _check_int("seq", self.seq, minimum=0))
         s(self, "label", _check_opt_str("label", self.label, MAX_LABEL_CHARS))
+        if self.label is not None and not self.label.isprintable():
+            raise ContractError("field 'label' has a control character")
         s(self, "features", _check_features(self.features))
         s(self, "meta", _check_meta(self.meta))
         samples = np.asarray(self.samples)

@@ -8,6 +8,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from poison import MODEL_REJECTED, POISON, REASONS
 
 from streams.contracts import (
@@ -409,3 +411,24 @@ def test_dead_letter_of_a_huge_message_is_truncated_with_size_and_hash() -> None
         assert len(dead_letter(b"\xff" * 5000, "r", "t", 0, 0, None, max_bytes=limit)) <= limit
     with pytest.raises(ContractError, match="unknown stage"):
         dead_letter(b"", "r", "t", 0, 0, None, stage="elsewhere")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_decoding_hostile_frames_raises_only_contract_errors_with_short_reasons(data) -> None:
+    from fuzz_messages import expected_outcome, malformed_frame
+
+    i = data.draw(st.integers(0, 10**6))
+    msg = data.draw(malformed_frame(i))
+    try:
+        w = decode_window(msg)
+    except ContractError as e:
+        assert 0 < len(e.reason) < 400
+        assert expected_outcome(msg, i) == "dead"
+        dl = dead_letter(msg, e, "sci.windows", 0, i, f"fz:{i}".encode())
+        assert decode_dead_letter(dl).original == msg
+        return
+    # accepted: every bound holds, so nothing downstream can overflow or be refused by InfluxDB
+    assert TIME_MIN_NS <= w.t0_ns <= TIME_MAX_NS and 0 <= w.seq < 2**63
+    assert np.isfinite(w.samples).all() and np.abs(w.samples).max() <= MAX_ABS_SAMPLE
+    assert w.label is None or w.label.isprintable()
