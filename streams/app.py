@@ -1,12 +1,20 @@
-"""The Faust app: sensor windows in, SCI decisions out (labels, escalations, ΔSP alerts, dead letters, InfluxDB).
+"""The Faust app: sensor windows in, SCI decisions out (labels, escalations, ΔSP alerts, dead letters, storage).
 
-One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_size, within=batch_timeout_s)``).
-Per batch: decode and validate every message (malformed → dead letter with the reason), classify the valid windows
-on the model thread (never on the event loop; the models stay on the device for the life of the worker), then
-publish the outputs and write the InfluxDB points, and only then let Faust ack the batch, so offsets are committed
-after the outputs exist (at-least-once). Outputs are keyed ``stream:seq`` and Influx points are timed at the window
-start, so a redelivered window overwrites instead of duplicating. Scale-out is more workers in the same consumer
-group (``app_id``) over more partitions of the input topic.
+One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_size, within=batch_timeout_s)``) and
+hands each batch to the :class:`Pipeline`, a ``faust.Service`` registered as a dependency of the app: it loads
+the models and opens the sink in ``on_start`` (before the consumer joins its group) and closes them in
+``on_stop`` (after the agents stopped). Per batch: decode and validate every message (malformed → dead letter
+with the reason), classify the valid windows on the model thread (never on the event loop; the models stay on
+the device for the life of the worker), then publish the outputs and store the decisions through the
+:class:`~streams.sinks.WindowSink` (on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`),
+and only then let Faust ack the batch, so offsets are committed after the outputs exist (at-least-once).
+Outputs are keyed ``stream:seq`` and stored points are timed at the window start, so a redelivered window
+overwrites instead of duplicating. Scale-out is more workers in the same consumer group (``app_id``) over more
+partitions of the input topic.
+
+Plug points: ``runtime_factory`` (the models), ``sink_factory`` (storage: any :class:`~streams.sinks.WindowSink`)
+and ``outputs`` (role -> Faust channel; the topics by default, in-memory channels in unit tests), all arguments
+of :func:`create_worker`.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +37,13 @@ from streams.contracts import (
     AlertMessage,
     ContractError,
     EscalationMessage,
-    LabelMessage,
     SensorWindow,
     dead_letter,
     decode_window,
 )
-from streams.influx import InfluxSink, SinkError, make_sink, window_points
 from streams.runtime import ModelRuntime, WindowResult
-from streams.settings import Settings
+from streams.settings import TOPIC_ROLES, Settings
+from streams.sinks import RetryPolicy, SinkClosed, SinkError, WindowDecision, WindowSink
 
 log = logging.getLogger("sci_monitor.worker")
 
@@ -50,6 +58,7 @@ class Tally:
     escalations: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    sink_retries: int = 0
     labels: Counter = field(default_factory=Counter)
     latency_ms_sum: float = 0.0
 
@@ -58,11 +67,15 @@ class Tally:
         mean_lat = self.latency_ms_sum / self.windows if self.windows else 0.0
         return (f"windows {self.windows} ({self.windows / dt:.1f}/s), batches {self.batches}, "
                 f"escalations {self.escalations}, alerts {self.alerts}, dead letters {self.dead_letters}, "
-                f"mean latency {mean_lat:.0f} ms, labels {dict(self.labels)}")
+                f"sink retries {self.sink_retries}, mean latency {mean_lat:.0f} ms, labels {dict(self.labels)}")
 
 
 def severity(delta_sp: float, warning: float, critical: float) -> str | None:
-    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None."""
+    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None.
+
+    >>> severity(0.29, 0.3, 0.5) is None, severity(0.3, 0.3, 0.5), severity(0.5, 0.3, 0.5)
+    (True, 'warning', 'critical')
+    """
     if delta_sp >= critical:
         return "critical"
     if delta_sp >= warning:
@@ -70,126 +83,139 @@ def severity(delta_sp: float, warning: float, critical: float) -> str | None:
     return None
 
 
-class Pipeline:
-    """Per-batch processing shared by the agent and tests; owns the model thread and the sink thread."""
+class Pipeline(faust.Service):
+    """Per-batch processing of the worker; owns the model thread, the storage thread, the models and the sink.
 
-    def __init__(self, settings: Settings, runtime_factory: Callable[[], ModelRuntime],
-                 sink_factory: Callable[[], InfluxSink]) -> None:
-        self.settings = settings
+    ``outputs``: role (``labels``, ``escalations``, ``alerts``, ``deadletter``) -> Faust channel or topic.
+    """
+
+    def __init__(self, settings: Settings, outputs: Mapping[str, faust.ChannelT],
+                 runtime_factory: Callable[[], ModelRuntime], sink_factory: Callable[[], WindowSink],
+                 retry: RetryPolicy, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings, self.outputs, self.retry = settings, outputs, retry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._runtime_factory, self._sink_factory = runtime_factory, sink_factory
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-model")
-        self._sink_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-influx")
+        self._sink_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-sink")
+        self._stopping = threading.Event()  # interrupts the storage retry wait on shutdown
         self.runtime: ModelRuntime | None = None
-        self.sink: InfluxSink | None = None
+        self.sink: WindowSink | None = None
         self.tally = Tally()
 
-    async def start(self) -> None:
+    async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.runtime is None:
-            self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
-            log.info("models loaded on %s: %s", self.runtime.device,
-                     {m: s.card.name for m, s in self.runtime.models.items()})
-        if self.sink is None:
-            self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
+        self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
+        log.info("models loaded on %s: %s", self.runtime.device, self.runtime.describe())
+        self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
+        log.info("storage: %s", self.sink.health()[1])
 
-    async def process(self, events: Sequence[Any], topics: dict[str, faust.TopicT]) -> None:
-        """Decode, classify, publish and record one batch of Faust events; returns once all outputs are durable.
+    async def on_stop(self) -> None:
+        self._stopping.set()
+        log.info("stopping: %s", self.tally.line())
+        if self.sink is not None:
+            self.sink.close()
+        self._model_thread.shutdown(wait=False)
+        self._sink_thread.shutdown(wait=False)
 
-        ``start()`` must have run (the agent calls it before its first batch)."""
+    @faust.Service.timer(10.0)
+    async def _report(self) -> None:
+        if self.tally.windows or self.tally.dead_letters:
+            log.info("%s", self.tally.line())
+
+    async def process(self, events: Sequence[Any]) -> None:
+        """Decode, classify, publish and store one batch of Faust events; returns once all outputs are durable."""
         loop = asyncio.get_running_loop()
         windows: list[SensorWindow] = []
         origin: list[Any] = []
-        sends: list[Any] = []
+        sends: list[Awaitable[Any]] = []
         for ev in events:
             msg = ev.message
             try:
                 windows.append(decode_window(msg.value))
                 origin.append(msg)
             except ContractError as exc:
-                sends.append(self._dead(topics, msg, exc))
+                sends.append(self._dead(msg, exc))
         results = await loop.run_in_executor(self._model_thread, self.runtime.classify, windows) if windows else []
         now = time.time()
-        rows: dict[str, list[Any]] = {k: [] for k in (
-            "stream", "modality", "model", "decision", "predicted", "sp", "delta_sp", "passes", "max_prob",
-            "latency_ms", "seq", "t0_ns", "truth")}
+        decisions: list[WindowDecision] = []
+        stored_from: list[Any] = []
         for w, msg, res in zip(windows, origin, results, strict=True):
             if isinstance(res, str):
-                sends.append(self._dead(topics, msg, res, "ModelInputError"))
+                sends.append(self._dead(msg, res, "ModelInputError"))
                 continue
-            sends.extend(self._publish(topics, w, res, max(0.0, (now - msg.timestamp) * 1000.0), rows))
-        delivered = asyncio.gather(*[await s for s in sends])
-        written = loop.run_in_executor(self._sink_thread, self._write_points, rows) if rows["seq"] else None
-        await delivered
-        if written is not None:
-            await written
+            d = WindowDecision(w, res, max(0.0, (now - msg.timestamp) * 1000.0), self.worker_id)
+            decisions.append(d)
+            stored_from.append(msg)
+            sends.extend(self._publish(d))
+        stored = loop.run_in_executor(self._sink_thread, self._store, decisions) if decisions else None
+        await asyncio.gather(*[await s for s in sends])
+        if stored is not None:
+            try:
+                await stored
+            except SinkClosed:
+                raise
+            except SinkError as exc:  # rejected, or unavailable after a bounded number of attempts
+                kind = type(exc).__name__
+                await asyncio.gather(*[await self._dead(m, f"storage failed: {exc}", kind) for m in stored_from])
+        for d in decisions:
+            self._count(d.result, d.latency_ms)
         self.tally.batches += 1
 
-    def _dead(self, topics: dict[str, faust.TopicT], msg: Any, reason: str | Exception,
-              error_type: str | None = None) -> Any:
+    def _store(self, decisions: Sequence[WindowDecision]) -> None:
+        def retried(attempt: int, exc: Exception) -> None:
+            self.tally.sink_retries += 1
+
+        self.retry.call(lambda: self.sink.write(decisions), f"storing {len(decisions)} decisions",
+                        stop=self._stopping, on_retry=retried)
+
+    def _dead(self, msg: Any, reason: str | Exception, error_type: str | None = None) -> Awaitable[Any]:
         self.tally.dead_letters += 1
         body = dead_letter(msg.value or b"", reason, msg.topic, msg.partition, msg.offset, msg.key, error_type)
-        return topics["deadletter"].send(key=msg.key, value=body)
+        return self.outputs["deadletter"].send(key=msg.key, value=body)
 
-    def _publish(self, topics: dict[str, faust.TopicT], w: SensorWindow, r: WindowResult, latency_ms: float,
-                 rows: dict[str, list[Any]]) -> list[Any]:
-        s = self.settings
-        label = LabelMessage(
-            stream=w.stream, modality=w.modality, seq=w.seq, t0_ns=w.t0_ns, model=r.model, label=r.label,
-            probs={c: round(float(p), 6) for c, p in zip(r.classes, r.probs, strict=True)},
-            sp=round(r.sp, 6), delta_sp=round(r.delta_sp, 6), passes=r.passes,
-            decision="abstained" if r.abstained else "stopped", reason=r.reason, truth=w.label,
-            correct=None if w.label is None else w.label == r.label, latency_ms=round(latency_ms, 3),
-            worker=self.worker_id)
+    def _publish(self, d: WindowDecision) -> list[Awaitable[Any]]:
+        s, r = self.settings, d.result
+        label = d.label_message()
         key = label.key
-        out = [topics["labels"].send(key=key, value=label.to_json())]
+        out = [self.outputs["labels"].send(key=key, value=label.to_json())]
         if r.abstained:
-            self.tally.escalations += 1
-            out.append(topics["escalations"].send(key=key, value=EscalationMessage.from_label(label).to_json()))
-        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical)
+            out.append(self.outputs["escalations"].send(key=key, value=EscalationMessage.from_label(label).to_json()))
+        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
         if level is not None:
-            self.tally.alerts += 1
             threshold = s.alert_critical if level == "critical" else s.alert_threshold
-            out.append(topics["alerts"].send(key=key, value=AlertMessage.from_label(label, level, threshold).to_json()))
-        self.tally.windows += 1
-        self.tally.labels[r.label] += 1
-        self.tally.latency_ms_sum += latency_ms
-        for k, v in (("stream", w.stream), ("modality", w.modality), ("model", r.model),
-                     ("decision", label.decision), ("predicted", r.label), ("sp", r.sp), ("delta_sp", r.delta_sp),
-                     ("passes", r.passes), ("max_prob", float(r.probs.max())), ("latency_ms", latency_ms),
-                     ("seq", w.seq), ("t0_ns", w.t0_ns), ("truth", w.label)):
-            rows[k].append(v)
+            out.append(self.outputs["alerts"].send(
+                key=key, value=AlertMessage.from_label(label, level, threshold).to_json()))
         return out
 
-    def _write_points(self, rows: dict[str, list[Any]]) -> None:
-        """Write until InfluxDB takes the batch: holding the batch (and its offsets) is how nothing gets lost."""
-        lines = window_points(rows)
-        delay = self.settings.influx_backoff_s
-        while True:
-            try:
-                self.sink.write(lines)
-                return
-            except SinkError as exc:
-                log.warning("InfluxDB write failed (%s); retrying in %.1f s, batch held", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    def close(self) -> None:
-        if self.sink is not None:
-            self.sink.close()
-        self._model_thread.shutdown(wait=False)
-        self._sink_thread.shutdown(wait=False)
+    def _count(self, r: WindowResult, latency_ms: float) -> None:
+        t, s = self.tally, self.settings
+        t.windows += 1
+        t.escalations += r.abstained
+        t.alerts += r.served and severity(r.delta_sp, s.alert_threshold, s.alert_critical) is not None
+        t.labels[r.label] += 1
+        t.latency_ms_sum += latency_ms
 
 
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
 
 
-def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
-               sink_factory: Callable[[], InfluxSink] | None = None) -> faust.App:
-    """The Faust app of one worker; ``app.pipeline`` exposes its Pipeline (tally, sink counters)."""
-    from models.device import resolve_device
+@dataclass(frozen=True)
+class Worker:
+    """One worker: the Faust app, its classifying agent and the pipeline the agent feeds."""
 
+    app: faust.App
+    agent: faust.types.AgentT
+    pipeline: Pipeline
+
+
+def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
+                  sink_factory: Callable[[], WindowSink] | None = None,
+                  outputs: Callable[[faust.App], Mapping[str, faust.ChannelT]] | None = None) -> Worker:
+    """The Faust app of one worker with its agent and pipeline. Plug points: ``runtime_factory`` (default: the
+    ``models`` setting on ``settings.device``), ``sink_factory`` (default: InfluxDB), ``outputs(app)`` -> role ->
+    channel (default: the output topics)."""
     app = faust.App(
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_partitions=settings.input_partitions,
@@ -199,35 +225,39 @@ def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] |
         broker_commit_interval=1.0,
     )
     names, parts = settings.topics, settings.topic_partitions
-    topics = {role: app.topic(name, partitions=parts[name], key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw") for role, name in names.items()}
+    topics = {role: app.topic(names[role], partitions=parts[names[role]], key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}
     pipeline = Pipeline(
         settings,
-        runtime_factory or (lambda: ModelRuntime(resolve_device(settings.device))),
-        sink_factory or (lambda: make_sink(settings)),
+        outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"},
+        runtime_factory or (lambda: _default_runtime(settings)),
+        sink_factory or (lambda: _default_sink(settings)),
+        RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
     )
-    app.pipeline = pipeline  # type: ignore[attr-defined]
+    # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
+    app.add_dependency(pipeline)
 
     @app.agent(topics["windows"], name="classify")
     async def classify(stream: faust.StreamT) -> None:
-        await pipeline.start()  # load the models before the first batch, not during it
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-            await pipeline.process(events, topics)
+            await pipeline.process(events)
 
-    @app.timer(interval=10.0)
-    async def report() -> None:
-        if pipeline.tally.windows or pipeline.tally.dead_letters:
-            log.info("%s", pipeline.tally.line())
+    return Worker(app, classify, pipeline)
 
-    @app.on_before_shutdown.connect
-    async def _close(app_: faust.App, **kwargs: Any) -> None:
-        log.info("stopping: %s", pipeline.tally.line())
-        pipeline.close()
 
-    return app
+def _default_runtime(settings: Settings) -> ModelRuntime:
+    from models.device import resolve_device
+
+    return ModelRuntime(resolve_device(settings.device), settings.served_models)
+
+
+def _default_sink(settings: Settings) -> WindowSink:
+    from streams.influx import make_sink
+
+    return make_sink(settings)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit)."""
-    app = create_app(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    worker = create_worker(settings)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

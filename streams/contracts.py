@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
+from streams import modalities
+
 __all__ = [
     "DEAD_LETTER_MAX_BYTES",
     "DECISIONS",
@@ -39,7 +41,6 @@ __all__ = [
     "MAX_HEADER_DEPTH",
     "MAX_STREAM_CHARS",
     "MAX_WINDOW_BYTES",
-    "MODALITIES",
     "OUTPUT_VERSION",
     "SEVERITIES",
     "STAGES",
@@ -63,7 +64,6 @@ __all__ = [
 MAGIC = b"SCIW"
 WIRE_VERSION = 1
 OUTPUT_VERSION = 1
-MODALITIES = ("ecg", "vibration")
 DECISIONS = ("stopped", "abstained")
 SEVERITIES = ("warning", "critical")
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
@@ -78,6 +78,7 @@ MAX_HEADER_BYTES = 64 << 10  # JSON header
 MAX_HEADER_DEPTH = 8  # nesting of the JSON header ({"features": {"rr": [...]}} is 3), checked before json.loads
 MAX_STREAM_CHARS = 128
 MAX_LABEL_CHARS = 64
+MAX_LEAD_CHARS = 16
 MAX_META_ITEMS, MAX_META_KEY_CHARS, MAX_META_VALUE_CHARS = 32, 64, 1024
 MAX_FEATURES, MAX_FEATURE_VALUES = 16, 256
 MAX_FS_HZ = 1e7
@@ -97,6 +98,7 @@ MAX_DEAD_KEY_BYTES = 1024
 # where in a batch a window failed (dead letter field "stage")
 STAGES = ("decode", "model_check", "classify", "output", "send", "store")
 _STREAM_RE = re.compile(r"[\w.:/@-]+")
+_LEAD_RE = re.compile(r"[\w.-]+")
 _JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
@@ -109,7 +111,11 @@ class ContractError(ValueError):
 
 
 def window_key(stream: str, seq: int) -> bytes:
-    """Kafka key and downstream idempotency key of a window: ``b"<stream>:<seq>"``."""
+    """Kafka key and downstream idempotency key of a window: ``b"<stream>:<seq>"``.
+
+    >>> window_key("mitdb-100", 7)
+    b'mitdb-100:7'
+    """
     return f"{stream}:{int(seq)}".encode()
 
 
@@ -290,8 +296,10 @@ class SensorWindow:
     ``samples``: float32[L] at ``fs`` Hz (validated: 1-D, non-empty, finite, |x| <= ``MAX_ABS_SAMPLE``);
     ``t0_ns``: UTC ns of samples[0], within InfluxDB's time range; ``seq``: per-stream counter from 0 (int64);
     ``stream``: 1..128 letters, digits or ``_ . : / @ -``; ``label``: ground truth when the replay knows it;
-    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG.
-    Construction validates the same rules as :func:`decode_window` (raises :class:`ContractError`).
+    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG; ``lead``: the sensor
+    channel (ECG "MLII", "V1", ...; vibration "DE", "FE"; at most 16 letters, digits or ``_ . -``), None = the
+    modality's default lead (:mod:`streams.modalities`). Construction validates the same rules as
+    :func:`decode_window` (raises :class:`ContractError`).
     """
 
     stream: str
@@ -303,11 +311,16 @@ class SensorWindow:
     label: str | None = None
     features: dict[str, list[float]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    lead: str | None = None
 
     def __post_init__(self) -> None:
         s = object.__setattr__
         s(self, "stream", _check_stream(self.stream))
-        s(self, "modality", _check_choice("modality", self.modality, MODALITIES, "modality"))
+        s(self, "modality", _check_choice("modality", self.modality, modalities.names(), "modality"))
+        if self.lead is not None:
+            s(self, "lead", _check_str("lead", self.lead, max_chars=MAX_LEAD_CHARS))
+            if not _LEAD_RE.fullmatch(self.lead):
+                raise ContractError("field 'lead' has a character outside letters, digits and _.-")
         fs = _check_float("fs", self.fs)
         if not 0 < fs <= MAX_FS_HZ:
             raise ContractError(f"field 'fs' must be > 0 Hz and <= {MAX_FS_HZ:g} Hz, got {fs}")
@@ -341,10 +354,6 @@ class SensorWindow:
     def key(self) -> bytes:
         return window_key(self.stream, self.seq)
 
-    @property
-    def duration_s(self) -> float:
-        return self.samples.size / self.fs
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SensorWindow):
             return NotImplemented
@@ -357,6 +366,7 @@ class SensorWindow:
             and self.label == other.label
             and self.features == other.features
             and self.meta == other.meta
+            and self.lead == other.lead
             and np.array_equal(self.samples, other.samples)
         )
 
@@ -380,6 +390,8 @@ def encode_window(w: SensorWindow) -> bytes:
         "n": int(w.samples.size),
         "dtype": "<f4",
     }
+    if w.lead is not None:  # optional: absent means the modality's default lead
+        header["lead"] = w.lead
     h = json.dumps(header, separators=_JSON_SEPARATORS, allow_nan=False).encode()
     return b"".join((_PREFIX.pack(MAGIC, WIRE_VERSION, len(h)), h, w.samples.astype(_DTYPE, copy=False).tobytes()))
 
@@ -428,6 +440,7 @@ def decode_window(data: bytes) -> SensorWindow:
         label=h["label"],
         features=h["features"],
         meta=h["meta"],
+        lead=h.get("lead"),
     )
 
 
@@ -442,7 +455,9 @@ class LabelMessage:
     ``probs``: class -> softmax(z̄/T) of the mean logits of the MC-dropout passes; ``sp``: interpretive state
     SP = 1 − H(probs)/log K after ``passes`` passes; ``delta_sp``: |SP* − SP|; ``decision``: "stopped" |
     "abstained" (an escalation); ``reason``: the stop rule that fired or why it abstained; ``truth``/``correct``:
-    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision.
+    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision;
+    ``lead``: the lead the window was routed by. A window no model serves (reason ``unsupported_lead``) is
+    abstained with ``passes`` 0, empty ``model``, ``label`` and ``probs``.
     """
 
     stream: str
@@ -461,6 +476,7 @@ class LabelMessage:
     correct: bool | None = None
     latency_ms: float
     worker: str
+    lead: str | None = None
 
     topic: ClassVar[str] = "sci.labels"
 
@@ -475,6 +491,8 @@ class LabelMessage:
         d: dict[str, Any] = {"v": OUTPUT_VERSION}
         for f in _field_names(type(self)):
             d[f] = getattr(self, f)
+        if d["lead"] is None:  # optional and additive: absent rather than null
+            del d["lead"]
         return d
 
     def to_json(self) -> bytes:
@@ -488,7 +506,7 @@ class LabelMessage:
             raise ContractError(f"unknown version {v!r} of {cls.__name__}, expected {OUTPUT_VERSION}")
         names = _field_names(cls)
         for name in names:
-            if name not in obj and name not in ("truth", "correct"):
+            if name not in obj and name not in ("truth", "correct", "lead"):
                 raise ContractError(f"missing field {name!r}")
         return cls(**{k: obj[k] for k in names if k in obj})
 
@@ -536,16 +554,19 @@ def _label_fields(m: LabelMessage) -> dict[str, Any]:
 
 def _validate_output(m: LabelMessage) -> None:
     s = object.__setattr__
+    s(m, "passes", _check_int("passes", m.passes, minimum=0))
+    unserved = m.passes == 0  # no model ran (unsupported lead): no model, label or probs
     for name in ("stream", "model", "label", "reason", "worker"):
-        s(m, name, _check_str(name, getattr(m, name), empty_ok=name == "reason"))
-    _check_choice("modality", m.modality, MODALITIES, "modality")
+        empty_ok = name == "reason" or (unserved and name in ("model", "label"))
+        s(m, name, _check_str(name, getattr(m, name), empty_ok=empty_ok))
+    _check_choice("modality", m.modality, modalities.names(), "modality")
     _check_choice("decision", m.decision, DECISIONS, "decision")
     s(m, "seq", _check_int("seq", m.seq, minimum=0))
     s(m, "t0_ns", _check_int("t0_ns", m.t0_ns))
-    s(m, "passes", _check_int("passes", m.passes, minimum=0))
+    s(m, "lead", _check_opt_str("lead", m.lead))
     for name in ("sp", "delta_sp", "latency_ms"):
         s(m, name, _check_float(name, getattr(m, name)))
-    if not isinstance(m.probs, dict) or not m.probs:
+    if not isinstance(m.probs, dict) or not (m.probs or unserved):
         raise ContractError("field 'probs' must be a non-empty object of class -> probability")
     s(m, "probs", {_check_str("probs key", k): _check_float(f"probs[{k!r}]", p) for k, p in m.probs.items()})
     s(m, "truth", _check_opt_str("truth", m.truth))

@@ -55,10 +55,7 @@ log = logging.getLogger("sci_monitor.replay")
 
 LABEL_TOLERANCE_S = 0.050  # detected peak <-> reference annotation, for the ground-truth label
 CHUNK_S = 1.0
-# `sci-monitor replay` defaults: DS2 (test) records with N/S/V beats; one load-3 (test-load) CWRU file per
-# fault class plus the only normal baseline (file 97, load 0)
-DEFAULT_ECG_RECORDS = ("100", "200", "210", "233")
-DEFAULT_CWRU_IDS = (97, 121, 108, 133)
+VIBRATION_LEAD = "DE"  # CWRU drive-end accelerometer
 
 
 def _ns(start_ns: int, samples: np.ndarray | int, fs: float) -> np.ndarray:
@@ -126,6 +123,7 @@ def ecg_windows(
             yield SensorWindow(
                 stream=stream,
                 modality="ecg",
+                lead=mitdb.LEAD,
                 fs=fs,
                 t0_ns=int(t0[k]),
                 seq=seq,
@@ -178,6 +176,7 @@ def vibration_windows(
         yield SensorWindow(
             stream=stream,
             modality="vibration",
+            lead=VIBRATION_LEAD,
             fs=float(cwru.FS),
             t0_ns=int(t0[i]),
             seq=i,
@@ -480,18 +479,20 @@ def replay_command(
     max_windows: int | None = None,
     progress: bool = True,
 ) -> ReplaySummary:
-    """`sci-monitor replay`: publish MIT-BIH records (``dataset="mitdb"``, record names) or CWRU recordings
-    (``"cwru"``, file ids or file stems) to ``settings.topic_windows`` at ``settings.kafka_bootstrap``."""
-    if dataset == "mitdb":
-        streams = replay_streams(ecg_records=records or DEFAULT_ECG_RECORDS, root=settings.data_dir)
-    elif dataset == "cwru":
-        streams = replay_streams(vibration_recordings=records or DEFAULT_CWRU_IDS, root=settings.data_dir)
-    else:
-        raise ValueError(f"dataset must be 'mitdb' or 'cwru', got {dataset!r}")
+    """`sci-monitor replay`: publish the recordings of a replay dataset of :mod:`streams.modalities` (``mitdb``:
+    record names, ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``) to the windows
+    topic at ``settings.kafka_bootstrap``, with the Kafka security settings."""
+    from streams.modalities import replay_datasets
     from streams.security import check_secrets, kafka_client_config
 
     check_secrets(settings)
-    replayer = Replayer(settings.kafka_bootstrap, settings.topic_windows, speed=speed, progress=progress,
+    specs = replay_datasets()
+    if dataset not in specs:
+        raise ValueError(f"dataset must be one of {', '.join(specs)}, got {dataset!r}")
+    spec, start_ns = specs[dataset], time.time_ns()
+    streams = [spec.replay_windows(r, start_ns=start_ns, root=settings.data_dir)
+               for r in (records or spec.replay_recordings)]
+    replayer = Replayer(settings.kafka_bootstrap, settings.topics["windows"], speed=speed, progress=progress,
                         producer_config=kafka_client_config(settings))
     return replayer.run(streams, max_windows=max_windows)
 

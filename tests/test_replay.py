@@ -267,14 +267,14 @@ def test_replay_command_uses_settings(local_stack) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        admin.create_topics([NewTopic(settings.topic_windows, 1, 1)])
+        admin.create_topics([NewTopic(settings.topics["windows"], 1, 1)])
     finally:
         admin.close()
     summary = replay_command(settings, "cwru", records=[106, "12k_Drive_End_B007_3_121"], speed=0,
                              max_windows=40, progress=False)  # fmt: skip
     assert summary.produced == 40 and set(summary.per_stream) == {"cwru-106", "cwru-121"}
     assert summary.labels == {"inner": summary.per_stream["cwru-106"], "ball": summary.per_stream["cwru-121"]}
-    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topic_windows, 40)]
+    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topics["windows"], 40)]
     assert len(windows) == 40 and {w.label for w in windows} == {"inner", "ball"}
     with pytest.raises(ValueError, match="dataset must be"):
         replay_command(settings, "eeg")
@@ -323,7 +323,7 @@ def test_replay_survives_a_broker_restart_with_a_new_producer_session(private_st
     from streams.stack import _pid_alive
 
     bootstrap = private_stack.settings.kafka_bootstrap
-    topic = private_stack.settings.topic_windows  # re-created by up() after the restart
+    topic = private_stack.settings.topics["windows"]  # re-created by up() after the restart
     n = 400
     replayer = Replayer(bootstrap, topic, speed=0, progress=False, max_sessions=5)
     paced = _slowly(vibration_windows(recording(106), hop=256, start_ns=0), 0.015)
