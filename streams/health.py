@@ -247,3 +247,25 @@ def _handler(health: Health) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def wait_for(checks: dict[str, Check], timeout_s: float, poll_s: float = 1.0) -> dict[str, str]:
+    """Poll ``checks`` until all pass or ``timeout_s`` is over; one log line per dependency when it is first
+    found down (and one when it comes up after that). Returns {name: why} of those still down at the end."""
+    deadline = time.monotonic() + timeout_s
+    said: set[str] = set()
+    while True:
+        failing: dict[str, str] = {}
+        for name, check in checks.items():
+            ok, detail = check()
+            if not ok:
+                failing[name] = detail
+                if name not in said:
+                    said.add(name)
+                    log.warning("waiting for %s: %s (at most %.0f s)", name, detail, timeout_s)
+            elif name in said:
+                said.discard(name)
+                log.info("%s is up: %s", name, detail)
+        if not failing or time.monotonic() >= deadline:
+            return failing
+        time.sleep(poll_s)
