@@ -257,6 +257,45 @@ def _default_sink(settings: Settings) -> WindowSink:
     return make_sink(settings)
 
 
+class StartupError(RuntimeError):
+    """The worker cannot start; the message is one line saying what is missing and what to do."""
+
+
+def preflight(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Check what the worker needs before Faust starts (broker reachable, storage answering, checkpoints
+    present); raises :class:`StartupError` with one line for the first thing missing."""
+    servers = [h.strip().rsplit(":", 1) for h in settings.kafka_bootstrap.split(",") if h.strip()]
+    if not any(_tcp_open(host, int(port), timeout_s) for host, port in servers):
+        raise StartupError(f"no Kafka broker answers at {settings.kafka_bootstrap}; start one with "
+                           "`sci-monitor stack up` or set SCI_KAFKA_BOOTSTRAP")
+    try:
+        sink = _default_sink(settings)
+        try:
+            ok, why = sink.health()
+        finally:
+            sink.close()
+    except SinkError as exc:
+        raise StartupError(str(exc)) from None
+    if not ok:
+        raise StartupError(f"{why}; start it with `sci-monitor stack up` or set SCI_INFLUX_URL")
+    from models.checkpoint import available_checkpoints
+
+    known = available_checkpoints()
+    missing = sorted({name for name in settings.served_models.values()
+                      if name not in known and not (name.endswith(".json") and os.path.isfile(name))})
+    if missing:
+        raise StartupError(f"checkpoints missing: {', '.join(missing)} (known: {', '.join(known)}); train them with "
+                           "`sci-monitor train` or change SCI_MODELS")
+
+
+def _tcp_open(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit)."""
     worker = create_worker(settings)
