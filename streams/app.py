@@ -478,26 +478,41 @@ class _Worker(faust.Worker):
         super()._on_sigint()
 
 
-def wait_for_dependencies(settings: Settings) -> None:
-    """Wait up to ``settings.startup_wait_s`` for the broker and InfluxDB (one log line each while one is down);
-    raise ``RuntimeError`` naming what is still unreachable after that."""
+class StartupError(RuntimeError):
+    """The worker cannot start; the message is one line saying what is missing and what to do."""
+
+
+def preflight(settings: Settings) -> None:
+    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, every served
+    checkpoint present, then the broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each
+    while one is down). Raises :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
+    from models.checkpoint import available_checkpoints
+
+    check_secrets(settings)
+    known = available_checkpoints()
+    missing = sorted({name for name in settings.served_models.values()
+                      if name not in known and not (name.endswith(".json") and os.path.isfile(name))})
+    if missing:
+        raise StartupError(f"checkpoints missing: {', '.join(missing)} (known: {', '.join(known)}); train them with "
+                           "`sci-monitor train` or change SCI_MODELS")
     checks = {f"Kafka at {settings.kafka_bootstrap}": tcp_check(settings.kafka_bootstrap),
               f"InfluxDB at {redact(settings.influx_url)}": influx_ping_check(settings.influx_url)}
     failing = wait_for(checks, settings.startup_wait_s)
     if failing:
-        raise RuntimeError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
-                                     for name, why in failing.items()))
+        raise StartupError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
+                                     for name, why in failing.items())
+                           + "; start the local stack with `sci-monitor stack up` or set SCI_KAFKA_BOOTSTRAP / "
+                           "SCI_INFLUX_URL")
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit).
 
     Before Faust starts: secrets are redacted from every log record, ``change-me`` placeholders are refused, and
-    the broker and InfluxDB are waited for (at most ``startup_wait_s``; RuntimeError after that)."""
+    the broker and InfluxDB are waited for (at most ``startup_wait_s``; :class:`StartupError` after that)."""
     install_log_redaction(secret_values(settings))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    check_secrets(settings)
-    wait_for_dependencies(settings)
+    preflight(settings)
     worker = create_worker(settings)
     _Worker(worker.app, loglevel=loglevel, quiet=True, pipeline=worker.pipeline).execute_from_commandline()

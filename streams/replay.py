@@ -47,7 +47,6 @@ __all__ = [
     "ecg_windows",
     "publish_raw",
     "replay_command",
-    "replay_streams",
     "vibration_windows",
 ]
 
@@ -185,19 +184,6 @@ def vibration_windows(
             features={},
             meta={**meta_base, "offset": str(int(offsets[i]))},
         )
-
-
-def replay_streams(
-    ecg_records: Sequence[str | int] = (),
-    vibration_recordings: Sequence[cwru.CwruRecording | str | int] = (),
-    start_ns: int | None = None,
-    root: str | Path | None = None,
-) -> list[Iterator[SensorWindow]]:
-    """Lazy window iterators for several recordings sharing one ``start_ns`` (default now)."""
-    start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    out: list[Iterator[SensorWindow]] = [ecg_windows(r, root, start_ns) for r in ecg_records]
-    out += [vibration_windows(r, start_ns=start_ns, root=root) for r in vibration_recordings]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
