@@ -1,6 +1,6 @@
 """The `sci-monitor` command line.
 
-Offline: train, evaluate, reproduce-paper, data. Online: stack, worker, replay, config, demo.
+Offline: train, evaluate, reproduce-paper, data. Online: stack, worker, replay, config, demo, alerts, grafana, report.
 Misuse and failures print one line (``sci-monitor: error: ...``) and exit 2; ``--debug`` shows the traceback.
 
 Adding a command: write ``sci_monitor/commands/<name>.py`` with ``NAME`` (the command word), ``HELP`` (one line),
@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-COMMANDS = ("train", "evaluate", "reproduce_paper", "stack", "worker", "replay", "demo", "config", "data")
+COMMANDS = ("train", "evaluate", "reproduce_paper", "stack", "worker", "replay", "demo", "config", "data", "alerts",
+            "grafana", "report")
 
 
 class Parser(argparse.ArgumentParser):

@@ -47,6 +47,7 @@ from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
 from streams.sinks import RetryPolicy, SinkClosed, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
 
@@ -138,6 +139,8 @@ class Pipeline(faust.Service):
         self.health = health or Health()
         self.metrics = self.health.metrics
         self.lag_source: Callable[[Any], int | None] | None = None  # tp -> high watermark (set by the app)
+        # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
+        self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,6 +175,13 @@ class Pipeline(faust.Service):
     @faust.Service.timer(2.0)
     async def _beat(self) -> None:
         self.health.beat()
+
+    async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
+        """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
+        thread, under ``retry``. The sink must offer ``write_lines`` (the InfluxDB sinks do)."""
+        if lines:
+            await asyncio.get_running_loop().run_in_executor(
+                self._sink_thread, lambda: retry.call(lambda: self.sink.write_lines(lines), what, stop=self._stopping))
 
     # ------------------------------------------------------------------------------------------------ batch
     async def process(self, events: Sequence[Any]) -> None:
@@ -221,8 +231,11 @@ class Pipeline(faust.Service):
                 self._decode(it)
             stage = "classify"
             live = [it for it in items if it.dead is None]
+            controller_ms = 0.0
             if live:
+                t0 = time.perf_counter()
                 results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
+                controller_ms = (time.perf_counter() - t0) * 1000.0
                 for it, res in zip(live, results, strict=True):
                     self._take_result(it, res)
             stage = "output"
@@ -240,6 +253,15 @@ class Pipeline(faust.Service):
             raise
         except Exception as exc:
             raise _StageFailure(stage) from exc
+        self._observe([it.decision for it in items if it.dead is None], controller_ms)
+
+    def _observe(self, decisions: list[WindowDecision], controller_ms: float) -> None:
+        """Tell the observers (e.g. the trust metrics) about the delivered decisions; never fails the batch."""
+        for observe in self.observers if decisions else ():
+            try:
+                observe(decisions, controller_ms)
+            except Exception:
+                log.exception("observer %r failed on a batch of %d decisions (ignored)", observe, len(decisions))
 
     def _decode(self, it: _Item) -> None:
         try:
@@ -402,11 +424,12 @@ def _broker_url(bootstrap: str) -> str:
 
 @dataclass(frozen=True)
 class Worker:
-    """One worker: the Faust app, its classifying agent and the pipeline the agent feeds."""
+    """One worker: the Faust app, its classifying agent, the pipeline the agent feeds and the trust metrics."""
 
     app: faust.App
     agent: faust.types.AgentT
     pipeline: Pipeline
+    trust: TrustService
 
 
 def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
@@ -429,9 +452,10 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
                               key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}
     health = Health()
     health.add_check("broker", tcp_check(settings.kafka_bootstrap))
+    outs = outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"}
     pipeline = Pipeline(
         settings,
-        outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"},
+        outs,
         runtime_factory or (lambda: _default_runtime(settings)),
         sink_factory or (lambda: _default_sink(settings)),
         RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
@@ -440,13 +464,15 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
     pipeline.lag_source = lambda tp: app.consumer.highwater(tp)
     # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
     app.add_dependency(pipeline)
+    trust = TrustService(settings, pipeline, outs.get("drift"))  # online trust metrics and drift
+    app.add_dependency(trust)
 
     @app.agent(topics["windows"], name="classify")
     async def classify(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
             await pipeline.process(events)
 
-    return Worker(app, classify, pipeline)
+    return Worker(app, classify, pipeline, trust)
 
 
 def _default_runtime(settings: Settings) -> ModelRuntime:

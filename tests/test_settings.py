@@ -27,9 +27,9 @@ def test_defaults_talk_to_the_local_stack():
     assert s.sink_max_attempts == 0  # hold a batch until it is written
     assert s.served_models == {("ecg", "MLII"): "mitdb", ("vibration", "DE"): "cwru"}
     assert s.topics == {"windows": "sci.windows", "labels": "sci.labels", "escalations": "sci.escalations",
-                        "alerts": "sci.alerts", "deadletter": "sci.deadletter"}
+                        "alerts": "sci.alerts", "deadletter": "sci.deadletter", "drift": "sci.drift"}
     assert s.topic_partitions == {"sci.windows": 4, "sci.labels": 1, "sci.escalations": 1, "sci.alerts": 1,
-                                  "sci.deadletter": 1}
+                                  "sci.deadletter": 1, "sci.drift": 1}
     assert s == Settings()
 
 

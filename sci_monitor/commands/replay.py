@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="× real time; 0 = as fast as possible (default 1)")
     p.add_argument("--max-windows", type=options.positive_int, help="stop after this many windows")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--replay-id", help="repeat an earlier replay with the same time stamps (its points are "
+                   "overwritten, not added); printed at the end of every replay")
     options.add_json(p, "the summary")
 
 
@@ -37,6 +39,7 @@ def render(summary) -> None:
     t.add_column()
     t.add_row("windows sent / acknowledged", f"{summary.sent} / {summary.produced}")
     t.add_row("failed sends", str(summary.failed))
+    t.add_row("replay id", str(summary.replay_id))
     t.add_row("time", f"{summary.elapsed_s:.1f} s ({summary.windows_per_s:.0f} windows/s)")
     labels = ", ".join(f"{k} {v}" for k, v in sorted(summary.labels.items()))
     t.add_row("with ground truth", f"{summary.labelled} ({labels or 'none'})")
@@ -51,7 +54,8 @@ def run(a: argparse.Namespace) -> int:
     from streams.replay import replay_command
 
     summary = replay_command(options.settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
-                             max_windows=a.max_windows, progress=not a.no_progress and a.json != "-")
+                             max_windows=a.max_windows, progress=not a.no_progress and a.json != "-",
+                             replay=a.replay_id)
     options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s},
                  lambda: render(summary))
     return 0
