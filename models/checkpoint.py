@@ -72,10 +72,6 @@ def _resolve(name_or_path: str | Path, directory: Path) -> Path:
     return p
 
 
-def load_card(name_or_path: str | Path, directory: Path = CHECKPOINT_DIR) -> ModelCard:
-    return ModelCard(**json.loads(_resolve(name_or_path, directory).read_text()))
-
-
 def load_checkpoint(name_or_path: str | Path, device: torch.device | str = "cpu",
                     directory: Path = CHECKPOINT_DIR) -> tuple[McModel, ModelCard]:
     """Model (eval mode, on ``device``) and its card."""

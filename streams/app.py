@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +41,12 @@ from streams.contracts import (
     dead_letter,
     decode_window,
 )
+from streams.health import Health, influx_ping_check, tcp_check, wait_for
+from streams.isolation import bisect, non_finite, withhold
 from streams.runtime import ModelRuntime, WindowResult
+from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
-from streams.sinks import RetryPolicy, SinkClosed, SinkError, WindowDecision, WindowSink
+from streams.sinks import RetryPolicy, SinkClosed, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
 from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
@@ -84,15 +87,45 @@ def severity(delta_sp: float, warning: float, critical: float) -> str | None:
     return None
 
 
+class OutputsUnavailable(RuntimeError):
+    """An output or dead letter could not be published: the batch cannot be acknowledged."""
+
+
+@dataclass(eq=False)
+class _Item:
+    """One event of a batch on its way through the stages; ends with outputs or with a dead letter."""
+
+    msg: Any
+    window: SensorWindow | None = None
+    result: WindowResult | None = None
+    decision: WindowDecision | None = None
+    outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (role, key, value)
+    dead: tuple[str, str, str] | None = None  # (reason, error_type, stage)
+
+    def kill(self, reason: str | BaseException, error_type: str, stage: str) -> None:
+        if self.dead is None:
+            self.dead = (str(reason), error_type, stage)
+            self.outputs = []
+
+
 class Pipeline(faust.Service):
     """Per-batch processing of the worker; owns the model thread, the storage thread, the models and the sink.
 
     ``outputs``: role (``labels``, ``escalations``, ``alerts``, ``deadletter``) -> Faust channel or topic.
+    ``health``: its metrics are updated per batch; its checks (models, broker, sink) and HTTP server start with
+    the pipeline when ``settings.health_port`` is set.
+
+    Isolation (issue 8): each stage (decode, model_check, classify, output, store, send) fails per window: the
+    window gets a dead letter saying the stage and the reason, the others go on. Classification and storage
+    bisect their sub-batch to find the windows that make them fail (a model error, a point the store rejects);
+    storage that is unavailable (connection, timeout, 5xx) is retried by the retry policy while the batch and its
+    offsets are held. An unexpected error anywhere (a bug) halves the batch until it is down to the window that
+    causes it. A batch abandoned because the worker stops is withheld from Faust's acks (not committed).
     """
 
     def __init__(self, settings: Settings, outputs: Mapping[str, faust.ChannelT],
                  runtime_factory: Callable[[], ModelRuntime], sink_factory: Callable[[], WindowSink],
-                 retry: RetryPolicy, **kwargs: Any) -> None:
+                 retry: RetryPolicy, health: Health | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings, self.outputs, self.retry = settings, outputs, retry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -103,74 +136,45 @@ class Pipeline(faust.Service):
         self.runtime: ModelRuntime | None = None
         self.sink: WindowSink | None = None
         self.tally = Tally()
+        self.health = health or Health()
+        self.metrics = self.health.metrics
+        self.lag_source: Callable[[Any], int | None] | None = None  # tp -> high watermark (set by the app)
         # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
         self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.health.set_flag("models", False, "loading")
+        self.health.start(self.settings.health_port)
         self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
         log.info("models loaded on %s: %s", self.runtime.device, self.runtime.describe())
+        self.health.set_flag("models", True, f"{len(self.runtime.models)} served on {self.runtime.device}")
         self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
         log.info("storage: %s", self.sink.health()[1])
+        self.health.add_check("sink", self.sink.health)
+        self.health.recheck()
 
     async def on_stop(self) -> None:
         self._stopping.set()
         log.info("stopping: %s", self.tally.line())
+        self.health.stop()
         if self.sink is not None:
             self.sink.close()
         self._model_thread.shutdown(wait=False)
         self._sink_thread.shutdown(wait=False)
+
+    def stopping(self) -> None:
+        """The worker is shutting down: stop waiting for storage (the held batch is abandoned, not committed)."""
+        self._stopping.set()
 
     @faust.Service.timer(10.0)
     async def _report(self) -> None:
         if self.tally.windows or self.tally.dead_letters:
             log.info("%s", self.tally.line())
 
-    async def process(self, events: Sequence[Any]) -> None:
-        """Decode, classify, publish and store one batch of Faust events; returns once all outputs are durable."""
-        loop = asyncio.get_running_loop()
-        windows: list[SensorWindow] = []
-        origin: list[Any] = []
-        sends: list[Awaitable[Any]] = []
-        for ev in events:
-            msg = ev.message
-            try:
-                windows.append(decode_window(msg.value))
-                origin.append(msg)
-            except ContractError as exc:
-                sends.append(self._dead(msg, exc))
-        t0 = time.perf_counter()
-        results = await loop.run_in_executor(self._model_thread, self.runtime.classify, windows) if windows else []
-        controller_ms = (time.perf_counter() - t0) * 1000.0
-        now = time.time()
-        decisions: list[WindowDecision] = []
-        stored_from: list[Any] = []
-        for w, msg, res in zip(windows, origin, results, strict=True):
-            if isinstance(res, str):
-                sends.append(self._dead(msg, res, "ModelInputError"))
-                continue
-            d = WindowDecision(w, res, max(0.0, (now - msg.timestamp) * 1000.0), self.worker_id)
-            decisions.append(d)
-            stored_from.append(msg)
-            sends.extend(self._publish(d))
-        stored = loop.run_in_executor(self._sink_thread, self._store, decisions) if decisions else None
-        await asyncio.gather(*[await s for s in sends])
-        if stored is not None:
-            try:
-                await stored
-            except SinkClosed:
-                raise
-            except SinkError as exc:  # rejected, or unavailable after a bounded number of attempts
-                kind = type(exc).__name__
-                await asyncio.gather(*[await self._dead(m, f"storage failed: {exc}", kind) for m in stored_from])
-        for d in decisions:
-            self._count(d.result, d.latency_ms)
-        self.tally.batches += 1
-        for observe in self.observers if decisions else ():
-            try:  # an observer (the trust metrics) must never fail the batch: its outputs already exist
-                observe(decisions, controller_ms)
-            except Exception:
-                log.exception("observer %r failed on a batch of %d decisions", observe, len(decisions))
+    @faust.Service.timer(2.0)
+    async def _beat(self) -> None:
+        self.health.beat()
 
     async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
         """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
@@ -179,39 +183,239 @@ class Pipeline(faust.Service):
             await asyncio.get_running_loop().run_in_executor(
                 self._sink_thread, lambda: retry.call(lambda: self.sink.write_lines(lines), what, stop=self._stopping))
 
-    def _store(self, decisions: Sequence[WindowDecision]) -> None:
+    # ------------------------------------------------------------------------------------------------ batch
+    async def process(self, events: Sequence[Any]) -> None:
+        """Decode, classify, store and publish one batch of Faust events; returns once every event has its outputs
+        or its dead letter. Never raises for a bad window; raises only when the batch is abandoned (the worker is
+        stopping, or outputs cannot be published), after withholding the batch from Faust's acks."""
+        t0 = time.monotonic()
+        try:
+            await self._isolated([_Item(ev.message) for ev in events])
+        except BaseException as exc:
+            n = withhold(events)
+            log.warning("batch of %d events abandoned (%s: %s): %d offsets withheld from commit, they will be "
+                        "delivered again", len(events), type(exc).__name__, exc, n)
+            raise
+        self.tally.batches += 1
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.monotonic() - t0)
+        self._update_lag(events)
+
+    async def _isolated(self, items: list[_Item]) -> None:
+        """Run the stages; an unexpected error halves the batch down to the window that causes it."""
+        try:
+            await self._run(items)
+        except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
+            raise
+        except _StageFailure as failure:
+            exc = failure.__cause__ or failure
+            if len(items) == 1:
+                log.error("window dead-lettered at stage %s by an unexpected %s: %s", failure.stage,
+                          type(exc).__name__, exc, exc_info=exc)
+                items[0].kill(f"unexpected {type(exc).__name__} at stage {failure.stage}: {exc}",
+                              type(exc).__name__, failure.stage)
+                await self._send([items[0]])
+                return
+            log.warning("batch of %d failed at stage %s (%s: %s); halving it", len(items), failure.stage,
+                        type(exc).__name__, exc)
+            fresh = [_Item(it.msg) for it in items]  # start again from the messages
+            mid = len(fresh) // 2
+            await self._isolated(fresh[:mid])
+            await self._isolated(fresh[mid:])
+
+    async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        stage = "decode"
+        try:
+            for it in items:
+                self._decode(it)
+            stage = "classify"
+            live = [it for it in items if it.dead is None]
+            controller_ms = 0.0
+            if live:
+                t0 = time.perf_counter()
+                results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
+                controller_ms = (time.perf_counter() - t0) * 1000.0
+                for it, res in zip(live, results, strict=True):
+                    self._take_result(it, res)
+            stage = "output"
+            now = time.time()
+            for it in items:
+                if it.dead is None:
+                    self._build(it, now)
+            stage = "store"
+            stored = [it for it in items if it.dead is None]
+            if stored:
+                await self._store(stored)
+            stage = "send"
+            await self._send(items)
+        except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
+            raise
+        except Exception as exc:
+            raise _StageFailure(stage) from exc
+        self._observe([it.decision for it in items if it.dead is None], controller_ms)
+
+    def _observe(self, decisions: list[WindowDecision], controller_ms: float) -> None:
+        """Tell the observers (e.g. the trust metrics) about the delivered decisions; never fails the batch."""
+        for observe in self.observers if decisions else ():
+            try:
+                observe(decisions, controller_ms)
+            except Exception:
+                log.exception("observer %r failed on a batch of %d decisions (ignored)", observe, len(decisions))
+
+    def _decode(self, it: _Item) -> None:
+        try:
+            it.window = decode_window(it.msg.value if it.msg.value is not None else b"")
+        except ContractError as exc:
+            it.kill(exc, "ContractError", "decode")
+        except Exception as exc:  # the decoder itself failed: a bug, but still only this window's
+            it.kill(f"decoder failed: {type(exc).__name__}: {exc}", type(exc).__name__, "decode")
+
+    def _classify(self, windows: list[SensorWindow]) -> list[WindowResult | str | BaseException]:
+        """On the model thread: the runtime on the whole list, bisected when it raises."""
+        return bisect(windows, self.runtime.classify)
+
+    def _take_result(self, it: _Item, res: WindowResult | str | BaseException) -> None:
+        if isinstance(res, BaseException):
+            it.kill(f"classification failed: {type(res).__name__}: {res}", type(res).__name__, "classify")
+        elif isinstance(res, str):
+            it.kill(res, "ModelInputError", "model_check")
+        elif res.served and (problem := non_finite(res.sp, res.delta_sp, res.probs.tolist())):
+            it.kill(problem, "NonFiniteOutput", "classify")
+        else:
+            it.result = res
+
+    def _build(self, it: _Item, now: float) -> None:
+        try:
+            latency_ms = max(0.0, (now - it.msg.timestamp) * 1000.0)
+            d = WindowDecision(it.window, it.result, latency_ms, self.worker_id)
+            it.decision, it.outputs = d, self._outputs(d)
+        except Exception as exc:
+            it.kill(f"outputs could not be built: {type(exc).__name__}: {exc}", type(exc).__name__, "output")
+
+    async def _store(self, items: list[_Item]) -> None:
+        """Store the decisions (storage thread); windows the store rejects are found by bisection and killed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._sink_thread, bisect, [it.decision for it in items], self._write,
+                                   (SinkRejected,))
+        waited = 0.0
+        while True:  # say at once, and then every 10 s, that a batch is held by storage
+            done, _ = await asyncio.wait({fut}, timeout=10.0)
+            if done:
+                break
+            waited += 10.0
+            log.warning("storage has not answered for %.0f s; holding %d windows and their offsets", waited,
+                        len(items))
+        try:
+            outcomes = fut.result()
+        except SinkUnavailable as exc:  # a bounded retry policy gave up: the operator chose dead letters
+            for it in items:
+                it.kill(f"storage unavailable: {exc}", "SinkUnavailable", "store")
+            return
+        for it, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.metrics.sink_failures.labels("rejected").inc()
+                it.kill(f"storage rejected the window: {outcome}", type(outcome).__name__, "store")
+
+    def _write(self, decisions: Sequence[WindowDecision]) -> None:
         def retried(attempt: int, exc: Exception) -> None:
             self.tally.sink_retries += 1
+            self.metrics.sink_retries.labels("unavailable").inc()
+            self.metrics.sink_failures.labels("unavailable").inc()
+            if attempt == 1:
+                self.health.recheck()
 
         self.retry.call(lambda: self.sink.write(decisions), f"storing {len(decisions)} decisions",
                         stop=self._stopping, on_retry=retried)
+        self.metrics.sink_points.inc(len(decisions))
 
-    def _dead(self, msg: Any, reason: str | Exception, error_type: str | None = None) -> Awaitable[Any]:
-        self.tally.dead_letters += 1
-        body = dead_letter(msg.value or b"", reason, msg.topic, msg.partition, msg.offset, msg.key, error_type)
-        return self.outputs["deadletter"].send(key=msg.key, value=body)
+    async def _send(self, items: list[_Item]) -> None:
+        """Publish every item's outputs, or its dead letter; count windows whose label was delivered."""
+        pending = [(it, asyncio.ensure_future(self._deliver(it))) for it in items]
+        await asyncio.wait([f for _, f in pending])
+        retry: list[_Item] = []
+        for it, fut in pending:
+            exc = fut.exception()
+            if exc is None:
+                continue
+            if it.dead is not None or not _permanent(exc):
+                raise OutputsUnavailable(f"publishing failed: {type(exc).__name__}: {exc}") from exc
+            it.kill(f"an output could not be published: {type(exc).__name__}: {exc}", type(exc).__name__, "send")
+            retry.append(it)
+        for it in retry:
+            await self._deliver(it)
+        for it in items:
+            if it.dead is None:
+                self._count(it.decision)
 
-    def _publish(self, d: WindowDecision) -> list[Awaitable[Any]]:
+    async def _deliver(self, it: _Item) -> None:
+        if it.dead is not None:
+            reason, error_type, stage = it.dead
+            m = it.msg
+            body = dead_letter(m.value or b"", reason, m.topic, m.partition, m.offset, m.key, error_type, stage=stage)
+            await (await self.outputs["deadletter"].send(key=m.key, value=body))
+            self.tally.dead_letters += 1
+            self.metrics.dead_letters.labels(stage, error_type).inc()
+            return
+        futs = [await self.outputs[role].send(key=key, value=value) for role, key, value in it.outputs]
+        await asyncio.gather(*futs)
+
+    def _outputs(self, d: WindowDecision) -> list[tuple[str, bytes, bytes]]:
         s, r = self.settings, d.result
         label = d.label_message()
         key = label.key
-        out = [self.outputs["labels"].send(key=key, value=label.to_json())]
+        out = [("labels", key, label.to_json())]
         if r.abstained:
-            out.append(self.outputs["escalations"].send(key=key, value=EscalationMessage.from_label(label).to_json()))
+            out.append(("escalations", key, EscalationMessage.from_label(label).to_json()))
         level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
         if level is not None:
             threshold = s.alert_critical if level == "critical" else s.alert_threshold
-            out.append(self.outputs["alerts"].send(
-                key=key, value=AlertMessage.from_label(label, level, threshold).to_json()))
+            out.append(("alerts", key, AlertMessage.from_label(label, level, threshold).to_json()))
         return out
 
-    def _count(self, r: WindowResult, latency_ms: float) -> None:
-        t, s = self.tally, self.settings
+    def _count(self, d: WindowDecision) -> None:
+        """After the label was delivered: the tally and the metrics."""
+        t, s, r = self.tally, self.settings, d.result
+        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
         t.windows += 1
         t.escalations += r.abstained
-        t.alerts += r.served and severity(r.delta_sp, s.alert_threshold, s.alert_critical) is not None
+        t.alerts += level is not None
         t.labels[r.label] += 1
-        t.latency_ms_sum += latency_ms
+        t.latency_ms_sum += d.latency_ms
+        m = self.metrics
+        m.windows.labels(d.window.modality, d.decision).inc()
+        if r.abstained:
+            m.escalations.labels(d.window.modality).inc()
+        if level is not None:
+            m.alerts.labels(level).inc()
+
+    def _update_lag(self, events: Sequence[Any]) -> None:
+        if self.lag_source is None:
+            return
+        last: dict[Any, int] = {}
+        for ev in events:
+            last[ev.message.tp] = max(last.get(ev.message.tp, -1), ev.message.offset)
+        for tp, offset in last.items():
+            try:
+                high = self.lag_source(tp)
+            except Exception:
+                high = None
+            if high is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - offset - 1))
+
+
+class _StageFailure(Exception):
+    """An unexpected error inside a stage of a batch (its cause is the error)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A publish error that the same message would hit again (too large for the broker or the producer)."""
+    name = type(exc).__name__
+    return "TooLarge" in name or isinstance(exc, ValueError | TypeError)
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -241,10 +445,13 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=10.0,
         broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
+        broker_credentials=faust_credentials(settings),
     )
     names, parts = settings.topics, settings.topic_partitions
     topics = {role: app.topic(names[role], partitions=parts[names[role]], key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}
+    health = Health()
+    health.add_check("broker", tcp_check(settings.kafka_bootstrap))
     outs = outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"}
     pipeline = Pipeline(
         settings,
@@ -252,7 +459,9 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
         runtime_factory or (lambda: _default_runtime(settings)),
         sink_factory or (lambda: _default_sink(settings)),
         RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
+        health,
     )
+    pipeline.lag_source = lambda tp: app.consumer.highwater(tp)
     # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
     app.add_dependency(pipeline)
     trust = TrustService(settings, pipeline, outs.get("drift"))  # online trust metrics and drift
@@ -278,7 +487,58 @@ def _default_sink(settings: Settings) -> WindowSink:
     return make_sink(settings)
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, telling the pipeline at SIGTERM/SIGINT that it stops, before Faust stops the agents: a batch
+    held by unavailable storage is then abandoned (withheld, not committed) instead of holding up the shutdown."""
+
+    def __init__(self, *args: Any, pipeline: Pipeline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pipeline = pipeline
+
+    def _on_sigterm(self) -> None:
+        self._pipeline.stopping()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._pipeline.stopping()
+        super()._on_sigint()
+
+
+class StartupError(RuntimeError):
+    """The worker cannot start; the message is one line saying what is missing and what to do."""
+
+
+def preflight(settings: Settings) -> None:
+    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, every served
+    checkpoint present, then the broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each
+    while one is down). Raises :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
+    from models.checkpoint import available_checkpoints
+
+    check_secrets(settings)
+    known = available_checkpoints()
+    missing = sorted({name for name in settings.served_models.values()
+                      if name not in known and not (name.endswith(".json") and os.path.isfile(name))})
+    if missing:
+        raise StartupError(f"checkpoints missing: {', '.join(missing)} (known: {', '.join(known)}); train them with "
+                           "`sci-monitor train` or change SCI_MODELS")
+    checks = {f"Kafka at {settings.kafka_bootstrap}": tcp_check(settings.kafka_bootstrap),
+              f"InfluxDB at {redact(settings.influx_url)}": influx_ping_check(settings.influx_url)}
+    failing = wait_for(checks, settings.startup_wait_s)
+    if failing:
+        raise StartupError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
+                                     for name, why in failing.items())
+                           + "; start the local stack with `sci-monitor stack up` or set SCI_KAFKA_BOOTSTRAP / "
+                           "SCI_INFLUX_URL")
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit)."""
+    """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit).
+
+    Before Faust starts: secrets are redacted from every log record, ``change-me`` placeholders are refused, and
+    the broker and InfluxDB are waited for (at most ``startup_wait_s``; :class:`StartupError` after that)."""
+    install_log_redaction(secret_values(settings))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    preflight(settings)
     worker = create_worker(settings)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _Worker(worker.app, loglevel=loglevel, quiet=True, pipeline=worker.pipeline).execute_from_commandline()

@@ -11,14 +11,14 @@ TOML file (``tomllib``): flat top-level keys named like the fields, and/or four 
 
     batch_size = 32       # flat form: a field name at top level (must come before the first section)
 
-    [kafka]               # bootstrap, port, topic_prefix, input_partitions, output_partitions
-    bootstrap = "broker:9092"
+    [kafka]               # bootstrap, port, topic_prefix, input_partitions, output_partitions, security_protocol,
+    bootstrap = "broker:9092" # sasl_mechanism, sasl_username, sasl_password, ssl_cafile, ssl_certfile, ssl_keyfile
     [influx]              # url, port, rpc_port, version, db, rp, user, password, org, bucket, token,
     version = "auto"      #   batch_lines, timeout_s  (field influx_<key>)
     [sink]                # max_attempts, backoff_s, max_backoff_s (field sink_<key>): the storage retry policy
     max_attempts = 0      #   0 = hold the batch (and its offsets) until it is written
     [worker]              # app_id, batch_size, batch_timeout_s, alert_threshold, alert_critical, device,
-    batch_timeout_s = 0.1 #   models, data_dir
+    batch_timeout_s = 0.1 #   models, data_dir, health_port, startup_wait_s
     [stack]               # state_dir, timeout_s (field stack_timeout_s)
     state_dir = ".state"  # relative paths in the file are relative to the file's directory
     [monitor]             # trust_window, trust_interval_s, ece_bins, drift_delta, escalation_rate_max,
@@ -104,6 +104,16 @@ class Settings:
     input_partitions: int = _opt(4, "kafka", "input_partitions", "partitions of <prefix>.windows", minimum=1)
     output_partitions: int = _opt(1, "kafka", "output_partitions", "partitions of each output topic",
                                   minimum=1)
+    # [kafka] client security, passed to the worker, the replayer and subscribers (streams/security.py; issue 8)
+    kafka_security_protocol: str = _opt("PLAINTEXT", "kafka", "security_protocol", "PLAINTEXT, SSL, SASL_PLAINTEXT "
+                                        "or SASL_SSL", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    kafka_sasl_mechanism: str = _opt("PLAIN", "kafka", "sasl_mechanism", "SASL mechanism",
+                                     choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    kafka_sasl_username: str = _opt("", "kafka", "sasl_username", "SASL user")
+    kafka_sasl_password: str = _opt("", "kafka", "sasl_password", "SASL password", secret=True)
+    kafka_ssl_cafile: str = _opt("", "kafka", "ssl_cafile", "CA bundle (PEM) to verify the brokers; empty: system")
+    kafka_ssl_certfile: str = _opt("", "kafka", "ssl_certfile", "client certificate (PEM) for mutual TLS")
+    kafka_ssl_keyfile: str = _opt("", "kafka", "ssl_keyfile", "client key (PEM) for mutual TLS")
     # [influx]
     influx_url: str = _opt("", "influx", "url", "InfluxDB base URL", url=True,
                            derive=lambda s: f"http://127.0.0.1:{s.influx_port}")
@@ -140,6 +150,11 @@ class Settings:
                        check=_check_models)
     data_dir: Path | None = _opt(None, "worker", "data_dir",  # noqa: RUF009 (_opt returns a field)
                                  "recordings (None: models.data.paths default)")
+    # [worker] health and start-up (streams/health.py; issue 8)
+    health_port: int = _opt(9108, "worker", "health_port", "HTTP port of /healthz, /readyz, /metrics (0: off)",
+                            minimum=0, check=lambda v: None if v <= 65535 else "expected a TCP port 0..65535")
+    startup_wait_s: float = _opt(60.0, "worker", "startup_wait_s", "how long the worker waits for the broker and "
+                                 "InfluxDB at start before it exits non-zero (s)", minimum=0)
     # [stack]
     state_dir: Path = _opt(Path(".state"), "stack", "state_dir",  # noqa: RUF009 (_opt returns a field)
                            "pid/log/data files of the local stack")

@@ -51,7 +51,7 @@ class MemorySink:
 
 def _settings(**overrides):
     return dataclasses.replace(load_settings(env={}), device="cpu", batch_size=8, batch_timeout_s=0.01,
-                               sink_backoff_s=0.0, **overrides)
+                               sink_backoff_s=0.0, health_port=0, **overrides)
 
 
 def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], timeout_s: float = 60.0):
@@ -137,11 +137,12 @@ def test_storage_retries_then_dead_letters_when_the_sink_rejects():
     assert len(flaky.rows) == 1 and flaky.calls == 3 and worker.pipeline.tally.sink_retries == 2
     assert got["deadletter"] == []
     rejecting = MemorySink(fail=10, error=SinkRejected)  # 4xx: not retried, the window is dead-lettered
-    worker, got = _run(_settings(), _cwru_runtime, rejecting, [(w.key, encode_window(w))],
-                       {"labels": 1, "deadletter": 1})
+    worker, got = _run(_settings(), _cwru_runtime, rejecting, [(w.key, encode_window(w))], {"deadletter": 1})
     assert rejecting.calls == 1 and rejecting.rows == []
+    assert got["labels"] == []  # stored before published: a rejected window has its dead letter only
     dead = decode_dead_letter(got["deadletter"][0].value)
     assert dead.error_type == "SinkRejected" and "toy failure 1" in dead.reason and dead.key == w.key
+    assert dead.stage == "store" and worker.pipeline.tally.windows == 0
 
 
 def _toy_checkpoint(tmp_path, sp_star: float) -> str:
