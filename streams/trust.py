@@ -15,6 +15,8 @@ Drift: one ADWIN detector (River, Bifet & Gavaldà 2007; confidence ``drift_delt
 the novelty score when the model reports one. ADWIN keeps an adaptive window and cuts it when two sub-windows have
 means that differ beyond a Hoeffding-style bound, so it needs no fixed reference period and adapts to slow
 streams; a detection becomes a :class:`DriftEvent` (JSON on ``<prefix>.drift`` and a ``sci_drift`` point).
+ADWIN sees the windows in decision order, which is the time order while the worker keeps up (and within each
+batch), but only roughly so when it works through a backlog: window keys spread a stream over the partitions.
 
 In the worker, :class:`TrustService` (a ``faust.Service`` next to the pipeline) receives each stored batch of
 decisions, feeds the monitor on its own thread (never on the event loop), and every ``trust_interval_s`` writes
@@ -164,17 +166,23 @@ def calibration_bins(obs: Sequence[Observation], n_bins: int = 10) -> list[dict[
 class _StreamState:
     modality: str
     recent: deque = field(default_factory=deque)
+    seqs: set[int] = field(default_factory=set)  # the seqs in ``recent``: a redelivered window is seen once
     detectors: dict[str, Any] = field(default_factory=dict)
 
 
 class TrustMonitor:
-    """Rolling trust metrics and drift detectors of one worker (not thread-safe: feed it from one thread)."""
+    """Rolling trust metrics and drift detectors of one worker (not thread-safe: feed it from one thread).
+
+    A window seen again (same stream and seq among the stream's last ``trust_window``, e.g. redelivered after a
+    rebalance) is ignored and counted in ``duplicates``, so redeliveries shift neither the metrics nor ADWIN.
+    """
 
     def __init__(self, settings: Settings, clock=time.time) -> None:
         self.s, self.clock = settings, clock
         self.fleet: deque[Observation] = deque(maxlen=settings.trust_window)
         self.streams: dict[str, _StreamState] = {}
         self.drifts = 0
+        self.duplicates = 0
         self._dirty: set[str] = set()  # streams with new windows since the last snapshot
 
     def _detector(self):
@@ -186,11 +194,17 @@ class TrustMonitor:
         """Add decided windows (in decision order); returns the drifts they revealed."""
         events = []
         for o in observations:
-            self.fleet.append(o)
             st = self.streams.get(o.stream)
             if st is None:
                 st = self.streams[o.stream] = _StreamState(o.modality, deque(maxlen=self.s.trust_window))
+            if o.seq in st.seqs:  # at-least-once delivery: a window decided again must not count twice
+                self.duplicates += 1
+                continue
+            if len(st.recent) == st.recent.maxlen:
+                st.seqs.discard(st.recent[0].seq)
             st.recent.append(o)
+            st.seqs.add(o.seq)
+            self.fleet.append(o)
             self._dirty.add(o.stream)
             for signal, value in (("sp", o.sp), ("novelty", o.novelty)):
                 if value is None or not math.isfinite(value):
@@ -280,7 +294,10 @@ class TrustService(faust.Service):
     def observe(self, decisions: Sequence[WindowDecision], controller_ms: float) -> None:
         """Called on the event loop after a batch was stored: hands it to the trust thread."""
         now = self.clock()
-        obs = [observation(d, self.s.alert_threshold, now) for d in decisions if d.result.served]
+        # keys are per window, so a stream's windows spread over the input partitions: a batch may hold them out
+        # of order (a backlog read partition by partition even more); restore each stream's order within the batch
+        obs = sorted((observation(d, self.s.alert_threshold, now) for d in decisions if d.result.served),
+                     key=lambda o: (o.stream, o.seq))
         batch = batch_line(self.pipeline.worker_id, len(decisions), controller_ms,
                            sum(d.result.passes for d in decisions), int(now * 1e9))
         self._thread.submit(self._ingest, obs, batch)

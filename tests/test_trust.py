@@ -77,6 +77,16 @@ def test_adwin_flags_a_stream_whose_inputs_shift_mid_way_and_only_that_stream():
     assert f"seq={sp.seq}i" in line
 
 
+def test_redelivered_windows_count_once():
+    s = dataclasses.replace(load_settings(env={}), trust_window=50)
+    mon = TrustMonitor(s, clock=lambda: 0.0)
+    obs = _obs(np.random.default_rng(4), 80)
+    mon.observe(obs[:60])
+    mon.observe(obs[40:70])  # 40..59 again (a redelivered batch), then 60..69
+    assert mon.duplicates == 20 and [o.seq for o in mon.streams["s1"].recent] == list(range(20, 70))
+    assert len(mon.fleet) == 50 and window_metrics(mon.fleet)["n"] == 50
+
+
 def test_snapshot_lines_cover_fleet_streams_and_calibration():
     s = dataclasses.replace(load_settings(env={}), trust_window=100)
     mon = TrustMonitor(s, clock=lambda: 1234.5)
@@ -90,6 +100,6 @@ def test_snapshot_lines_cover_fleet_streams_and_calibration():
     assert "accuracy=" not in next(line for line in per if "stream=b " in line)  # b has no ground truth
     assert any(line.startswith("sci_calibration,bin=") for line in lines)
     assert mon.snapshot_lines() == []  # nothing new: no repeated points
-    mon.observe(_obs(rng, 5, "b", truth=False))
+    mon.observe([dataclasses.replace(o, seq=100 + o.seq) for o in _obs(rng, 5, "b", truth=False)])
     again = [line for line in mon.snapshot_lines() if line.startswith("sci_trust,")]
     assert len(again) == 2 and {line.split(" ")[0].split("stream=")[1] for line in again} == {"all", "b"}
