@@ -1,10 +1,10 @@
 """Grafana as code: dashboards and unified-alerting provisioning generated from :class:`Settings`.
 
 Every threshold drawn on a panel or used by an alert rule is read from the same settings the worker uses
-(``alert_threshold``/``alert_critical`` for ΔSP, the ``[monitor]`` section for rates, latency and silence), so the
-files cannot drift from the worker: ``sci-monitor grafana render --out grafana`` writes them, the committed files
-are that output for the default settings (a test checks it), and docker compose renders them again with the
-worker's environment before Grafana starts.
+(``alert_threshold``/``alert_critical`` for ΔSP, the ``[monitor]`` section for rates, latency and silence):
+``sci-monitor grafana render --out grafana`` writes them, and the committed files are that output for the default
+settings, which are also docker compose's defaults (tests check both). Whoever changes a threshold re-renders
+with the same environment (``.env.example`` says how).
 
 Outputs (paths relative to ``--out``):
 
