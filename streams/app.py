@@ -156,7 +156,8 @@ class Pipeline(faust.Service):
 
     async def on_stop(self) -> None:
         self._stopping.set()
-        log.info("stopping: %s", self.tally.line())
+        storage = dict(self.sink.counters()) if self.sink is not None else {}
+        log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
         if self.sink is not None:
             self.sink.close()

@@ -118,7 +118,7 @@ def install_log_redaction(secrets: Iterable[str] = ()) -> None:
             message = record.getMessage()
         except Exception:  # a bad format string: let the handler report it as usual
             return record
-        record.msg, record.args = redact(message, found), None
+        record.msg, record.args = redact(message, found), ()  # () not None: mode's formatter wraps None in a tuple
         if record.exc_info and record.exc_info[0] is not None:
             record.exc_text = redact(formatter.formatException(record.exc_info), found)
         return record

@@ -85,7 +85,7 @@ def _start_worker(s, state_dir: Path) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
            "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
            "SCI_DEVICE": "cpu", "SCI_STATE_DIR": str(state_dir),
-           "SCI_HEALTH_PORT": str(free_ports(1)[0])}  # workers of parallel tests must not share a port
+           "SCI_HEALTH_PORT": str(free_ports(1)[0])}  # workers on one host need their own health ports
     log_path = state_dir / "worker.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=env, stdout=log,
