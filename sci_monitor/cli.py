@@ -100,6 +100,28 @@ def cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(result: dict, path: str | None) -> None:
+    text = json.dumps(result, indent=2) + "\n"
+    if path:
+        Path(path).write_text(text)
+        err.print(f"wrote {path}")
+    else:
+        out.print(text, end="", soft_wrap=True)
+
+
+def cmd_bench_controller(a: argparse.Namespace) -> int:
+    import torch
+
+    from controller.bench import bench_controller
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result = bench_controller(a.models, a.batch_sizes, a.windows, a.loop_windows, a.repeats, _device(a.device),
+                              log=err.print)
+    _write_json(result, a.json)
+    return 0
+
+
 # ---------------------------------------------------------------- online commands
 SETTING_FLAGS = {  # CLI flag -> Settings field
     "bootstrap": "kafka_bootstrap", "influx_url": "influx_url", "influx_version": "influx_version",
@@ -238,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     online(dm, kafka=False, influx=False)
     dm.add_argument("--duration", type=float, default=60.0, help="seconds of replay (default 60)")
     dm.add_argument("--speed", type=float, default=10.0, help="× real time (default 10)")
+
+    b = add("bench", lambda _: 0, "benchmarks that print JSON")
+    bsub = b.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bc = bsub.add_parser("controller", help="SCI vs one deterministic pass, fixed-T and a per-window loop")
+    bc.set_defaults(func=cmd_bench_controller)
+    bc.add_argument("--json", help="write the result here (default: print it)")
+    bc.add_argument("--models", nargs="+", default=["mitdb", "cwru", "paper-bearings"], choices=datasets)
+    bc.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 1024])
+    bc.add_argument("--windows", type=int, default=1024, help="test windows per batch size > 1 (default 1024)")
+    bc.add_argument("--loop-windows", type=int, default=128, help="windows at batch 1 and in the per-window loop")
+    bc.add_argument("--repeats", type=int, default=3, help="timed runs per method (best is kept)")
+    bc.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    bc.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default cpu)")
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])
