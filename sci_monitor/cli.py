@@ -122,6 +122,14 @@ def cmd_bench_controller(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pipeline(a: argparse.Namespace) -> int:
+    from streams.bench import bench_pipeline
+
+    result = bench_pipeline(a.windows, a.latency_seconds, a.batch_size, log=err.print)
+    _write_json(result, a.json)
+    return 0
+
+
 # ---------------------------------------------------------------- online commands
 SETTING_FLAGS = {  # CLI flag -> Settings field
     "bootstrap": "kafka_bootstrap", "influx_url": "influx_url", "influx_version": "influx_version",
@@ -273,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--repeats", type=int, default=3, help="timed runs per method (best is kept)")
     bc.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     bc.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default cpu)")
+
+    bp = bsub.add_parser("pipeline", help="full worker vs bare Faust pass-through on a private local stack")
+    bp.set_defaults(func=cmd_bench_pipeline)
+    bp.add_argument("--json", help="write the result here (default: print it)")
+    bp.add_argument("--windows", type=int, default=20_000, help="backlog for the throughput phase")
+    bp.add_argument("--latency-seconds", type=float, default=30.0, help="paced phase at half the pipeline rate")
+    bp.add_argument("--batch-size", type=int, help="worker and pass-through batch (default: the setting)")
 
     d = add("data", cmd_data, "download a dataset from its publisher (skips files already present)")
     d.add_argument("action", choices=["fetch"])

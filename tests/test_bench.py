@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sci_monitor", *args], capture_output=True, text=True,
@@ -32,3 +34,17 @@ def test_controller_bench_writes_its_keys(tmp_path):
                 "sci_speedup_over_per_window_loop"} <= set(ratios)
     assert m["default_policy"] == "sci_paper"  # the paper recipe pins the paper's rule
     assert all(1 <= v <= 25 for v in m["mean_passes"].values())
+
+
+@pytest.mark.integration
+def test_pipeline_bench_writes_its_keys(tmp_path):
+    out = tmp_path / "pipeline.json"
+    r = cli("bench", "pipeline", "--windows", "200", "--latency-seconds", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["passthrough_windows_per_s"] > 0 and result["pipeline_windows_per_s"] > 0
+    assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
+    assert 0 <= result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
+    # every window of both phases was stored
+    assert result["influx_points_throughput"] == 200
+    assert result["influx_points_latency"] == result["latency_windows"] > 0
