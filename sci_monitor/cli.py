@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 COMMANDS = ("train", "evaluate", "reproduce_paper", "stack", "worker", "replay", "demo", "config", "data", "alerts",
-            "grafana", "report")
+            "grafana", "report", "bench")
 
 
 class Parser(argparse.ArgumentParser):
