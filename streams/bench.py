@@ -115,7 +115,7 @@ def _env(s: Settings) -> dict[str, str]:
     return {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
             "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
             "SCI_DEVICE": s.device, "SCI_STATE_DIR": str(s.state_dir), "SCI_BATCH_SIZE": str(s.batch_size),
-            "SCI_BATCH_TIMEOUT_S": str(s.batch_timeout_s)}
+            "SCI_BATCH_TIMEOUT_S": str(s.batch_timeout_s), "SCI_HEALTH_PORT": str(free_ports(1)[0])}
 
 
 def _spawn(args: list[str], s: Settings, log_path: Path) -> subprocess.Popen:
@@ -153,7 +153,7 @@ def _worker_rate(s: Settings, work: Path, n: int, timeout_s: float) -> tuple[flo
     worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
     try:
         wait_worker_ready(worker, log_path, timeout_s=timeout_s)
-        labels = _records(s.kafka_bootstrap, s.topic_labels, n, timeout_s)
+        labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
         _stop(worker)
     ts = np.sort([r.timestamp for r in labels]) / 1000.0
@@ -166,11 +166,11 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeou
     _create_topics(s)
     producer = _producer(s.kafka_bootstrap)
     for k, v in msgs:
-        producer.send(s.topic_windows, key=k, value=v)
+        producer.send(s.topics["windows"], key=k, value=v)
     producer.flush(timeout=120)
     producer.close()
     n = len(msgs)
-    log(f"[bench] {n} windows produced to {s.topic_windows}; bare Faust pass-through ...")
+    log(f"[bench] {n} windows produced to {s.topics['windows']}; bare Faust pass-through ...")
     result_path = work / "passthrough.json"
     pt = dataclasses.replace(s, app_id=f"{s.app_id}-passthrough")
     log_path = work / "passthrough.log"
@@ -205,13 +205,13 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
             wait = start + i / rate - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            producer.send(s.topic_windows, key=k, value=v)
+            producer.send(s.topics["windows"], key=k, value=v)
         producer.flush(timeout=60)
         producer.close()
-        labels = _records(s.kafka_bootstrap, s.topic_labels, n, timeout_s)
+        labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
         _stop(worker)
-    inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topic_windows, n, timeout_s)}
+    inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topics["windows"], n, timeout_s)}
     lat = np.array([r.timestamp - inputs[r.key] for r in labels if r.key in inputs], dtype=np.float64)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     return {"latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "latency_windows": int(lat.size),
@@ -256,17 +256,17 @@ def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: i
 
 # ------------------------------------------------------------------------------------------------ pass-through
 def passthrough_main(windows: int, result: Path) -> None:
-    """Run a bare Faust agent on ``settings.topic_windows`` (env settings) until it has seen ``windows`` events;
+    """Run a bare Faust agent on ``settings.topics["windows"]`` (env settings) until it has seen ``windows`` events;
     writes {"windows", "seconds", "windows_per_s"} to ``result`` (timed from its first batch to the last)."""
     import faust
 
     s = load_settings()
-    app = faust.App(  # the worker's consumer settings (streams/app.py create_app), minus everything else
+    app = faust.App(  # the worker's consumer settings (streams/app.py create_worker), minus everything else
         s.app_id, broker=";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()),
         value_serializer="raw", key_serializer="raw", store="memory://", web_enabled=False,
         topic_partitions=s.input_partitions, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
         broker_commit_every=s.batch_size, broker_commit_interval=1.0)
-    topic = app.topic(s.topic_windows, key_type=bytes, value_type=bytes, key_serializer="raw",
+    topic = app.topic(s.topics["windows"], key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     state = {"seen": 0, "first": None, "first_batch": 0}
 
