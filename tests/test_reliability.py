@@ -236,8 +236,8 @@ def test_fuzz_10000_hostile_and_valid_messages_exact_counts(local_stack, tmp_pat
         rng = np.random.default_rng(8)
         msgs: list[tuple[bytes, bytes, str, str | None]] = []  # key, value, expected, poison kind
         for j, data in enumerate(_hypothesis_frames(2600)):
-            for copy in range(3):
-                i = 3 * j + copy
+            for copy in range(4):  # each drawn frame 4 times, under 4 stream ids
+                i = 4 * j + copy
                 value = personalize(data, i)
                 expected = expected_outcome(value, i)
                 if expected != "skip":
