@@ -496,6 +496,9 @@ class _Worker(faust.Worker):
         super().__init__(*args, **kwargs)
         self._pipeline = pipeline
 
+    def _repr_name(self) -> str:  # log lines say "[^Worker]: Ready", as with Faust's own worker
+        return "Worker"
+
     def _on_sigterm(self) -> None:
         self._pipeline.stopping()
         super()._on_sigterm()
