@@ -44,10 +44,43 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from controller.evaluation import calibrate_command
+    from models.recipes import RECIPES
+
+    for name in list(RECIPES) if a.dataset == "all" else [a.dataset]:
+        card = calibrate_command(name, _device(a.device), log=err.print,
+                                 **({"checkpoint_dir": Path(a.out)} if a.out else {}))
+        m = card.metrics["controller"]
+        err.print(f"[{name}] test split, controller: escalation {m['escalation_rate']}, risk among answered "
+                  f"{m['risk_answered']}, AUROC {m['auroc_misclassification']}")
+    return 0
+
+
+def cmd_evaluate_shift(a: argparse.Namespace) -> int:
+    from controller.shift import evaluate_shift
+
+    report = evaluate_shift(a.dataset, Path(a.json) if a.json else None, Path(a.plots) if a.plots else None,
+                            _device(a.device), log=err.print)
+    t = Table(title=f"{report['dataset']}: shift benchmark (test windows; never used to fit or choose)")
+    for c in ("shift", "windows", "AUROC novelty", "AUROC controller", "escalation", "answered wrong",
+              "det. answered wrong"):
+        t.add_column(c, justify="left" if c == "shift" else "right")
+    ind = report["in_distribution"]
+    t.add_row("(in distribution)", str(ind["windows"]), "—", "—", f"{ind['escalation_rate']:.3f}",
+              f"{ind['answered_wrong_rate']:.4f}", f"{ind['deterministic_answered_wrong_rate']:.4f}")
+    for name, r in report["shifts"].items():
+        t.add_row(name, str(r["windows"]), _fmt(r["scores"]["novelty"]["auroc"]),
+                  _fmt(r["scores"]["controller"]["auroc"]), f"{r['escalation_rate']:.3f}",
+                  f"{r['answered_wrong_rate']:.4f}", f"{r['deterministic_answered_wrong_rate']:.4f}")
+    out.print(t)
+    return 0
+
+
 def _methods_table(title: str, methods: dict[str, dict]) -> Table:
     t = Table(title=title)
-    cols = ("error", "macro_f1", "auroc_delta_sp", "auroc_1_minus_sp", "mean_passes", "passes_correct",
-            "passes_wrong", "abstain_rate", "accuracy_non_abstained", "aurc", "ece")
+    cols = ("error", "macro_f1", "auroc_misclassification", "auroc_1_minus_sp", "mean_passes", "passes_correct",
+            "passes_wrong", "escalation_rate", "risk_answered", "coverage", "aurc", "ece")
     t.add_column("method", no_wrap=True, min_width=13)
     for c in cols:
         t.add_column(c.replace("_", " "), justify="right")
@@ -60,7 +93,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from controller.evaluation import evaluate
 
     report = evaluate(a.dataset, a.checkpoint, Path(a.json) if a.json else None,
-                      Path(a.plots) if a.plots else None, _device(a.device), n_boot=a.bootstrap, log=err.print)
+                      Path(a.plots) if a.plots else None, _device(a.device), n_boot=a.bootstrap, log=err.print,
+                      policies=a.policies)
     out.print(_methods_table(f"{report['dataset']}: {report['split']}", report["methods"]))
     return 0
 
@@ -191,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plots", help="write PNG plots into this directory")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the AUROC CIs")
     e.add_argument("--device", default="auto")
+    e.add_argument("--policies", nargs="+", metavar="POLICY",
+                   help="SCI policies to run alone (any registered one; default: the card's candidates)")
+
+    cb = add("calibrate", cmd_calibrate, "refit a checkpoint's controller on validation (no retraining)")
+    cb.add_argument("--dataset", choices=[*datasets, "all"], required=True)
+    cb.add_argument("--device", default="auto")
+    cb.add_argument("--out", help="checkpoint directory (default: the package's models/checkpoints)")
+
+    es = add("evaluate-shift", cmd_evaluate_shift, "shift benchmark: shifted test windows, per score and decision")
+    es.add_argument("--dataset", choices=["mitdb", "cwru"], required=True)
+    es.add_argument("--json", help="write the report to this JSON file")
+    es.add_argument("--plots", help="write PNG plots into this directory")
+    es.add_argument("--device", default="auto")
 
     r = add("reproduce-paper", cmd_reproduce, "run the paper's protocol and print it beside its Table 4")
     r.add_argument("--json", help="write the rows to this JSON file")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from controller.calibration import controller_config
 from controller.engine import SciResult
 from controller.sci import SciController
 from models.checkpoint import ModelCard, load_checkpoint
@@ -75,8 +74,7 @@ class ModelRuntime:
             model, card = load_checkpoint(name, self.device)
             if card.modality != modality:
                 raise ValueError(f"checkpoint {name} is for {card.modality}, not {modality}")
-            policy, cfg = controller_config(card)
-            self.models[modality] = ServedModel(card, SciController(model, policy, cfg, self.device))
+            self.models[modality] = ServedModel(card, SciController.from_card(model, card, self.device))
 
     def classify(self, windows: Sequence[SensorWindow]) -> list[WindowResult | str]:
         """One WindowResult per window, or a string saying why the window was rejected."""
