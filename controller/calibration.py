@@ -14,8 +14,10 @@
 Policy choice: among the candidates, the one with the best fit-half AUROC of 1 − SP for detecting misclassified
 windows whose mean passes stay within a third of the budget (ties: fewer passes); if none is that cheap, the
 cheapest. A recipe can pin the policy (``select``), as the paper-faithful recipes do.
-Novelty method: the one (class-conditional Gaussian / kNN) whose score best separates fit-half windows from
-label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see ``controller.novelty``).
+Novelty method on the trunk features: the one (class-conditional Gaussian / kNN) whose score best separates fit-half
+windows from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see
+``controller.novelty``); beside it, a Gaussian of the spectrum's shape (``controller.quality.SignalStats.bands``),
+which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a validated one.
 Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
 windows that pass the gate.
 """
@@ -39,7 +41,7 @@ from controller.methods import confidence_threshold, deterministic, sci
 from controller.novelty import NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
-from controller.quality import SignalStats, fit_ranges, signal_stats
+from controller.quality import SignalStats, check, fit_ranges, signal_stats
 from controller.risk import SCORES, combined_features, confidence, exceedance_level, learn_then_test, split_halves
 from controller.risk import threshold_grid as risk_grid
 from models.architectures import McModel
@@ -63,7 +65,7 @@ CHUNK = 4096
 class Calibration:
     temperature: float
     controller: ControllerCard
-    novelty: NoveltyModel | None  # to store beside the checkpoint
+    novelty: dict[str, NoveltyModel] | None  # {"trunk": ..., "spectrum": ...}, to store beside the checkpoint
 
 
 def policies_from(candidates: tuple[PolicySpec, ...]) -> dict[str, Policy]:
@@ -189,6 +191,8 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
 
     quality: QualityRanges | None = None
     novelty_model: NoveltyModel | None = None
+    spectrum_model: NoveltyModel | None = None
+    novelty_models: dict[str, NoveltyModel] | None = None
     novelty_rule: NoveltyRule | None = None
     if spec.quality_checks or spec.false_novelty_rate is not None:
         train_h, train_stats = _trunk_and_stats(model, train, device)
@@ -197,16 +201,17 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
             log(f"input checks fitted on {len(train)} training windows (flag rate {quality.train_flag_rate:.4%})")
         if spec.false_novelty_rate is not None:
             novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device)
-            scores = novelty_model.score(fit.trunk)
-            passed = torch.ones(len(fit.y), dtype=torch.bool)
-            if quality is not None:
-                from controller.quality import check
-
-                passed = check(fit.signal, quality) == 0
-            thr = conformal_threshold(scores[passed], spec.false_novelty_rate)
-            novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, sel)
-            log(f"novelty {novelty_model.method} (proxy AUROCs {sel}), threshold {thr:.4g}")
-    gate = Gate(quality, novelty_model, novelty_rule.threshold if novelty_rule else float("inf"))
+            spectrum_model = fit_gaussian(train_stats.bands, torch.zeros(len(train), dtype=torch.int64), 1)
+            passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
+            half = spec.false_novelty_rate / 2  # two detectors: union bound
+            thr = conformal_threshold(novelty_model.score(fit.trunk)[passed], half)
+            spec_thr = conformal_threshold(spectrum_model.score(fit.signal.bands)[passed], half)
+            novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, spec_thr, sel)
+            novelty_models = {"trunk": novelty_model, "spectrum": spectrum_model}
+            log(f"novelty {novelty_model.method} (proxy AUROCs {sel}), thresholds {thr:.4g} (trunk), "
+                f"{spec_thr:.4g} (spectrum)")
+    gate = Gate(quality, novelty_model, novelty_rule.threshold if novelty_rule else float("inf"),
+                spectrum_model, novelty_rule.spectrum_threshold if novelty_rule else float("inf"))
     decider = Decider(policy, cfg, gate)
 
     risk: RiskRule | None = None
@@ -232,19 +237,19 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
     baselines = {"max_prob": confidence_threshold(det.max_prob, rate), "entropy": confidence_threshold(det.sp, rate)}
     card = ControllerCard(spec, PolicySpec(chosen, dict(spec.candidate(chosen).params)), baselines, quality,
                           novelty_rule, risk, alerts, selection)
-    return Calibration(temperature, card, novelty_model)
+    return Calibration(temperature, card, novelty_models)
 
 
 def decider_from_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Decider:
     """The policy, SciConfig, gate and risk rule a checkpoint's card prescribes (novelty model from ``directory``)."""
     c = card.controller
-    novelty = None
+    gate = Gate(c.quality)
     if c.novelty is not None:
         state = load_density(card.name, directory)
         if state is None:
             raise FileNotFoundError(f"checkpoint {card.name} needs {card.name}.novelty.pt in {directory}; "
                                     "run `sci-monitor calibrate`")
-        novelty = from_state(state)
-    gate = Gate(c.quality, novelty, c.novelty.threshold if c.novelty else float("inf"))
+        gate = Gate(c.quality, from_state(state["trunk"]), c.novelty.threshold, from_state(state["spectrum"]),
+                    c.novelty.spectrum_threshold)
     return Decider(make_policy(c.policy.name, **c.policy.params), SciConfig(card.temperature, c.t_max, c.sp_star),
                    gate, c.risk)

@@ -3,8 +3,9 @@
 1. Evidence computed once per window, before any MC pass (:func:`evidence`): the trunk features, the plain
    (deterministic) pass and the input statistics.
 2. Gate: a window failing an input check abstains with reason ``signal_quality``; one whose novelty exceeds the
-   card's threshold abstains with reason ``unfamiliar``. Neither spends an MC pass (``passes`` = 0; its label and
-   probabilities are the plain pass's, reported for the operator, flagged abstained).
+   card's thresholds (trunk features or spectrum shape) abstains with reason ``unfamiliar``. Neither spends an MC
+   pass (``passes`` = 0; its label and probabilities are the plain pass's, reported for the operator, flagged
+   abstained).
 3. The other windows go through the SCI policy (``controller.engine.run_sci``), which decides how many passes each
    one needs.
 4. Risk rule (when the card has one): a window is answered only if its confidence ≥ the certified threshold;
@@ -50,11 +51,30 @@ def evidence(model: McModel, x: Tensor, aux: Tensor | None) -> Evidence:
 
 @dataclass(frozen=True)
 class Gate:
-    """Checks before the policy: input ranges (None: no checks) and the novelty model with its threshold."""
+    """Checks before the policy: input ranges (None: no checks) and the novelty gate: a density model of the trunk
+    features and one of the spectrum's shape (``SignalStats.bands``), each with its threshold. The window's novelty
+    is max(trunk score / its threshold, spectrum score / its threshold): above 1 it is unfamiliar."""
 
     quality: QualityRanges | None = None
     novelty: NoveltyModel | None = None
     novelty_threshold: float = float("inf")
+    spectrum: NoveltyModel | None = None
+    spectrum_threshold: float = float("inf")
+
+    def to(self, device: torch.device | str) -> Gate:
+        return Gate(self.quality, None if self.novelty is None else self.novelty.to(device), self.novelty_threshold,
+                    None if self.spectrum is None else self.spectrum.to(device), self.spectrum_threshold)
+
+    def novelty_score(self, ev: Evidence, device: torch.device) -> Tensor:
+        """float32[B]: max over the gate's density models of score / threshold (NaN without any)."""
+        parts = []
+        if self.novelty is not None:
+            parts.append(self.novelty.score(ev.trunk.to(device)) / self.novelty_threshold)
+        if self.spectrum is not None:
+            parts.append(self.spectrum.score(ev.signal.bands.to(device)) / self.spectrum_threshold)
+        if not parts:
+            return torch.full((ev.trunk.shape[0],), float("nan"), device=device)
+        return torch.stack(parts).amax(0)
 
 
 @dataclass(frozen=True)
@@ -75,10 +95,9 @@ def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | st
     temp = d.config.temperature
     quality = (check(ev.signal, d.gate.quality).to(dev) if d.gate.quality is not None
                else torch.zeros(b, dtype=torch.int64, device=dev))
-    novelty = (d.gate.novelty.score(ev.trunk.to(dev)) if d.gate.novelty is not None
-               else torch.full((b,), float("nan"), device=dev))
+    novelty = d.gate.novelty_score(ev, dev)
     bad = quality != 0
-    unfamiliar = ~bad & (novelty > d.gate.novelty_threshold)
+    unfamiliar = ~bad & (novelty > 1.0)
     active = torch.nonzero(~(bad | unfamiliar)).squeeze(1)
 
     det_probs = torch.softmax(det / temp, dim=1)

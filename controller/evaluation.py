@@ -174,7 +174,7 @@ def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu",
 
 def _save_novelty(card: ModelCard, cal: Calibration, directory: Path) -> None:
     if cal.novelty is not None:
-        save_density(card.name, cal.novelty.state(), directory)
+        save_density(card.name, {k: m.state() for k, m in cal.novelty.items()}, directory)
     else:
         density_path(card.name, directory).unlink(missing_ok=True)
 

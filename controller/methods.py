@@ -84,12 +84,14 @@ GATED_CONFIDENCE = -1.0  # confidence given to windows the gate stopped (ranked 
 
 
 def controller(p: SplitPasses, decider: Decider) -> tuple[Outcome, SciResult]:
-    """The full decision; confidence = the risk rule's score (SP without one), the gated windows ranked lowest."""
+    """The full decision. score = 1 − the risk rule's confidence (SP without a rule), over every window: the
+    misclassification AUROC of the score the controller abstains by; confidence (risk-coverage curves, AURC) is the
+    same with the gated windows ranked below every other, as the decision treats them."""
     r = decide(p.evidence(), replay_sampler(p.mc), decider)
     gated = r.passes == 0
-    conf = r.sp if decider.risk is None else r.confidence
-    conf = np.where(gated, GATED_CONFIDENCE, conf).astype(np.float64)
-    out = Outcome(r.label, r.probs.max(1), conf, 1 - conf, r.passes, r.abstained, r.sp, r.delta_sp)
+    conf = (r.sp if decider.risk is None else r.confidence).astype(np.float64)
+    out = Outcome(r.label, r.probs.max(1), np.where(gated, GATED_CONFIDENCE, conf), 1 - conf, r.passes,
+                  r.abstained, r.sp, r.delta_sp)
     return out, r
 
 

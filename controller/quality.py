@@ -29,6 +29,7 @@ FLAT_FACTOR = 0.1  # a flat line: peak-to-peak below a tenth of the training 0.0
 CLIP_TOL = 1e-3  # a sample is "at the extreme" within this share of the window's peak-to-peak
 MIN_CLIP_FRACTION = 0.02  # never call clipping below 2 % of samples stuck at an extreme
 LF_BINS = 2  # lowest non-DC FFT bins = slow baseline drift
+N_BANDS = 16
 
 
 class QualityFlag(IntFlag):
@@ -49,13 +50,14 @@ class QualityFlag(IntFlag):
 
 @dataclass(frozen=True)
 class SignalStats:
-    """Per-window statistics, float32[B] each (on the device of the input)."""
+    """Per-window statistics, float32[B] each, and bands float32[B, N_BANDS] (on the device of the input)."""
 
     ptp: Tensor
     clip_fraction: Tensor
     log_rms: Tensor
     hf_ratio: Tensor
     lf_ratio: Tensor
+    bands: Tensor
 
     def index(self, idx: Tensor) -> SignalStats:
         return SignalStats(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
@@ -73,7 +75,9 @@ def signal_stats(x: Tensor) -> SignalStats:
 
     ptp = max − min; clip_fraction = share of samples within CLIP_TOL·ptp of the max or of the min;
     log_rms = log RMS of x − median(x) (floor 1e-12); hf_ratio = power above fs/4 (upper half of the band) / total;
-    lf_ratio = power in the LF_BINS lowest non-DC bins / total (mean removed, total floor 1e-20).
+    lf_ratio = power in the LF_BINS lowest non-DC bins / total (mean removed, total floor 1e-20);
+    bands = log of the share of power in N_BANDS log-spaced bands from the lowest non-DC bin to fs/2 (the shape of
+    the spectrum, whatever the amplitude; the novelty gate's input-side density model uses it).
 
     >>> s = signal_stats(torch.ones(1, 64))
     >>> float(s.ptp[0]), float(s.clip_fraction[0])
@@ -91,7 +95,20 @@ def signal_stats(x: Tensor) -> SignalStats:
     n_bins = power.shape[1]
     hf = power[:, n_bins // 2 :].sum(1) / total
     lf = power[:, :LF_BINS].sum(1) / total
-    return SignalStats(ptp, clip, log_rms, hf, lf)
+    edges = band_edges(n_bins)
+    cum = torch.nn.functional.pad(power.cumsum(1), (1, 0))
+    bands = ((cum[:, edges[1:]] - cum[:, edges[:-1]]) / total[:, None] + 1e-8).log()
+    return SignalStats(ptp, clip, log_rms, hf, lf, bands)
+
+
+def band_edges(n_bins: int, n_bands: int = N_BANDS) -> list[int]:
+    """Edges (bin indices, 0 .. n_bins) of up to ``n_bands`` log-spaced, non-empty bands.
+
+    >>> band_edges(128, 4)
+    [0, 3, 11, 38, 128]
+    """
+    inner = np.unique(np.round(np.geomspace(1, n_bins, n_bands + 1)[1:-1]).astype(int)).tolist()
+    return [0, *(e for e in inner if 0 < e < n_bins), n_bins]
 
 
 def _range(v: np.ndarray, margin: float) -> tuple[float, float]:
@@ -101,7 +118,8 @@ def _range(v: np.ndarray, margin: float) -> tuple[float, float]:
 
 def fit_ranges(stats: SignalStats) -> QualityRanges:
     """Allowed ranges from training windows' statistics (see the module docstring for the rule)."""
-    s = {f: getattr(stats, f).detach().cpu().double().numpy() for f in SignalStats.__dataclass_fields__}
+    s = {f: getattr(stats, f).detach().cpu().double().numpy() for f in SignalStats.__dataclass_fields__
+         if f != "bands"}
     ranges = QualityRanges(
         flat_ptp=float(FLAT_FACTOR * np.quantile(s["ptp"], Q_LO)),
         clip_fraction=float(max(np.quantile(s["clip_fraction"], Q_HI), MIN_CLIP_FRACTION)),

@@ -40,9 +40,7 @@ class SciController:
                  gate: Gate | None = None, risk: RiskRule | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        gate = gate or Gate()
-        if gate.novelty is not None:
-            gate = Gate(gate.quality, gate.novelty.to(self.device), gate.novelty_threshold)
+        gate = (gate or Gate()).to(self.device)
         self.decider = Decider(policy, config, gate, risk)
 
     @classmethod

@@ -2,7 +2,8 @@
 
 For every shift (``models.data.shift``) and every score — 1 − max prob (one plain pass), 1 − SP (mean of T_max
 passes), MC mutual information (T_max passes), novelty, and the controller's own score (gated windows first) —
-the AUROC of shifted vs in-distribution test windows; the controller's escalation rate; the **answered-wrong rate**
+the AUROC of shifted vs in-distribution test windows (the controller's score ranks gated windows first, then
+1 − its confidence); the controller's escalation rate; the **answered-wrong rate**
 (share of the shifted windows the controller answers and gets wrong) beside the plain pass's (it answers all).
 A shift is *safe* when the model is robust to it (answered-wrong ≤ 1.5 × the in-distribution rate) or the
 controller catches it (answered-wrong ≤ a third of the plain pass's on the same windows).
@@ -50,14 +51,12 @@ def condition(model: torch.nn.Module, decider: Decider, data: Arrays, key_offset
         return -(q * q.clamp_min(1e-9).log()).sum(-1)
 
     out, r = controller(p, decider)
-    novelty = (decider.gate.novelty.score(p.trunk) if decider.gate.novelty is not None
-               else torch.full((len(p.y),), float("nan")))
     return {
         "1_minus_max_prob": (1 - det.max(1).values).numpy(),
         "1_minus_sp": (ent(mean_p) / np.log(k)).numpy(),
         "mutual_information": (ent(mc.mean(1)) - ent(mc).mean(1)).numpy(),
-        "novelty": novelty.numpy(),
-        "controller": out.score,
+        "novelty": r.novelty,
+        "controller": np.where(r.passes == 0, 2.0, out.score),  # the decision's order: gated windows first
         "abstained": r.abstained,
         "wrong": r.label != p.y,
         "det_wrong": det.argmax(1).numpy() != p.y,

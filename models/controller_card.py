@@ -93,13 +93,16 @@ class QualityRanges:
 
 @dataclass(frozen=True)
 class NoveltyRule:
-    """Novelty gate: ``method`` ("mahalanobis" | "knn") stored beside the checkpoint (NAME.novelty.pt); windows
-    whose score exceeds ``threshold`` abstain as unfamiliar. The threshold is the conformal (1 − rate) quantile of
-    validation scores, so an in-distribution window is flagged with probability ≤ ``false_novelty_rate``."""
+    """Novelty gate, its density models stored beside the checkpoint (NAME.novelty.pt): ``method``
+    ("mahalanobis" | "knn") on the trunk features with ``threshold``, and a Gaussian of the spectrum's shape with
+    ``spectrum_threshold``; a window above either is unfamiliar. Each threshold is the conformal (1 − rate / 2)
+    quantile of validation scores, so an in-distribution window is flagged with probability ≤
+    ``false_novelty_rate`` (union bound)."""
 
     method: str
     threshold: float
     false_novelty_rate: float
+    spectrum_threshold: float = float("inf")
     selection: dict[str, float] = field(default_factory=dict)  # validation AUROC vs proxy outliers per method
 
 

@@ -51,14 +51,14 @@ def test_gated_windows_abstain_with_their_reason_and_spend_no_pass():
                            [[0.0, 0.0]] * t_max])
     seen: set[int] = set()
     d = Decider(Threshold(sp_star=0.8, t_min=2), SciConfig(1.0, t_max, 0.85),
-                Gate(OPEN_RANGES, _gaussian_near_origin(), novelty_threshold=9.0))
+                Gate(OPEN_RANGES, _gaussian_near_origin(), novelty_threshold=9.0))  # novelty = Mahalanobis² / 9
     r = decide(ev, _recording_sampler(logits, seen), d)
     assert [Reason(c) for c in r.reason] == [Reason.SIGNAL_QUALITY, Reason.UNFAMILIAR, Reason.THRESHOLD,
                                              Reason.BUDGET]
     assert r.passes.tolist() == [0, 0, 2, t_max] and seen == {2, 3}
     assert r.abstained.tolist() == [True, True, False, True]
     assert r.quality.tolist() == [int(QualityFlag.FLAT), 0, 0, 0]
-    assert r.novelty[1] > 9.0 > r.novelty[2]
+    assert r.novelty[1] > 1.0 > r.novelty[2]
     # a gated window reports the plain pass's label and probabilities
     p = 1 / (1 + math.exp(-3.0))
     np.testing.assert_allclose(r.probs[1], [p, 1 - p], rtol=1e-6)
@@ -94,8 +94,10 @@ def test_live_controller_and_offline_evaluation_take_the_same_decisions():
     with torch.inference_mode():
         h = model.trunk(torch.tensor(train))
     novelty = fit_gaussian(h, torch.zeros(300, dtype=torch.int64), 1)
-    gate = Gate(fit_ranges(signal_stats(torch.tensor(train))), novelty,
-                float(novelty.score(h).quantile(0.9)))
+    stats = signal_stats(torch.tensor(train))
+    spectrum = fit_gaussian(stats.bands, torch.zeros(300, dtype=torch.int64), 1)
+    gate = Gate(fit_ranges(stats), novelty, float(novelty.score(h).quantile(0.9)), spectrum,
+                float(spectrum.score(stats.bands).quantile(0.99)))
     rule = RiskRule("max_prob_det", threshold=0.3, alpha=0.02, delta=0.1, certified=True)
     d = Decider(Threshold(sp_star=0.2, t_min=2), SciConfig(1.0, 8, 0.85), gate, rule)
     passes = sample_passes(model, Arrays(x, None, np.zeros(len(x), np.int64)), 8, key_offset=123)
@@ -117,3 +119,17 @@ def test_every_committed_card_round_trips_and_builds_its_controller():
         assert d.config.t_max == card.controller.t_max and d.policy.name == card.controller.policy.name
         if card.controller.novelty is not None:
             assert d.gate.novelty.method == card.controller.novelty.method
+
+
+def test_novelty_is_the_larger_of_the_two_detectors_relative_to_their_thresholds():
+    x = np.sin(np.linspace(0, 20, 64))[None].repeat(2, 0)
+    stats = signal_stats(torch.tensor(x, dtype=torch.float32))
+    ev = Evidence(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [3.0, 0.0]]), stats)
+    trunk = _gaussian_near_origin()
+    spectrum = fit_gaussian(stats.bands.repeat(5, 1) + 0.01 * torch.randn(10, stats.bands.shape[1]),
+                            torch.zeros(10, dtype=torch.int64), 1)
+    gate = Gate(None, trunk, 4.0, spectrum, 1e9)
+    expected = trunk.score(ev.trunk) / 4.0
+    torch.testing.assert_close(gate.novelty_score(ev, torch.device("cpu")), expected)
+    gate = Gate(None, trunk, 4.0, spectrum, 1e-12)  # the spectrum detector dominates
+    assert (gate.novelty_score(ev, torch.device("cpu")) > 1e3).all()
