@@ -40,6 +40,10 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)  # {"<split>": {...}}
     code_version: str = ""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.controller, dict):  # straight from JSON, or written by hand
+            self.controller = ControllerCard.from_dict(self.controller)
+
 
 def code_version() -> str:
     """``git describe`` of the working tree (with -dirty), or "unknown" outside a git checkout."""
@@ -68,8 +72,7 @@ def save_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Path:
 
 
 def _card_from_json(path: Path) -> ModelCard:
-    d = json.loads(path.read_text())
-    return ModelCard(**{**d, "controller": ControllerCard.from_dict(d["controller"])})
+    return ModelCard(**json.loads(path.read_text()))
 
 
 def density_path(card_name: str, directory: Path = CHECKPOINT_DIR) -> Path:
