@@ -1,12 +1,20 @@
-"""The Faust app: sensor windows in, SCI decisions out (labels, escalations, ΔSP alerts, dead letters, InfluxDB).
+"""The Faust app: sensor windows in, SCI decisions out (labels, escalations, ΔSP alerts, dead letters, storage).
 
-One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_size, within=batch_timeout_s)``).
-Per batch: decode and validate every message (malformed → dead letter with the reason), classify the valid windows
-on the model thread (never on the event loop; the models stay on the device for the life of the worker), then
-publish the outputs and write the InfluxDB points, and only then let Faust ack the batch, so offsets are committed
-after the outputs exist (at-least-once). Outputs are keyed ``stream:seq`` and Influx points are timed at the window
-start, so a redelivered window overwrites instead of duplicating. Scale-out is more workers in the same consumer
-group (``app_id``) over more partitions of the input topic.
+One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_size, within=batch_timeout_s)``) and
+hands each batch to the :class:`Pipeline`, a ``faust.Service`` registered as a dependency of the app: it loads
+the models and opens the sink in ``on_start`` (before the consumer joins its group) and closes them in
+``on_stop`` (after the agents stopped). Per batch: decode and validate every message (malformed → dead letter
+with the reason), classify the valid windows on the model thread (never on the event loop; the models stay on
+the device for the life of the worker), then publish the outputs and store the decisions through the
+:class:`~streams.sinks.WindowSink` (on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`),
+and only then let Faust ack the batch, so offsets are committed after the outputs exist (at-least-once).
+Outputs are keyed ``stream:seq`` and stored points are timed at the window start, so a redelivered window
+overwrites instead of duplicating. Scale-out is more workers in the same consumer group (``app_id``) over more
+partitions of the input topic.
+
+Plug points: ``runtime_factory`` (the models), ``sink_factory`` (storage: any :class:`~streams.sinks.WindowSink`)
+and ``outputs`` (role -> Faust channel; the topics by default, in-memory channels in unit tests), all arguments
+of :func:`create_worker`.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +37,17 @@ from streams.contracts import (
     AlertMessage,
     ContractError,
     EscalationMessage,
-    LabelMessage,
     SensorWindow,
     dead_letter,
     decode_window,
 )
-from streams.influx import InfluxSink, SinkError, make_sink, window_points
+from streams.health import Health, influx_ping_check, tcp_check, wait_for
+from streams.isolation import bisect, non_finite, withhold
 from streams.runtime import ModelRuntime, WindowResult
-from streams.settings import Settings
+from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
+from streams.settings import TOPIC_ROLES, Settings
+from streams.sinks import RetryPolicy, SinkClosed, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
 
@@ -50,6 +62,7 @@ class Tally:
     escalations: int = 0
     alerts: int = 0
     dead_letters: int = 0
+    sink_retries: int = 0
     labels: Counter = field(default_factory=Counter)
     latency_ms_sum: float = 0.0
 
@@ -58,11 +71,15 @@ class Tally:
         mean_lat = self.latency_ms_sum / self.windows if self.windows else 0.0
         return (f"windows {self.windows} ({self.windows / dt:.1f}/s), batches {self.batches}, "
                 f"escalations {self.escalations}, alerts {self.alerts}, dead letters {self.dead_letters}, "
-                f"mean latency {mean_lat:.0f} ms, labels {dict(self.labels)}")
+                f"sink retries {self.sink_retries}, mean latency {mean_lat:.0f} ms, labels {dict(self.labels)}")
 
 
 def severity(delta_sp: float, warning: float, critical: float) -> str | None:
-    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None."""
+    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None.
+
+    >>> severity(0.29, 0.3, 0.5) is None, severity(0.3, 0.3, 0.5), severity(0.5, 0.3, 0.5)
+    (True, 'warning', 'critical')
+    """
     if delta_sp >= critical:
         return "critical"
     if delta_sp >= warning:
@@ -70,126 +87,357 @@ def severity(delta_sp: float, warning: float, critical: float) -> str | None:
     return None
 
 
-class Pipeline:
-    """Per-batch processing shared by the agent and tests; owns the model thread and the sink thread."""
+class OutputsUnavailable(RuntimeError):
+    """An output or dead letter could not be published: the batch cannot be acknowledged."""
 
-    def __init__(self, settings: Settings, runtime_factory: Callable[[], ModelRuntime],
-                 sink_factory: Callable[[], InfluxSink]) -> None:
-        self.settings = settings
+
+@dataclass(eq=False)
+class _Item:
+    """One event of a batch on its way through the stages; ends with outputs or with a dead letter."""
+
+    msg: Any
+    window: SensorWindow | None = None
+    result: WindowResult | None = None
+    decision: WindowDecision | None = None
+    outputs: list[tuple[str, bytes, bytes]] = field(default_factory=list)  # (role, key, value)
+    dead: tuple[str, str, str] | None = None  # (reason, error_type, stage)
+
+    def kill(self, reason: str | BaseException, error_type: str, stage: str) -> None:
+        if self.dead is None:
+            self.dead = (str(reason), error_type, stage)
+            self.outputs = []
+
+
+class Pipeline(faust.Service):
+    """Per-batch processing of the worker; owns the model thread, the storage thread, the models and the sink.
+
+    ``outputs``: role (``labels``, ``escalations``, ``alerts``, ``deadletter``) -> Faust channel or topic.
+    ``health``: its metrics are updated per batch; its checks (models, broker, sink) and HTTP server start with
+    the pipeline when ``settings.health_port`` is set.
+
+    Isolation (issue 8): each stage (decode, model_check, classify, output, store, send) fails per window: the
+    window gets a dead letter saying the stage and the reason, the others go on. Classification and storage
+    bisect their sub-batch to find the windows that make them fail (a model error, a point the store rejects);
+    storage that is unavailable (connection, timeout, 5xx) is retried by the retry policy while the batch and its
+    offsets are held. An unexpected error anywhere (a bug) halves the batch until it is down to the window that
+    causes it. A batch abandoned because the worker stops is withheld from Faust's acks (not committed).
+    """
+
+    def __init__(self, settings: Settings, outputs: Mapping[str, faust.ChannelT],
+                 runtime_factory: Callable[[], ModelRuntime], sink_factory: Callable[[], WindowSink],
+                 retry: RetryPolicy, health: Health | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings, self.outputs, self.retry = settings, outputs, retry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._runtime_factory, self._sink_factory = runtime_factory, sink_factory
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-model")
-        self._sink_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-influx")
+        self._sink_thread = ThreadPoolExecutor(1, thread_name_prefix="sci-sink")
+        self._stopping = threading.Event()  # interrupts the storage retry wait on shutdown
         self.runtime: ModelRuntime | None = None
-        self.sink: InfluxSink | None = None
+        self.sink: WindowSink | None = None
         self.tally = Tally()
+        self.health = health or Health()
+        self.metrics = self.health.metrics
+        self.lag_source: Callable[[Any], int | None] | None = None  # tp -> high watermark (set by the app)
+        # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
+        self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
 
-    async def start(self) -> None:
+    async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.runtime is None:
-            self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
-            log.info("models loaded on %s: %s", self.runtime.device,
-                     {m: s.card.name for m, s in self.runtime.models.items()})
-        if self.sink is None:
-            self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
+        self.health.set_flag("models", False, "loading")
+        self.health.start(self.settings.health_port)
+        self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
+        log.info("models loaded on %s: %s", self.runtime.device, self.runtime.describe())
+        self.health.set_flag("models", True, f"{len(self.runtime.models)} served on {self.runtime.device}")
+        self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
+        log.info("storage: %s", self.sink.health()[1])
+        self.health.add_check("sink", self.sink.health)
+        self.health.recheck()
 
-    async def process(self, events: Sequence[Any], topics: dict[str, faust.TopicT]) -> None:
-        """Decode, classify, publish and record one batch of Faust events; returns once all outputs are durable.
-
-        ``start()`` must have run (the agent calls it before its first batch)."""
-        loop = asyncio.get_running_loop()
-        windows: list[SensorWindow] = []
-        origin: list[Any] = []
-        sends: list[Any] = []
-        for ev in events:
-            msg = ev.message
-            try:
-                windows.append(decode_window(msg.value))
-                origin.append(msg)
-            except ContractError as exc:
-                sends.append(self._dead(topics, msg, exc))
-        results = await loop.run_in_executor(self._model_thread, self.runtime.classify, windows) if windows else []
-        now = time.time()
-        rows: dict[str, list[Any]] = {k: [] for k in (
-            "stream", "modality", "model", "decision", "predicted", "sp", "delta_sp", "passes", "max_prob",
-            "latency_ms", "seq", "t0_ns", "truth")}
-        for w, msg, res in zip(windows, origin, results, strict=True):
-            if isinstance(res, str):
-                sends.append(self._dead(topics, msg, res, "ModelInputError"))
-                continue
-            sends.extend(self._publish(topics, w, res, max(0.0, (now - msg.timestamp) * 1000.0), rows))
-        delivered = asyncio.gather(*[await s for s in sends])
-        written = loop.run_in_executor(self._sink_thread, self._write_points, rows) if rows["seq"] else None
-        await delivered
-        if written is not None:
-            await written
-        self.tally.batches += 1
-
-    def _dead(self, topics: dict[str, faust.TopicT], msg: Any, reason: str | Exception,
-              error_type: str | None = None) -> Any:
-        self.tally.dead_letters += 1
-        body = dead_letter(msg.value or b"", reason, msg.topic, msg.partition, msg.offset, msg.key, error_type)
-        return topics["deadletter"].send(key=msg.key, value=body)
-
-    def _publish(self, topics: dict[str, faust.TopicT], w: SensorWindow, r: WindowResult, latency_ms: float,
-                 rows: dict[str, list[Any]]) -> list[Any]:
-        s = self.settings
-        label = LabelMessage(
-            stream=w.stream, modality=w.modality, seq=w.seq, t0_ns=w.t0_ns, model=r.model, label=r.label,
-            probs={c: round(float(p), 6) for c, p in zip(r.classes, r.probs, strict=True)},
-            sp=round(r.sp, 6), delta_sp=round(r.delta_sp, 6), passes=r.passes,
-            decision="abstained" if r.abstained else "stopped", reason=r.reason, truth=w.label,
-            correct=None if w.label is None else w.label == r.label, latency_ms=round(latency_ms, 3),
-            worker=self.worker_id)
-        key = label.key
-        out = [topics["labels"].send(key=key, value=label.to_json())]
-        if r.abstained:
-            self.tally.escalations += 1
-            out.append(topics["escalations"].send(key=key, value=EscalationMessage.from_label(label).to_json()))
-        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical)
-        if level is not None:
-            self.tally.alerts += 1
-            threshold = s.alert_critical if level == "critical" else s.alert_threshold
-            out.append(topics["alerts"].send(key=key, value=AlertMessage.from_label(label, level, threshold).to_json()))
-        self.tally.windows += 1
-        self.tally.labels[r.label] += 1
-        self.tally.latency_ms_sum += latency_ms
-        for k, v in (("stream", w.stream), ("modality", w.modality), ("model", r.model),
-                     ("decision", label.decision), ("predicted", r.label), ("sp", r.sp), ("delta_sp", r.delta_sp),
-                     ("passes", r.passes), ("max_prob", float(r.probs.max())), ("latency_ms", latency_ms),
-                     ("seq", w.seq), ("t0_ns", w.t0_ns), ("truth", w.label)):
-            rows[k].append(v)
-        return out
-
-    def _write_points(self, rows: dict[str, list[Any]]) -> None:
-        """Write until InfluxDB takes the batch: holding the batch (and its offsets) is how nothing gets lost."""
-        lines = window_points(rows)
-        delay = self.settings.influx_backoff_s
-        while True:
-            try:
-                self.sink.write(lines)
-                return
-            except SinkError as exc:
-                log.warning("InfluxDB write failed (%s); retrying in %.1f s, batch held", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    def close(self) -> None:
+    async def on_stop(self) -> None:
+        self._stopping.set()
+        log.info("stopping: %s", self.tally.line())
+        self.health.stop()
         if self.sink is not None:
             self.sink.close()
         self._model_thread.shutdown(wait=False)
         self._sink_thread.shutdown(wait=False)
+
+    def stopping(self) -> None:
+        """The worker is shutting down: stop waiting for storage (the held batch is abandoned, not committed)."""
+        self._stopping.set()
+
+    @faust.Service.timer(10.0)
+    async def _report(self) -> None:
+        if self.tally.windows or self.tally.dead_letters:
+            log.info("%s", self.tally.line())
+
+    @faust.Service.timer(2.0)
+    async def _beat(self) -> None:
+        self.health.beat()
+
+    async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
+        """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
+        thread, under ``retry``. The sink must offer ``write_lines`` (the InfluxDB sinks do)."""
+        if lines:
+            await asyncio.get_running_loop().run_in_executor(
+                self._sink_thread, lambda: retry.call(lambda: self.sink.write_lines(lines), what, stop=self._stopping))
+
+    # ------------------------------------------------------------------------------------------------ batch
+    async def process(self, events: Sequence[Any]) -> None:
+        """Decode, classify, store and publish one batch of Faust events; returns once every event has its outputs
+        or its dead letter. Never raises for a bad window; raises only when the batch is abandoned (the worker is
+        stopping, or outputs cannot be published), after withholding the batch from Faust's acks."""
+        t0 = time.monotonic()
+        try:
+            await self._isolated([_Item(ev.message) for ev in events])
+        except BaseException as exc:
+            n = withhold(events)
+            log.warning("batch of %d events abandoned (%s: %s): %d offsets withheld from commit, they will be "
+                        "delivered again", len(events), type(exc).__name__, exc, n)
+            raise
+        self.tally.batches += 1
+        self.metrics.batches.inc()
+        self.metrics.batch_seconds.observe(time.monotonic() - t0)
+        self._update_lag(events)
+
+    async def _isolated(self, items: list[_Item]) -> None:
+        """Run the stages; an unexpected error halves the batch down to the window that causes it."""
+        try:
+            await self._run(items)
+        except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
+            raise
+        except _StageFailure as failure:
+            exc = failure.__cause__ or failure
+            if len(items) == 1:
+                log.error("window dead-lettered at stage %s by an unexpected %s: %s", failure.stage,
+                          type(exc).__name__, exc, exc_info=exc)
+                items[0].kill(f"unexpected {type(exc).__name__} at stage {failure.stage}: {exc}",
+                              type(exc).__name__, failure.stage)
+                await self._send([items[0]])
+                return
+            log.warning("batch of %d failed at stage %s (%s: %s); halving it", len(items), failure.stage,
+                        type(exc).__name__, exc)
+            fresh = [_Item(it.msg) for it in items]  # start again from the messages
+            mid = len(fresh) // 2
+            await self._isolated(fresh[:mid])
+            await self._isolated(fresh[mid:])
+
+    async def _run(self, items: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        stage = "decode"
+        try:
+            for it in items:
+                self._decode(it)
+            stage = "classify"
+            live = [it for it in items if it.dead is None]
+            controller_ms = 0.0
+            if live:
+                t0 = time.perf_counter()
+                results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
+                controller_ms = (time.perf_counter() - t0) * 1000.0
+                for it, res in zip(live, results, strict=True):
+                    self._take_result(it, res)
+            stage = "output"
+            now = time.time()
+            for it in items:
+                if it.dead is None:
+                    self._build(it, now)
+            stage = "store"
+            stored = [it for it in items if it.dead is None]
+            if stored:
+                await self._store(stored)
+            stage = "send"
+            await self._send(items)
+        except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
+            raise
+        except Exception as exc:
+            raise _StageFailure(stage) from exc
+        self._observe([it.decision for it in items if it.dead is None], controller_ms)
+
+    def _observe(self, decisions: list[WindowDecision], controller_ms: float) -> None:
+        """Tell the observers (e.g. the trust metrics) about the delivered decisions; never fails the batch."""
+        for observe in self.observers if decisions else ():
+            try:
+                observe(decisions, controller_ms)
+            except Exception:
+                log.exception("observer %r failed on a batch of %d decisions (ignored)", observe, len(decisions))
+
+    def _decode(self, it: _Item) -> None:
+        try:
+            it.window = decode_window(it.msg.value if it.msg.value is not None else b"")
+        except ContractError as exc:
+            it.kill(exc, "ContractError", "decode")
+        except Exception as exc:  # the decoder itself failed: a bug, but still only this window's
+            it.kill(f"decoder failed: {type(exc).__name__}: {exc}", type(exc).__name__, "decode")
+
+    def _classify(self, windows: list[SensorWindow]) -> list[WindowResult | str | BaseException]:
+        """On the model thread: the runtime on the whole list, bisected when it raises."""
+        return bisect(windows, self.runtime.classify)
+
+    def _take_result(self, it: _Item, res: WindowResult | str | BaseException) -> None:
+        if isinstance(res, BaseException):
+            it.kill(f"classification failed: {type(res).__name__}: {res}", type(res).__name__, "classify")
+        elif isinstance(res, str):
+            it.kill(res, "ModelInputError", "model_check")
+        elif res.served and (problem := non_finite(res.sp, res.delta_sp, res.probs.tolist())):
+            it.kill(problem, "NonFiniteOutput", "classify")
+        else:
+            it.result = res
+
+    def _build(self, it: _Item, now: float) -> None:
+        try:
+            latency_ms = max(0.0, (now - it.msg.timestamp) * 1000.0)
+            d = WindowDecision(it.window, it.result, latency_ms, self.worker_id)
+            it.decision, it.outputs = d, self._outputs(d)
+        except Exception as exc:
+            it.kill(f"outputs could not be built: {type(exc).__name__}: {exc}", type(exc).__name__, "output")
+
+    async def _store(self, items: list[_Item]) -> None:
+        """Store the decisions (storage thread); windows the store rejects are found by bisection and killed."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._sink_thread, bisect, [it.decision for it in items], self._write,
+                                   (SinkRejected,))
+        waited = 0.0
+        while True:  # say at once, and then every 10 s, that a batch is held by storage
+            done, _ = await asyncio.wait({fut}, timeout=10.0)
+            if done:
+                break
+            waited += 10.0
+            log.warning("storage has not answered for %.0f s; holding %d windows and their offsets", waited,
+                        len(items))
+        try:
+            outcomes = fut.result()
+        except SinkUnavailable as exc:  # a bounded retry policy gave up: the operator chose dead letters
+            for it in items:
+                it.kill(f"storage unavailable: {exc}", "SinkUnavailable", "store")
+            return
+        for it, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self.metrics.sink_failures.labels("rejected").inc()
+                it.kill(f"storage rejected the window: {outcome}", type(outcome).__name__, "store")
+
+    def _write(self, decisions: Sequence[WindowDecision]) -> None:
+        def retried(attempt: int, exc: Exception) -> None:
+            self.tally.sink_retries += 1
+            self.metrics.sink_retries.labels("unavailable").inc()
+            self.metrics.sink_failures.labels("unavailable").inc()
+            if attempt == 1:
+                self.health.recheck()
+
+        self.retry.call(lambda: self.sink.write(decisions), f"storing {len(decisions)} decisions",
+                        stop=self._stopping, on_retry=retried)
+        self.metrics.sink_points.inc(len(decisions))
+
+    async def _send(self, items: list[_Item]) -> None:
+        """Publish every item's outputs, or its dead letter; count windows whose label was delivered."""
+        pending = [(it, asyncio.ensure_future(self._deliver(it))) for it in items]
+        await asyncio.wait([f for _, f in pending])
+        retry: list[_Item] = []
+        for it, fut in pending:
+            exc = fut.exception()
+            if exc is None:
+                continue
+            if it.dead is not None or not _permanent(exc):
+                raise OutputsUnavailable(f"publishing failed: {type(exc).__name__}: {exc}") from exc
+            it.kill(f"an output could not be published: {type(exc).__name__}: {exc}", type(exc).__name__, "send")
+            retry.append(it)
+        for it in retry:
+            await self._deliver(it)
+        for it in items:
+            if it.dead is None:
+                self._count(it.decision)
+
+    async def _deliver(self, it: _Item) -> None:
+        if it.dead is not None:
+            reason, error_type, stage = it.dead
+            m = it.msg
+            body = dead_letter(m.value or b"", reason, m.topic, m.partition, m.offset, m.key, error_type, stage=stage)
+            await (await self.outputs["deadletter"].send(key=m.key, value=body))
+            self.tally.dead_letters += 1
+            self.metrics.dead_letters.labels(stage, error_type).inc()
+            return
+        futs = [await self.outputs[role].send(key=key, value=value) for role, key, value in it.outputs]
+        await asyncio.gather(*futs)
+
+    def _outputs(self, d: WindowDecision) -> list[tuple[str, bytes, bytes]]:
+        s, r = self.settings, d.result
+        label = d.label_message()
+        key = label.key
+        out = [("labels", key, label.to_json())]
+        if r.abstained:
+            out.append(("escalations", key, EscalationMessage.from_label(label).to_json()))
+        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
+        if level is not None:
+            threshold = s.alert_critical if level == "critical" else s.alert_threshold
+            out.append(("alerts", key, AlertMessage.from_label(label, level, threshold).to_json()))
+        return out
+
+    def _count(self, d: WindowDecision) -> None:
+        """After the label was delivered: the tally and the metrics."""
+        t, s, r = self.tally, self.settings, d.result
+        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
+        t.windows += 1
+        t.escalations += r.abstained
+        t.alerts += level is not None
+        t.labels[r.label] += 1
+        t.latency_ms_sum += d.latency_ms
+        m = self.metrics
+        m.windows.labels(d.window.modality, d.decision).inc()
+        if r.abstained:
+            m.escalations.labels(d.window.modality).inc()
+        if level is not None:
+            m.alerts.labels(level).inc()
+
+    def _update_lag(self, events: Sequence[Any]) -> None:
+        if self.lag_source is None:
+            return
+        last: dict[Any, int] = {}
+        for ev in events:
+            last[ev.message.tp] = max(last.get(ev.message.tp, -1), ev.message.offset)
+        for tp, offset in last.items():
+            try:
+                high = self.lag_source(tp)
+            except Exception:
+                high = None
+            if high is not None:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - offset - 1))
+
+
+class _StageFailure(Exception):
+    """An unexpected error inside a stage of a batch (its cause is the error)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A publish error that the same message would hit again (too large for the broker or the producer)."""
+    name = type(exc).__name__
+    return "TooLarge" in name or isinstance(exc, ValueError | TypeError)
 
 
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
 
 
-def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
-               sink_factory: Callable[[], InfluxSink] | None = None) -> faust.App:
-    """The Faust app of one worker; ``app.pipeline`` exposes its Pipeline (tally, sink counters)."""
-    from models.device import resolve_device
+@dataclass(frozen=True)
+class Worker:
+    """One worker: the Faust app, its classifying agent, the pipeline the agent feeds and the trust metrics."""
 
+    app: faust.App
+    agent: faust.types.AgentT
+    pipeline: Pipeline
+    trust: TrustService
+
+
+def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
+                  sink_factory: Callable[[], WindowSink] | None = None,
+                  outputs: Callable[[faust.App], Mapping[str, faust.ChannelT]] | None = None) -> Worker:
+    """The Faust app of one worker with its agent and pipeline. Plug points: ``runtime_factory`` (default: the
+    ``models`` setting on ``settings.device``), ``sink_factory`` (default: InfluxDB), ``outputs(app)`` -> role ->
+    channel (default: the output topics)."""
     app = faust.App(
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_partitions=settings.input_partitions,
@@ -197,37 +445,100 @@ def create_app(settings: Settings, runtime_factory: Callable[[], ModelRuntime] |
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=10.0,
         broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
+        broker_credentials=faust_credentials(settings),
     )
     names, parts = settings.topics, settings.topic_partitions
-    topics = {role: app.topic(name, partitions=parts[name], key_type=bytes, value_type=bytes,
-                              key_serializer="raw", value_serializer="raw") for role, name in names.items()}
+    topics = {role: app.topic(names[role], partitions=parts[names[role]], key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}
+    health = Health()
+    health.add_check("broker", tcp_check(settings.kafka_bootstrap))
+    outs = outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"}
     pipeline = Pipeline(
         settings,
-        runtime_factory or (lambda: ModelRuntime(resolve_device(settings.device))),
-        sink_factory or (lambda: make_sink(settings)),
+        outs,
+        runtime_factory or (lambda: _default_runtime(settings)),
+        sink_factory or (lambda: _default_sink(settings)),
+        RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
+        health,
     )
-    app.pipeline = pipeline  # type: ignore[attr-defined]
+    pipeline.lag_source = lambda tp: app.consumer.highwater(tp)
+    # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
+    app.add_dependency(pipeline)
+    trust = TrustService(settings, pipeline, outs.get("drift"))  # online trust metrics and drift
+    app.add_dependency(trust)
 
     @app.agent(topics["windows"], name="classify")
     async def classify(stream: faust.StreamT) -> None:
-        await pipeline.start()  # load the models before the first batch, not during it
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-            await pipeline.process(events, topics)
+            await pipeline.process(events)
 
-    @app.timer(interval=10.0)
-    async def report() -> None:
-        if pipeline.tally.windows or pipeline.tally.dead_letters:
-            log.info("%s", pipeline.tally.line())
+    return Worker(app, classify, pipeline, trust)
 
-    @app.on_before_shutdown.connect
-    async def _close(app_: faust.App, **kwargs: Any) -> None:
-        log.info("stopping: %s", pipeline.tally.line())
-        pipeline.close()
 
-    return app
+def _default_runtime(settings: Settings) -> ModelRuntime:
+    from models.device import resolve_device
+
+    return ModelRuntime(resolve_device(settings.device), settings.served_models)
+
+
+def _default_sink(settings: Settings) -> WindowSink:
+    from streams.influx import make_sink
+
+    return make_sink(settings)
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, telling the pipeline at SIGTERM/SIGINT that it stops, before Faust stops the agents: a batch
+    held by unavailable storage is then abandoned (withheld, not committed) instead of holding up the shutdown."""
+
+    def __init__(self, *args: Any, pipeline: Pipeline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pipeline = pipeline
+
+    def _on_sigterm(self) -> None:
+        self._pipeline.stopping()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._pipeline.stopping()
+        super()._on_sigint()
+
+
+class StartupError(RuntimeError):
+    """The worker cannot start; the message is one line saying what is missing and what to do."""
+
+
+def preflight(settings: Settings) -> None:
+    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, every served
+    checkpoint present, then the broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each
+    while one is down). Raises :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
+    from models.checkpoint import available_checkpoints
+
+    check_secrets(settings)
+    known = available_checkpoints()
+    missing = sorted({name for name in settings.served_models.values()
+                      if name not in known and not (name.endswith(".json") and os.path.isfile(name))})
+    if missing:
+        raise StartupError(f"checkpoints missing: {', '.join(missing)} (known: {', '.join(known)}); train them with "
+                           "`sci-monitor train` or change SCI_MODELS")
+    checks = {f"Kafka at {settings.kafka_bootstrap}": tcp_check(settings.kafka_bootstrap),
+              f"InfluxDB at {redact(settings.influx_url)}": influx_ping_check(settings.influx_url)}
+    failing = wait_for(checks, settings.startup_wait_s)
+    if failing:
+        raise StartupError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
+                                     for name, why in failing.items())
+                           + "; start the local stack with `sci-monitor stack up` or set SCI_KAFKA_BOOTSTRAP / "
+                           "SCI_INFLUX_URL")
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit)."""
-    app = create_app(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit).
+
+    Before Faust starts: secrets are redacted from every log record, ``change-me`` placeholders are refused, and
+    the broker and InfluxDB are waited for (at most ``startup_wait_s``; :class:`StartupError` after that)."""
+    install_log_redaction(secret_values(settings))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    preflight(settings)
+    worker = create_worker(settings)
+    _Worker(worker.app, loglevel=loglevel, quiet=True, pipeline=worker.pipeline).execute_from_commandline()

@@ -20,20 +20,32 @@ The Kafka key of a window (and the idempotency key downstream, e.g. ``escalation
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
+from streams import modalities
+
 __all__ = [
+    "DEAD_LETTER_MAX_BYTES",
     "DECISIONS",
     "MAGIC",
-    "MODALITIES",
+    "MAX_ABS_SAMPLE",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_DEPTH",
+    "MAX_STREAM_CHARS",
+    "MAX_WINDOW_BYTES",
     "OUTPUT_VERSION",
     "SEVERITIES",
+    "STAGES",
+    "TIME_MAX_NS",
+    "TIME_MIN_NS",
     "WIRE_VERSION",
     "AlertMessage",
     "ContractError",
@@ -45,13 +57,13 @@ __all__ = [
     "decode_dead_letter",
     "decode_window",
     "encode_window",
+    "json_depth",
     "window_key",
 ]
 
 MAGIC = b"SCIW"
 WIRE_VERSION = 1
 OUTPUT_VERSION = 1
-MODALITIES = ("ecg", "vibration")
 DECISIONS = ("stopped", "abstained")
 SEVERITIES = ("warning", "critical")
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
@@ -59,6 +71,35 @@ _DTYPE = np.dtype("<f4")
 _JSON_SEPARATORS = (",", ":")
 Decision = Literal["stopped", "abstained"]
 Severity = Literal["warning", "critical"]
+
+# Limits checked at the door (decode_window / SensorWindow), so that no later step meets a value it cannot take.
+MAX_WINDOW_BYTES = 1 << 20  # whole wire message; a window of the served models is 1-5 KB
+MAX_HEADER_BYTES = 64 << 10  # JSON header
+MAX_HEADER_DEPTH = 8  # nesting of the JSON header ({"features": {"rr": [...]}} is 3), checked before json.loads
+MAX_STREAM_CHARS = 128
+MAX_LABEL_CHARS = 64
+MAX_LEAD_CHARS = 16
+MAX_META_ITEMS, MAX_META_KEY_CHARS, MAX_META_VALUE_CHARS = 32, 64, 1024
+MAX_FEATURES, MAX_FEATURE_VALUES = 16, 256
+MAX_FS_HZ = 1e7
+# |sample| and |feature|: float32 holds 3.4e38, so a model multiplying such values overflows to inf (NaN SP);
+# 1e9 leaves 1e29 of headroom for a layer's sums and squares and is far above any physical unit (mV, g) or
+# 24-bit ADC count.
+MAX_ABS_SAMPLE = 1e9
+INT64_MAX = 2**63 - 1
+# InfluxDB's time range (1.x: models.MinNanoTime/MaxNanoTime; 2.x the same), so every window can be stored
+TIME_MIN_NS = -(2**63) + 2
+TIME_MAX_NS = 2**63 - 2
+# A dead letter must fit the producer's max request size (Faust and kafka-python default ~1 MB) with room for the
+# record overhead; a larger original is carried truncated, with its size and SHA-256.
+DEAD_LETTER_MAX_BYTES = 900_000
+MAX_REASON_CHARS = 2000
+MAX_DEAD_KEY_BYTES = 1024
+# where in a batch a window failed (dead letter field "stage")
+STAGES = ("decode", "model_check", "classify", "output", "send", "store")
+_STREAM_RE = re.compile(r"[\w.:/@-]+")
+_LEAD_RE = re.compile(r"[\w.-]+")
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 class ContractError(ValueError):
@@ -70,7 +111,11 @@ class ContractError(ValueError):
 
 
 def window_key(stream: str, seq: int) -> bytes:
-    """Kafka key and downstream idempotency key of a window: ``b"<stream>:<seq>"``."""
+    """Kafka key and downstream idempotency key of a window: ``b"<stream>:<seq>"``.
+
+    >>> window_key("mitdb-100", 7)
+    b'mitdb-100:7'
+    """
     return f"{stream}:{int(seq)}".encode()
 
 
@@ -86,25 +131,51 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool | np.bool_)
 
 
-def _check_str(name: str, x: Any, *, empty_ok: bool = False) -> str:
+def _check_str(name: str, x: Any, *, empty_ok: bool = False, max_chars: int | None = None) -> str:
     if not isinstance(x, str):
         raise ContractError(f"field {name!r} must be a string, got {type(x).__name__}")
     if not x and not empty_ok:
         raise ContractError(f"field {name!r} must not be empty")
+    if max_chars is not None and len(x) > max_chars:
+        raise ContractError(f"field {name!r} has {len(x)} characters, at most {max_chars} allowed")
     return x
 
 
-def _check_opt_str(name: str, x: Any) -> str | None:
-    return None if x is None else _check_str(name, x, empty_ok=True)
+def _check_opt_str(name: str, x: Any, max_chars: int | None = None) -> str | None:
+    return None if x is None else _check_str(name, x, empty_ok=True, max_chars=max_chars)
 
 
-def _check_int(name: str, x: Any, *, minimum: int | None = None) -> int:
+def _check_stream(x: Any) -> str:
+    """Stream id: 1..MAX_STREAM_CHARS letters, digits or ``_ . : / @ -`` (no spaces, quotes or controls).
+
+    >>> _check_stream("mitdb-100")
+    'mitdb-100'
+    >>> _check_stream("bed 4")
+    Traceback (most recent call last):
+    ...
+    streams.contracts.ContractError: field 'stream' has a character outside letters, digits and _.:/@- at index 3
+    """
+    x = _check_str("stream", x, max_chars=MAX_STREAM_CHARS)
+    if not _STREAM_RE.fullmatch(x):
+        bad = next(i for i, c in enumerate(x) if not _STREAM_RE.fullmatch(c))
+        raise ContractError(f"field 'stream' has a character outside letters, digits and _.:/@- at index {bad}")
+    return x
+
+
+def _check_int(name: str, x: Any, *, minimum: int = -INT64_MAX - 1, maximum: int = INT64_MAX) -> int:
+    """An integer within [minimum, maximum] (int64 by default); huge values are named by their size only."""
     if not _is_int(x):
         raise ContractError(f"field {name!r} must be an integer, got {type(x).__name__}")
     x = int(x)
-    if minimum is not None and x < minimum:
-        raise ContractError(f"field {name!r} must be >= {minimum}, got {x}")
+    if x < minimum:
+        raise ContractError(f"field {name!r} must be >= {minimum}, got {_short_int(x)}")
+    if x > maximum:
+        raise ContractError(f"field {name!r} must be <= {maximum}, got {_short_int(x)}")
     return x
+
+
+def _short_int(x: int) -> str:
+    return str(x) if abs(x) < 10**40 else f"an integer of {x.bit_length()} bits"
 
 
 def _check_float(name: str, x: Any) -> float:
@@ -125,17 +196,27 @@ def _check_choice(name: str, x: Any, choices: tuple[str, ...], what: str) -> str
 def _check_features(x: Any) -> dict[str, list[float]]:
     if not isinstance(x, dict):
         raise ContractError(f"field 'features' must be an object of name -> list of numbers, got {type(x).__name__}")
+    if len(x) > MAX_FEATURES:
+        raise ContractError(f"field 'features' has {len(x)} entries, at most {MAX_FEATURES} allowed")
     out: dict[str, list[float]] = {}
     for k, v in x.items():
-        if not isinstance(k, str):
-            raise ContractError(f"field 'features' has a non-string key {k!r}")
+        if not isinstance(k, str) or not k or len(k) > MAX_META_KEY_CHARS:
+            raise ContractError(f"field 'features' has a key that is not a string of 1..{MAX_META_KEY_CHARS} "
+                                f"characters: {str(k)[:MAX_META_KEY_CHARS]!r}")
         if isinstance(v, np.ndarray):
             v = v.tolist()
         if not isinstance(v, list | tuple) or not all(_is_number(e) for e in v):
             raise ContractError(f"feature {k!r} must be a list of numbers")
-        vals = [float(e) for e in v]
+        if len(v) > MAX_FEATURE_VALUES:
+            raise ContractError(f"feature {k!r} has {len(v)} values, at most {MAX_FEATURE_VALUES} allowed")
+        try:
+            vals = [float(e) for e in v]
+        except OverflowError:  # an int beyond float range
+            raise ContractError(f"feature {k!r} has a value beyond float range") from None
         if not all(math.isfinite(e) for e in vals):
-            raise ContractError(f"feature {k!r} has non-finite values: {vals}")
+            raise ContractError(f"feature {k!r} has non-finite values: {vals[:8]}")
+        if any(abs(e) > MAX_ABS_SAMPLE for e in vals):
+            raise ContractError(f"feature {k!r} has a value of magnitude > {MAX_ABS_SAMPLE:g}")
         out[k] = vals
     return out
 
@@ -143,23 +224,47 @@ def _check_features(x: Any) -> dict[str, list[float]]:
 def _check_meta(x: Any) -> dict[str, str]:
     if not isinstance(x, dict):
         raise ContractError(f"field 'meta' must be an object of string -> string, got {type(x).__name__}")
+    if len(x) > MAX_META_ITEMS:
+        raise ContractError(f"field 'meta' has {len(x)} entries, at most {MAX_META_ITEMS} allowed")
     for k, v in x.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise ContractError(f"field 'meta' entry {k!r}: {v!r} is not string -> string")
+            raise ContractError(f"field 'meta' entry {k!r:.64}: {v!r:.64} is not string -> string")
+        if len(k) > MAX_META_KEY_CHARS or len(v) > MAX_META_VALUE_CHARS:
+            raise ContractError(f"field 'meta' entry {k[:64]!r} is longer than {MAX_META_KEY_CHARS} (key) or "
+                                f"{MAX_META_VALUE_CHARS} (value) characters")
     return dict(x)
+
+
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of objects/arrays in JSON text, counted without parsing (brackets inside strings are
+    ignored), so a hostile header cannot make ``json.loads`` recurse. Vectorised: one regex pass drops the
+    strings, a cumulative sum over the bracket bytes gives the depth.
+
+    >>> json_depth(b'{"a": [1, {"b": "]]{{"}]}')
+    3
+    >>> json_depth(b'1')
+    0
+    """
+    text = np.frombuffer(_JSON_STRING_RE.sub(b'""', data), np.uint8)
+    step = np.isin(text, (0x5B, 0x7B)).astype(np.int32) - np.isin(text, (0x5D, 0x7D)).astype(np.int32)
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _reject_constant(name: str) -> float:
     raise ContractError(f"header not JSON: non-standard constant {name}")
 
 
-def _loads_object(data: bytes | str, what: str) -> dict[str, Any]:
+def _loads_object(data: bytes | str, what: str, max_depth: int | None = None) -> dict[str, Any]:
+    if max_depth is not None:
+        depth = json_depth(data.encode() if isinstance(data, str) else data)
+        if depth > max_depth:
+            raise ContractError(f"{what} nested {depth} levels deep, at most {max_depth} allowed")
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except ContractError:
         raise
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ContractError(f"{what} not JSON: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ContractError(f"{what} not JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise ContractError(f"{what} is not a JSON object (got {type(obj).__name__})")
     return obj
@@ -188,10 +293,13 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 class SensorWindow:
     """One window of one sensor stream (topic ``sci.windows``).
 
-    ``samples``: float32[L] at ``fs`` Hz (validated: 1-D, non-empty, finite); ``t0_ns``: UTC ns of samples[0];
-    ``seq``: per-stream counter from 0; ``label``: ground truth when the replay knows it;
-    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG.
-    Construction validates the same rules as :func:`decode_window` (raises :class:`ContractError`).
+    ``samples``: float32[L] at ``fs`` Hz (validated: 1-D, non-empty, finite, |x| <= ``MAX_ABS_SAMPLE``);
+    ``t0_ns``: UTC ns of samples[0], within InfluxDB's time range; ``seq``: per-stream counter from 0 (int64);
+    ``stream``: 1..128 letters, digits or ``_ . : / @ -``; ``label``: ground truth when the replay knows it;
+    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG; ``lead``: the sensor
+    channel (ECG "MLII", "V1", ...; vibration "DE", "FE"; at most 16 letters, digits or ``_ . -``), None = the
+    modality's default lead (:mod:`streams.modalities`). Construction validates the same rules as
+    :func:`decode_window` (raises :class:`ContractError`).
     """
 
     stream: str
@@ -203,18 +311,25 @@ class SensorWindow:
     label: str | None = None
     features: dict[str, list[float]] = field(default_factory=dict)
     meta: dict[str, str] = field(default_factory=dict)
+    lead: str | None = None
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        s(self, "stream", _check_str("stream", self.stream))
-        s(self, "modality", _check_choice("modality", self.modality, MODALITIES, "modality"))
+        s(self, "stream", _check_stream(self.stream))
+        s(self, "modality", _check_choice("modality", self.modality, modalities.names(), "modality"))
+        if self.lead is not None:
+            s(self, "lead", _check_str("lead", self.lead, max_chars=MAX_LEAD_CHARS))
+            if not _LEAD_RE.fullmatch(self.lead):
+                raise ContractError("field 'lead' has a character outside letters, digits and _.-")
         fs = _check_float("fs", self.fs)
-        if fs <= 0:
-            raise ContractError(f"field 'fs' must be > 0 Hz, got {fs}")
+        if not 0 < fs <= MAX_FS_HZ:
+            raise ContractError(f"field 'fs' must be > 0 Hz and <= {MAX_FS_HZ:g} Hz, got {fs}")
         s(self, "fs", fs)
-        s(self, "t0_ns", _check_int("t0_ns", self.t0_ns))
+        s(self, "t0_ns", _check_int("t0_ns", self.t0_ns, minimum=TIME_MIN_NS, maximum=TIME_MAX_NS))
         s(self, "seq", _check_int("seq", self.seq, minimum=0))
-        s(self, "label", _check_opt_str("label", self.label))
+        s(self, "label", _check_opt_str("label", self.label, MAX_LABEL_CHARS))
+        if self.label is not None and not self.label.isprintable():
+            raise ContractError("field 'label' has a control character")
         s(self, "features", _check_features(self.features))
         s(self, "meta", _check_meta(self.meta))
         samples = np.asarray(self.samples)
@@ -224,18 +339,20 @@ class SensorWindow:
             samples = samples.astype(np.float32)
         if samples.size == 0:
             raise ContractError("empty samples: n must be >= 1")
+        if samples.size > MAX_WINDOW_BYTES // _DTYPE.itemsize:
+            raise ContractError(f"{samples.size} samples, at most {MAX_WINDOW_BYTES // _DTYPE.itemsize} allowed")
         finite = np.isfinite(samples)
         if not finite.all():
             raise ContractError(f"non-finite samples at index {int(np.argmin(finite))}")
+        peak = np.abs(samples).max()
+        if peak > MAX_ABS_SAMPLE:
+            raise ContractError(f"sample magnitude {float(peak):.3g} at index {int(np.argmax(np.abs(samples)))} "
+                                f"exceeds {MAX_ABS_SAMPLE:g}")
         s(self, "samples", samples)
 
     @property
     def key(self) -> bytes:
         return window_key(self.stream, self.seq)
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples.size / self.fs
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SensorWindow):
@@ -249,6 +366,7 @@ class SensorWindow:
             and self.label == other.label
             and self.features == other.features
             and self.meta == other.meta
+            and self.lead == other.lead
             and np.array_equal(self.samples, other.samples)
         )
 
@@ -272,6 +390,8 @@ def encode_window(w: SensorWindow) -> bytes:
         "n": int(w.samples.size),
         "dtype": "<f4",
     }
+    if w.lead is not None:  # optional: absent means the modality's default lead
+        header["lead"] = w.lead
     h = json.dumps(header, separators=_JSON_SEPARATORS, allow_nan=False).encode()
     return b"".join((_PREFIX.pack(MAGIC, WIRE_VERSION, len(h)), h, w.samples.astype(_DTYPE, copy=False).tobytes()))
 
@@ -280,11 +400,14 @@ def decode_window(data: bytes) -> SensorWindow:
     """Parse and validate wire bytes; raises :class:`ContractError` with a precise reason when malformed.
 
     ``samples`` of the result is a read-only zero-copy view into ``data``. The window length is not checked
-    against a model here (the worker does that).
+    against a model here (the worker does that). Sizes are checked before anything is parsed: the message
+    (``MAX_WINDOW_BYTES``), the header (``MAX_HEADER_BYTES``) and its JSON nesting (``MAX_HEADER_DEPTH``).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ContractError(f"message must be bytes, got {type(data).__name__}")
     mv = memoryview(data)
+    if len(mv) > MAX_WINDOW_BYTES:
+        raise ContractError(f"message of {len(mv)} bytes exceeds the limit of {MAX_WINDOW_BYTES} bytes")
     if len(mv) < _PREFIX.size:
         raise ContractError(f"truncated: {len(mv)} bytes, the prefix alone needs {_PREFIX.size}")
     magic, version, hlen = _PREFIX.unpack_from(mv)
@@ -292,16 +415,18 @@ def decode_window(data: bytes) -> SensorWindow:
         raise ContractError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
     if version != WIRE_VERSION:
         raise ContractError(f"unknown version {version}, this decoder reads version {WIRE_VERSION}")
+    if hlen > MAX_HEADER_BYTES:
+        raise ContractError(f"header length {hlen} exceeds the limit of {MAX_HEADER_BYTES} bytes")
     body = _PREFIX.size + hlen
     if len(mv) < body:
         raise ContractError(f"truncated: header length {hlen} but only {len(mv) - _PREFIX.size} bytes follow")
-    h = _loads_object(bytes(mv[_PREFIX.size : body]), "header")
+    h = _loads_object(bytes(mv[_PREFIX.size : body]), "header", MAX_HEADER_DEPTH)
     for name in _HEADER_FIELDS:
         if name not in h:
             raise ContractError(f"missing field {name!r}")
     if h["dtype"] != "<f4":
         raise ContractError(f"invalid field 'dtype': {h['dtype']!r}, only '<f4' is defined in version 1")
-    n = _check_int("n", h["n"], minimum=0)
+    n = _check_int("n", h["n"], minimum=0, maximum=MAX_WINDOW_BYTES)
     payload = len(mv) - body
     if payload != 4 * n:
         raise ContractError(f"n mismatch: header says n={n} ({4 * n} bytes), payload has {payload} bytes")
@@ -315,6 +440,7 @@ def decode_window(data: bytes) -> SensorWindow:
         label=h["label"],
         features=h["features"],
         meta=h["meta"],
+        lead=h.get("lead"),
     )
 
 
@@ -329,7 +455,9 @@ class LabelMessage:
     ``probs``: class -> softmax(z̄/T) of the mean logits of the MC-dropout passes; ``sp``: interpretive state
     SP = 1 − H(probs)/log K after ``passes`` passes; ``delta_sp``: |SP* − SP|; ``decision``: "stopped" |
     "abstained" (an escalation); ``reason``: the stop rule that fired or why it abstained; ``truth``/``correct``:
-    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision.
+    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision;
+    ``lead``: the lead the window was routed by. A window no model serves (reason ``unsupported_lead``) is
+    abstained with ``passes`` 0, empty ``model``, ``label`` and ``probs``.
     """
 
     stream: str
@@ -348,6 +476,7 @@ class LabelMessage:
     correct: bool | None = None
     latency_ms: float
     worker: str
+    lead: str | None = None
 
     topic: ClassVar[str] = "sci.labels"
 
@@ -362,6 +491,8 @@ class LabelMessage:
         d: dict[str, Any] = {"v": OUTPUT_VERSION}
         for f in _field_names(type(self)):
             d[f] = getattr(self, f)
+        if d["lead"] is None:  # optional and additive: absent rather than null
+            del d["lead"]
         return d
 
     def to_json(self) -> bytes:
@@ -375,7 +506,7 @@ class LabelMessage:
             raise ContractError(f"unknown version {v!r} of {cls.__name__}, expected {OUTPUT_VERSION}")
         names = _field_names(cls)
         for name in names:
-            if name not in obj and name not in ("truth", "correct"):
+            if name not in obj and name not in ("truth", "correct", "lead"):
                 raise ContractError(f"missing field {name!r}")
         return cls(**{k: obj[k] for k in names if k in obj})
 
@@ -423,16 +554,19 @@ def _label_fields(m: LabelMessage) -> dict[str, Any]:
 
 def _validate_output(m: LabelMessage) -> None:
     s = object.__setattr__
+    s(m, "passes", _check_int("passes", m.passes, minimum=0))
+    unserved = m.passes == 0  # no model ran (unsupported lead): no model, label or probs
     for name in ("stream", "model", "label", "reason", "worker"):
-        s(m, name, _check_str(name, getattr(m, name), empty_ok=name == "reason"))
-    _check_choice("modality", m.modality, MODALITIES, "modality")
+        empty_ok = name == "reason" or (unserved and name in ("model", "label"))
+        s(m, name, _check_str(name, getattr(m, name), empty_ok=empty_ok))
+    _check_choice("modality", m.modality, modalities.names(), "modality")
     _check_choice("decision", m.decision, DECISIONS, "decision")
     s(m, "seq", _check_int("seq", m.seq, minimum=0))
     s(m, "t0_ns", _check_int("t0_ns", m.t0_ns))
-    s(m, "passes", _check_int("passes", m.passes, minimum=0))
+    s(m, "lead", _check_opt_str("lead", m.lead))
     for name in ("sp", "delta_sp", "latency_ms"):
         s(m, name, _check_float(name, getattr(m, name)))
-    if not isinstance(m.probs, dict) or not m.probs:
+    if not isinstance(m.probs, dict) or not (m.probs or unserved):
         raise ContractError("field 'probs' must be a non-empty object of class -> probability")
     s(m, "probs", {_check_str("probs key", k): _check_float(f"probs[{k!r}]", p) for k, p in m.probs.items()})
     s(m, "truth", _check_opt_str("truth", m.truth))
@@ -453,7 +587,12 @@ def _validate_output(m: LabelMessage) -> None:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message the worker could not process (topic ``sci.deadletter``), with the original bytes."""
+    """A message the worker could not process (topic ``sci.deadletter``), with the original bytes.
+
+    ``stage``: where it failed (one of ``STAGES``); ``original``: the whole message, or its first bytes when
+    ``truncated`` (the whole did not fit ``DEAD_LETTER_MAX_BYTES``); ``original_size`` and ``original_sha256``
+    always describe the whole message.
+    """
 
     reason: str
     error_type: str
@@ -462,6 +601,10 @@ class DeadLetter:
     offset: int
     key: bytes | None
     original: bytes
+    stage: str = "decode"
+    original_size: int = 0
+    original_sha256: str = ""
+    truncated: bool = False
 
 
 def dead_letter(
@@ -472,29 +615,50 @@ def dead_letter(
     offset: int,
     key: bytes | None,
     error_type: str | None = None,
+    *,
+    stage: str = "decode",
+    max_bytes: int = DEAD_LETTER_MAX_BYTES,
 ) -> bytes:
-    """JSON dead letter: reason, error type, source topic/partition/offset, key and original bytes (base64).
+    """JSON dead letter of at most ``max_bytes``: reason, error type, stage, source topic/partition/offset, key
+    and the original bytes (base64) with their size and SHA-256.
 
-    ``reason`` may be an exception; its class name then becomes ``error_type`` unless given.
-    ``key_text`` is a lossy UTF-8 rendering of the key for people; ``key_b64`` is exact.
+    ``reason`` may be an exception; its class name then becomes ``error_type`` unless given. The reason is cut
+    to ``MAX_REASON_CHARS`` characters and the key to ``MAX_DEAD_KEY_BYTES`` bytes. When the whole original does
+    not fit, ``original_b64`` holds its first bytes and ``original_truncated`` is true (size and hash still
+    identify the whole). ``key_text`` is a lossy UTF-8 rendering of the key for people; ``key_b64`` is exact.
     """
     if isinstance(reason, BaseException):
         error_type = error_type or type(reason).__name__
         reason = str(reason)
-    key_b = bytes(key) if key is not None else None
-    return _dumps(
-        {
-            "v": OUTPUT_VERSION,
-            "reason": str(reason),
-            "error_type": error_type or "ContractError",
-            "topic": str(topic),
-            "partition": int(partition),
-            "offset": int(offset),
-            "key_text": key_b.decode("utf-8", "replace") if key_b is not None else None,
-            "key_b64": base64.b64encode(key_b).decode("ascii") if key_b is not None else None,
-            "original_b64": base64.b64encode(bytes(original)).decode("ascii"),
-        }
-    )
+    reason = str(reason)
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS] + f"... ({len(reason)} characters)"
+    _check_choice("stage", stage, STAGES, "stage")
+    original = bytes(original)
+    key_b = bytes(key)[:MAX_DEAD_KEY_BYTES] if key is not None else None
+    obj = {
+        "v": OUTPUT_VERSION,
+        "reason": reason,
+        "error_type": error_type or "ContractError",
+        "stage": stage,
+        "topic": str(topic),
+        "partition": int(partition),
+        "offset": int(offset),
+        "key_text": key_b.decode("utf-8", "replace") if key_b is not None else None,
+        "key_b64": base64.b64encode(key_b).decode("ascii") if key_b is not None else None,
+        "key_truncated": key is not None and len(key) > MAX_DEAD_KEY_BYTES,
+        "original_size": len(original),
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "original_truncated": False,
+        "original_b64": "",
+    }
+    room = max_bytes - len(_dumps(obj)) - 8  # 8: "true" instead of "false" plus slack
+    if room < 0:
+        raise ValueError(f"max_bytes={max_bytes} is too small for a dead letter")
+    keep = min(len(original), room // 4 * 3)  # base64: 4 characters per 3 bytes
+    obj["original_truncated"] = keep < len(original)
+    obj["original_b64"] = base64.b64encode(original[:keep]).decode("ascii")
+    return _dumps(obj)
 
 
 def decode_dead_letter(data: bytes) -> DeadLetter:
@@ -518,4 +682,8 @@ def decode_dead_letter(data: bytes) -> DeadLetter:
         offset=_check_int("offset", obj["offset"]),
         key=key,
         original=original,
+        stage=_check_choice("stage", obj.get("stage", "decode"), STAGES, "stage"),
+        original_size=_check_int("original_size", obj.get("original_size", len(original)), minimum=0),
+        original_sha256=_check_str("original_sha256", obj.get("original_sha256", hashlib.sha256(original).hexdigest())),
+        truncated=bool(obj.get("original_truncated", False)),
     )

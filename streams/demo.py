@@ -25,9 +25,9 @@ from rich.live import Live
 from rich.table import Table
 
 from models.checkpoint import available_checkpoints
+from streams import modalities
 from streams.contracts import SensorWindow
 from streams.replay import Replayer, ecg_windows, vibration_windows
-from streams.runtime import DEFAULT_MODELS
 from streams.settings import Settings
 from streams.stack import LocalStack
 
@@ -75,8 +75,9 @@ class Follower(threading.Thread):
 
         # no consumer group: assigned partitions from the beginning, filtered by window time below
         c = KafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-        parts = [TopicPartition(t, p) for t in (self.s.topic_labels, self.s.topic_alerts, self.s.topic_deadletter)
-                 for p in sorted(c.partitions_for_topic(t) or ())]
+        topics = self.s.topics
+        parts = [TopicPartition(topics[role], p) for role in ("labels", "alerts", "deadletter")
+                 for p in sorted(c.partitions_for_topic(topics[role]) or ())]
         c.assign(parts)
         c.seek_to_beginning(*parts)
         try:
@@ -90,10 +91,10 @@ class Follower(threading.Thread):
 
     def _take(self, topic: str, value: bytes) -> None:
         m = json.loads(value)
-        if topic == self.s.topic_deadletter:
+        if topic == self.s.topics["deadletter"]:
             self.dead += 1
             return
-        if topic == self.s.topic_alerts:
+        if topic == self.s.topics["alerts"]:
             self.severity[m["severity"]] += 1
             return
         now = time.monotonic()
@@ -118,7 +119,7 @@ class Follower(threading.Thread):
         lat = np.percentile(self.latency, [50, 95]) if self.latency else [0, 0]
         t.add_row("windows replayed / classified", f"{replayed} / {self.windows}")
         t.add_row("throughput", f"{rate:.1f} windows/s")
-        for modality in ("ecg", "vibration"):
+        for modality in modalities.names():
             counts = {lab: n for (mod, lab), n in sorted(self.labels.items()) if mod == modality}
             t.add_row(f"labels ({modality})", ", ".join(f"{k} {v}" for k, v in counts.items()) or "—")
         t.add_row("escalations (abstained)", str(self.decisions["abstained"]))
@@ -133,13 +134,13 @@ class Follower(threading.Thread):
 def _worker_env(s: Settings) -> dict[str, str]:
     return {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
             "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
-            "SCI_DEVICE": s.device, "SCI_STATE_DIR": str(s.state_dir)}
+            "SCI_DEVICE": s.device, "SCI_STATE_DIR": str(s.state_dir), "SCI_MODELS": s.models}
 
 
 def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, console: Console | None = None
              ) -> int:
     con = console or Console()
-    missing = [n for n in DEFAULT_MODELS.values() if n not in available_checkpoints()]
+    missing = [n for n in settings.served_models.values() if n not in available_checkpoints()]
     if missing:
         raise RuntimeError(f"checkpoints missing: {missing}; run `sci-monitor train --dataset all`")
     con.print("starting the local stack (tansu broker + InfluxDB) ...")
@@ -159,7 +160,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     streams += [_until(deadline, _looped_vibration(i, start_ns)) for i in CWRU_IDS]
     follower = Follower(s, start_ns // 1_000_000)
     follower.start()
-    replayer = Replayer(s.kafka_bootstrap, s.topic_windows, speed=speed, progress=False)
+    replayer = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=speed, progress=False)
     feeder = threading.Thread(target=replayer.run, args=(streams,), daemon=True)
     con.print(f"replaying {len(ECG_RECORDS)} ECG and {len(CWRU_IDS)} vibration streams at {speed:g}× real time "
               f"for {duration_s:.0f} s ...")

@@ -1,28 +1,29 @@
-"""InfluxDB sink for per-window results: measurement ``sci_window``, line protocol, bounded retries.
+"""InfluxDB storage of per-window decisions: measurement ``sci_window``, line protocol, InfluxDB 1.x and 2.x.
 
-Schema: tags ``stream, modality, model, decision (stopped|abstained), predicted``; fields ``sp`` (float),
-``delta_sp`` (float), ``passes`` (int), ``max_prob`` (float), ``latency_ms`` (float), ``seq`` (int), ``truth``
-(string) and ``correct`` (bool) only when the truth is known; time = window start in ns, so a replayed window
-(same tags + time) overwrites its earlier point instead of adding one.
+Schema: tags ``stream, modality, lead, model, decision (stopped|abstained), predicted, reason``; fields ``sp``
+(float), ``delta_sp`` (float), ``passes`` (int), ``max_prob`` (float), ``latency_ms`` (float), ``seq`` (int),
+``truth`` (string) when the truth is known and ``correct`` (bool) when a model also predicted; time = window
+start in ns, so a replayed window (same tags + time) overwrites its earlier point instead of adding one. Empty
+tags (no lead, no model) and non-finite floats are left out.
 
-Both API versions send the same line protocol: :func:`window_point` builds an ``influxdb_client.Point``;
-:func:`window_points` builds the identical lines for a whole batch with numpy string ufuncs (the hot path,
-several times faster than Points; ``tests/test_influx_sink.py`` checks the equivalence). :class:`InfluxV1Sink`
-posts to ``/write`` (1.x, and 2.x/3.x through their v1 compatibility API); :class:`InfluxV2Sink` uses
-``influxdb_client``'s synchronous write API (org/bucket/token). :func:`make_sink` picks one from the settings
-or from the ``X-Influxdb-Version`` header of ``GET /ping``.
+Line protocol lives only here. :func:`window_point` builds one ``influxdb_client.Point``; :func:`window_points`
+builds the identical lines for a whole batch with numpy string ufuncs (the hot path, several times faster than
+Points; ``tests/test_influx_sink.py`` checks the equivalence); :func:`decision_columns` turns
+:class:`~streams.sinks.WindowDecision` records into its columns. :class:`InfluxV1Sink` posts to ``/write`` (1.x,
+and 2.x/3.x through their v1 compatibility API); :class:`InfluxV2Sink` uses ``influxdb_client``'s synchronous
+write API (org/bucket/token). :func:`make_sink` picks one from the settings or from the ``X-Influxdb-Version``
+header of ``GET /ping``.
 
-Writes are chunked (``influx_batch_lines``) and retried with exponential backoff on connection errors, 429 and
-5xx, up to ``influx_max_attempts`` tries; 4xx is raised at once with the server's message. A batch that still
-fails raises :class:`SinkError` so the caller can leave its Kafka offsets uncommitted. The sinks block (HTTP);
-call them from a thread executor inside an asyncio/Faust agent.
+Both implement :class:`~streams.sinks.WindowSink`: writes are chunked (``influx_batch_lines``) and each chunk is
+tried once: connection errors, timeouts, 429 and 5xx raise :class:`~streams.sinks.SinkUnavailable`, other 4xx
+:class:`~streams.sinks.SinkRejected` with the server's message. Retrying is the caller's
+:class:`~streams.sinks.RetryPolicy` (the worker's, in one place). The sinks block (HTTP); call them from a thread.
 """
 
 from __future__ import annotations
 
 import abc
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,37 +31,34 @@ import requests
 from influxdb_client import Point, WritePrecision
 
 from streams.settings import Settings
+from streams.sinks import RetryPolicy, SinkError, SinkRejected, SinkUnavailable, WindowDecision
 
 MEASUREMENT = "sci_window"
-TAGS = ("decision", "modality", "model", "predicted", "stream")  # sorted, as Point writes them
+TAGS = ("decision", "lead", "modality", "model", "predicted", "reason", "stream")  # sorted, as Point writes them
+OPTIONAL_TAGS = ("lead", "reason")
 FLOAT_FIELDS = ("delta_sp", "latency_ms", "max_prob", "sp")
 INT_FIELDS = ("passes", "seq")
-REQUIRED_COLUMNS = (*TAGS, *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
-_MAX_BACKOFF_S = 10.0
+REQUIRED_COLUMNS = (*(t for t in TAGS if t not in OPTIONAL_TAGS), *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
 _SD = np.dtypes.StringDType()
 _ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
-
-
-class SinkError(RuntimeError):
-    """A batch could not be written (after retries) or a query failed; the message has the server's text."""
-
-
-class _Retryable(Exception):
-    """A transient failure (connection error, 429, 5xx): worth another try."""
 
 
 # ------------------------------------------------------------------------------------------------ points
 def window_point(stream: str, modality: str, model: str, decision: str, predicted: str, sp: float,
                  delta_sp: float, passes: int, max_prob: float, latency_ms: float, seq: int, t0_ns: int,
-                 truth: str | None = None) -> Point:
-    """One ``sci_window`` point; ``t0_ns`` = window start (ns since epoch). NaN floats are left out."""
+                 truth: str | None = None, lead: str | None = None, reason: str | None = None) -> Point:
+    """One ``sci_window`` point; ``t0_ns`` = window start (ns since epoch). NaN floats and empty tags are left
+    out."""
     p = Point(MEASUREMENT)
-    for key, value in zip(TAGS, (decision, modality, model, predicted, stream), strict=True):
-        p.tag(key, value)
+    for key, value in zip(TAGS, (decision, lead, modality, model, predicted, reason, stream), strict=True):
+        if value:
+            p.tag(key, value)
     p.field("sp", float(sp)).field("delta_sp", float(delta_sp)).field("passes", int(passes))
     p.field("max_prob", float(max_prob)).field("latency_ms", float(latency_ms)).field("seq", int(seq))
     if truth is not None and truth != "":
-        p.field("truth", str(truth)).field("correct", str(truth) == str(predicted))
+        p.field("truth", str(truth))
+        if predicted:
+            p.field("correct", str(truth) == str(predicted))
     return p.time(int(t0_ns), WritePrecision.NS)
 
 
@@ -70,9 +68,9 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
     ``rows``: parallel 1-D arrays/lists of length n with the keys of :func:`window_point` (``stream``,
     ``modality``, ``model``, ``decision``, ``predicted``: str; ``sp``, ``delta_sp``, ``max_prob``,
     ``latency_ms``: float; ``passes``, ``seq``, ``t0_ns``: int) and optionally ``truth`` (str, ``None`` or
-    ``""`` where unknown). Scalars broadcast (e.g. one ``model`` for the whole batch). Built column-wise with
-    numpy StringDType ufuncs; every row has ``passes`` and ``seq``, so fields before them carry a trailing
-    comma and fields after them a leading one.
+    ``""`` where unknown), ``lead`` and ``reason`` (str, ``None`` or ``""`` for no tag). Scalars broadcast
+    (e.g. one ``model`` for the whole batch). Built column-wise with numpy StringDType ufuncs; every row has
+    ``passes`` and ``seq``, so fields before them carry a trailing comma and fields after them a leading one.
     """
     missing = [k for k in REQUIRED_COLUMNS if k not in rows]
     if missing:
@@ -85,7 +83,7 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
     if n == 0:
         return []
 
-    pieces: list[str | np.ndarray] = [MEASUREMENT, *(_tag_piece(key, cols[key]) for key in TAGS), " "]
+    pieces: list[str | np.ndarray] = [MEASUREMENT, *(_tag_piece(key, cols[key]) for key in TAGS if key in cols), " "]
     truth = cols.get("truth")
     if truth is not None:
         if truth.dtype == object:  # None marks unknown
@@ -93,8 +91,9 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
         truth = np.broadcast_to(truth.astype(_SD), (n,))
         known = truth != ""
         if known.any():
-            correct = np.where(truth == cols["predicted"].astype(_SD), "correct=true,", "correct=false,")
-            pieces.append(np.where(known, correct, ""))
+            predicted = np.broadcast_to(cols["predicted"].astype(_SD), (n,))
+            correct = np.where(truth == predicted, "correct=true,", "correct=false,")
+            pieces.append(np.where(known & (predicted != ""), correct, ""))
         else:
             truth = None
     pieces += [_float_piece(k, cols[k], trailing=True) for k in ("delta_sp", "latency_ms", "max_prob")]
@@ -113,6 +112,8 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
 
 def _tag_piece(key: str, values: np.ndarray) -> str | np.ndarray:
     """``,key=value`` per row; escaped once per distinct value (a batch has few), then gathered."""
+    if values.dtype == object:  # None marks "no tag"
+        values = np.where(np.not_equal(values, None), values, "").astype(_SD)
     if values.ndim == 0:
         return _tag_text(key, str(values))
     distinct, index = np.unique(values, return_inverse=True)
@@ -143,6 +144,19 @@ def _int_text(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64).astype(_SD)
 
 
+def decision_columns(decisions: Sequence[WindowDecision]) -> dict[str, list[Any]]:
+    """The columns of :func:`window_points` for a batch of decisions."""
+    ws, rs = [d.window for d in decisions], [d.result for d in decisions]
+    return {
+        "stream": [w.stream for w in ws], "modality": [w.modality for w in ws], "lead": [r.lead for r in rs],
+        "model": [r.model for r in rs], "decision": [d.decision for d in decisions],
+        "predicted": [r.label for r in rs], "reason": [r.reason for r in rs], "sp": [r.sp for r in rs],
+        "delta_sp": [r.delta_sp for r in rs], "passes": [r.passes for r in rs],
+        "max_prob": [d.max_prob for d in decisions], "latency_ms": [d.latency_ms for d in decisions],
+        "seq": [w.seq for w in ws], "t0_ns": [w.t0_ns for w in ws], "truth": [w.label for w in ws],
+    }
+
+
 def _as_lines(points: Iterable[str | Point]) -> list[str]:
     """Line-protocol strings (Points serialised at their ns precision); empty lines dropped."""
     lines = [p if isinstance(p, str) else p.to_line_protocol() for p in points]
@@ -151,53 +165,57 @@ def _as_lines(points: Iterable[str | Point]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- sinks
 class InfluxSink(abc.ABC):
-    """Writes line protocol in chunks with bounded retries; counts ``written`` and ``failed`` points.
+    """A :class:`~streams.sinks.WindowSink` on InfluxDB: chunked writes, one attempt each; counts ``written``
+    and ``failed`` points and HTTP write ``requests``.
 
     ``failed`` counts every point of a ``write`` call from the chunk that raised on (a 1.x "partial write"
-    400 may still have stored some of them). ``attempts`` counts HTTP write requests, so ``attempts - chunks``
-    is the number of retries.
+    400 may still have stored some of them).
     """
 
-    def __init__(self, url: str, *, db: str, rp: str = "", batch_lines: int = 5000, max_attempts: int = 5,
-                 backoff_s: float = 0.2, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, *, db: str, rp: str = "", batch_lines: int = 5000, timeout_s: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.db, self.rp = db, rp
-        self.batch_lines, self.max_attempts = batch_lines, max_attempts
-        self.backoff_s, self.timeout_s = backoff_s, timeout_s
+        self.batch_lines, self.timeout_s = batch_lines, timeout_s
         self.written = 0
         self.failed = 0
-        self.attempts = 0
+        self.requests = 0
         self._session = requests.Session()
 
-    def write(self, points: Iterable[str | Point]) -> None:
-        """Write points (line-protocol strings or Points, all ns precision). Raises :class:`SinkError` when a
-        chunk still fails after ``max_attempts`` tries; chunks before it stay written (rewrites overwrite)."""
+    def write(self, decisions: Sequence[WindowDecision]) -> None:
+        """Store a batch of decisions (one point each); see :meth:`write_lines` for errors."""
+        if decisions:
+            self.write_lines(window_points(decision_columns(decisions)))
+
+    def write_lines(self, points: Iterable[str | Point]) -> None:
+        """Write points (line-protocol strings or Points, all ns precision), each chunk once. Raises
+        :class:`~streams.sinks.SinkUnavailable` (retry later) or :class:`~streams.sinks.SinkRejected` (4xx);
+        chunks before the failing one stay written (rewrites overwrite)."""
         lines = _as_lines(points)
         for start in range(0, len(lines), self.batch_lines):
             chunk = lines[start:start + self.batch_lines]
+            self.requests += 1
             try:
-                self._write_chunk("\n".join(chunk).encode())
+                self._send("\n".join(chunk).encode())
             except SinkError:
                 self.failed += len(lines) - start
                 raise
             self.written += len(chunk)
 
-    def _write_chunk(self, body: bytes) -> None:
-        for attempt in range(1, self.max_attempts + 1):
-            self.attempts += 1
-            try:
-                self._send(body)
-                return
-            except _Retryable as exc:
-                if attempt == self.max_attempts:
-                    n = body.count(b"\n") + 1
-                    raise SinkError(f"writing {n} points to {self.url} failed after {attempt} attempt(s): "
-                                    f"{exc}") from None
-                time.sleep(min(_MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1)))
-
     @abc.abstractmethod
     def _send(self, body: bytes) -> None:
-        """POST one chunk; raise :class:`_Retryable` for transient failures, :class:`SinkError` otherwise."""
+        """POST one chunk; raise :class:`SinkUnavailable` for transient failures, :class:`SinkRejected` else."""
+
+    def health(self) -> tuple[bool, str]:
+        """(True, "InfluxDB <version> at <url>") when ``GET /ping`` answers, else (False, why)."""
+        try:
+            r = self._session.get(f"{self.url}/ping", timeout=min(2.0, self.timeout_s))
+        except requests.RequestException as exc:
+            return False, f"InfluxDB at {self.url} unreachable ({type(exc).__name__})"
+        ok = r.status_code < 300
+        return ok, f"InfluxDB {r.headers.get('X-Influxdb-Version', '?')} at {self.url} answered {r.status_code}"
+
+    def counters(self) -> Mapping[str, int]:
+        return {"written": self.written, "failed": self.failed, "requests": self.requests}
 
     def _query_auth(self) -> dict[str, Any]:
         return {}
@@ -234,9 +252,9 @@ class InfluxSink(abc.ABC):
 
 def _raise_for_status(url: str, status: int, text: str) -> None:
     if status == 429 or status >= 500:
-        raise _Retryable(f"HTTP {status}: {text[:300]}")
+        raise SinkUnavailable(f"InfluxDB at {url} answered HTTP {status}: {text.strip()[:300]}")
     if status >= 300:
-        raise SinkError(f"InfluxDB at {url} rejected the write (HTTP {status}): {text.strip()[:500]}")
+        raise SinkRejected(f"InfluxDB at {url} rejected the write (HTTP {status}): {text.strip()[:500]}")
 
 
 class InfluxV1Sink(InfluxSink):
@@ -261,7 +279,7 @@ class InfluxV1Sink(InfluxSink):
             r = self._session.post(f"{self.url}/write", params=self._params, data=body, auth=self._auth,
                                    timeout=self.timeout_s)
         except requests.RequestException as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise SinkUnavailable(f"InfluxDB at {self.url}: {type(exc).__name__}") from None
         _raise_for_status(self.url, r.status_code, r.text)
 
 
@@ -298,9 +316,9 @@ class InfluxV2Sink(InfluxSink):
                                   write_precision=WritePrecision.NS)
         except ApiException as exc:
             _raise_for_status(self.url, exc.status or 0, str(exc.body or exc.reason))
-            raise _Retryable(str(exc)) from None  # status 0: no HTTP answer
+            raise SinkUnavailable(f"InfluxDB at {self.url}: no HTTP answer ({exc.reason})") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
+            raise SinkUnavailable(f"InfluxDB at {self.url}: {type(exc).__name__}") from None
 
     def close(self) -> None:
         self._write_api.close()
@@ -309,25 +327,22 @@ class InfluxV2Sink(InfluxSink):
 
 
 def _common(s: Settings) -> dict[str, Any]:
-    return {"batch_lines": s.influx_batch_lines, "max_attempts": s.influx_max_attempts,
-            "backoff_s": s.influx_backoff_s, "timeout_s": s.influx_timeout_s}
+    return {"batch_lines": s.influx_batch_lines, "timeout_s": s.influx_timeout_s}
 
 
-def detect_influx_version(url: str, *, timeout_s: float = 2.0, attempts: int = 1,
-                          backoff_s: float = 0.2) -> str:
+def detect_influx_version(url: str, *, timeout_s: float = 2.0, retry: RetryPolicy | None = None) -> str:
     """"1" or "2" from ``GET /ping``'s ``X-Influxdb-Version`` header (``1.6.7~rc0`` -> "1", ``v2.7.4`` ->
-    "2", 3.x -> "2"). Tries ``attempts`` times on connection errors; raises :class:`SinkError` saying what
-    to do."""
-    for attempt in range(1, attempts + 1):
+    "2", 3.x -> "2"). Connection errors are retried under ``retry`` (default: one attempt); raises
+    :class:`SinkError` saying what to do."""
+
+    def ping() -> requests.Response:
         try:
-            r = requests.get(f"{url.rstrip('/')}/ping", timeout=timeout_s)
-            break
+            return requests.get(f"{url.rstrip('/')}/ping", timeout=timeout_s)
         except requests.RequestException as exc:
-            if attempt == attempts:
-                raise SinkError(f"cannot reach InfluxDB at {url} to detect its version "
-                                f"({type(exc).__name__}); start it (`sci-monitor stack up`) or set "
-                                "SCI_INFLUX_VERSION=1|2") from None
-            time.sleep(min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1)))
+            raise SinkUnavailable(f"cannot reach InfluxDB at {url} to detect its version ({type(exc).__name__}); "
+                                  "start it (`sci-monitor stack up`) or set SCI_INFLUX_VERSION=1|2") from None
+
+    r = (retry or RetryPolicy(max_attempts=1)).call(ping, "InfluxDB version detection")
     version = r.headers.get("X-Influxdb-Version", "")
     major = version.lstrip("vV").split(".", 1)[0]
     if not major.isdigit():
@@ -336,11 +351,11 @@ def detect_influx_version(url: str, *, timeout_s: float = 2.0, attempts: int = 1
     return "1" if int(major) <= 1 else "2"
 
 
-def make_sink(settings: Settings) -> InfluxSink:
-    """The sink for ``settings.influx_version`` ("1", "2", or "auto": detected from ``GET /ping``)."""
+def make_sink(settings: Settings, retry: RetryPolicy | None = None) -> InfluxSink:
+    """The sink for ``settings.influx_version`` ("1", "2", or "auto": detected from ``GET /ping`` under
+    ``retry``)."""
     version = settings.influx_version
     if version == "auto":
         version = detect_influx_version(settings.influx_url, timeout_s=min(2.0, settings.influx_timeout_s),
-                                        attempts=settings.influx_max_attempts,
-                                        backoff_s=settings.influx_backoff_s)
+                                        retry=retry)
     return InfluxV1Sink.from_settings(settings) if version == "1" else InfluxV2Sink.from_settings(settings)

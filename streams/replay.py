@@ -10,6 +10,13 @@
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
 
+Replay time: a replay never stamps a window in the future. Every replay has an id, its start time
+(:func:`replay_id`, e.g. ``20261122T053300.123Z``); window i of the merged streams, at recording offset
+``offset_ns`` from the first window, is stamped ``t0_ns = start + offset_ns / speed`` (paced) or ``start + i µs``
+(speed 0) and published no earlier than that (the pacing sleeps until it), and carries ``meta["replay_id"]`` and
+``meta["offset_ns"]`` (the recording's own time base). Re-running the same replay with the same id (``--replay-id``)
+gives every window the same stamp again, so the stored points are overwritten, not added.
+
 Throughput (2-core dev machine, tansu broker, speed 0): ECG windows are generated at ~3.4k windows/s (the
 R-peak detector dominates); producing is bound by kafka-python's record-batch CRC32C, which is pure Python
 unless the ``crc32c`` package is installed (measured: 1.7k vs 11.8k CWRU frames/s, 1.5k vs 2.2k mixed
@@ -20,12 +27,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,16 +55,14 @@ __all__ = [
     "ecg_windows",
     "publish_raw",
     "replay_command",
-    "replay_streams",
     "vibration_windows",
 ]
 
+log = logging.getLogger("sci_monitor.replay")
+
 LABEL_TOLERANCE_S = 0.050  # detected peak <-> reference annotation, for the ground-truth label
 CHUNK_S = 1.0
-# `sci-monitor replay` defaults: DS2 (test) records with N/S/V beats; one load-3 (test-load) CWRU file per
-# fault class plus the only normal baseline (file 97, load 0)
-DEFAULT_ECG_RECORDS = ("100", "200", "210", "233")
-DEFAULT_CWRU_IDS = (97, 121, 108, 133)
+VIBRATION_LEAD = "DE"  # CWRU drive-end accelerometer
 
 
 def _ns(start_ns: int, samples: np.ndarray | int, fs: float) -> np.ndarray:
@@ -123,6 +130,7 @@ def ecg_windows(
             yield SensorWindow(
                 stream=stream,
                 modality="ecg",
+                lead=mitdb.LEAD,
                 fs=fs,
                 t0_ns=int(t0[k]),
                 seq=seq,
@@ -175,6 +183,7 @@ def vibration_windows(
         yield SensorWindow(
             stream=stream,
             modality="vibration",
+            lead=VIBRATION_LEAD,
             fs=float(cwru.FS),
             t0_ns=int(t0[i]),
             seq=i,
@@ -183,19 +192,6 @@ def vibration_windows(
             features={},
             meta={**meta_base, "offset": str(int(offsets[i]))},
         )
-
-
-def replay_streams(
-    ecg_records: Sequence[str | int] = (),
-    vibration_recordings: Sequence[cwru.CwruRecording | str | int] = (),
-    start_ns: int | None = None,
-    root: str | Path | None = None,
-) -> list[Iterator[SensorWindow]]:
-    """Lazy window iterators for several recordings sharing one ``start_ns`` (default now)."""
-    start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    out: list[Iterator[SensorWindow]] = [ecg_windows(r, root, start_ns) for r in ecg_records]
-    out += [vibration_windows(r, start_ns=start_ns, root=root) for r in vibration_recordings]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -233,6 +229,120 @@ def _producer(bootstrap: str, **overrides):
         ) from e
 
 
+def _needs_new_session(exc: BaseException) -> bool:
+    """A send failure that a new producer session may get past: any Kafka error except those that would fail
+    again for the same record or configuration (too large, invalid topic, not authorised, unsupported).
+
+    A broker restart forgets producer ids: kafka-python's idempotent producer then fails with
+    ``UnknownProducerIdError`` or aborts every batch after a fatal ``InitProducerId`` error, and only a new
+    producer gets past it (seen with tansu 0.6.0 and kafka-python 3.0.12).
+    """
+    from kafka import errors
+
+    permanent = (errors.MessageSizeTooLargeError, errors.RecordListTooLargeError, errors.InvalidTopicError,
+                 errors.AuthorizationError, errors.TopicAuthorizationFailedError,
+                 errors.ClusterAuthorizationFailedError, errors.KafkaConfigurationError,
+                 errors.UnsupportedVersionError, errors.UnsupportedCodecError,
+                 errors.UnsupportedForMessageFormatError)
+    return isinstance(exc, errors.KafkaError) and not isinstance(exc, permanent)
+
+
+class _Sender:
+    """Sends records through one producer session at a time.
+
+    A record whose send fails with a session error (:func:`_needs_new_session`) is kept; before the next send
+    (and at :meth:`finish`) the old session is closed, a new producer is made and the kept records are sent
+    again, with a log line each time. At most ``max_sessions`` new sessions, ``backoff_s`` doubling between
+    them; what still fails after that, or fails for another reason (too large, not authorised), is counted in
+    ``failed`` with its error. Resent records may be duplicated in the topic (at-least-once; the worker's
+    outputs are idempotent).
+    """
+
+    def __init__(self, make_producer, topic: str, on_ok, max_sessions: int = 5, backoff_s: float = 1.0,
+                 close_timeout_s: float = 30.0) -> None:
+        self._make, self.topic, self._on_ok = make_producer, topic, on_ok
+        self.max_sessions, self.backoff_s, self.close_timeout_s = max_sessions, backoff_s, close_timeout_s
+        self._lock = threading.Lock()
+        self._kept: list[tuple[bytes | None, bytes]] = []
+        self._last_error = ""
+        self.new_sessions = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.producer = make_producer()
+
+    def send(self, key: bytes | None, value: bytes) -> None:
+        if self._kept:
+            self._renew()
+        self._send(key, value)
+
+    def _send(self, key: bytes | None, value: bytes) -> None:
+        try:
+            fut = self.producer.send(self.topic, key=key, value=value)
+        except Exception as exc:  # raised at once, e.g. no metadata within max_block_ms while the broker is away
+            self._error(key, value, exc)
+            return
+        fut.add_callback(self._on_ok)
+        fut.add_errback(lambda exc: self._error(key, value, exc))
+
+    def _error(self, key: bytes | None, value: bytes, exc: BaseException) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            if _needs_new_session(exc) and self.new_sessions < self.max_sessions:
+                self._kept.append((key, value))
+                self._last_error = text
+                return
+            self.failed += 1
+            if len(self.errors) < 10:
+                self.errors.append(text)
+
+    def _renew(self) -> None:
+        """Close the failing session (its in-flight records fail or land first), then resend on a new one."""
+        try:
+            self.producer.close(timeout=self.close_timeout_s)
+        except Exception as exc:
+            log.warning("closing the failed producer session: %s: %s", type(exc).__name__, exc)
+        while True:
+            with self._lock:
+                kept, self._kept = self._kept, []
+            if not kept:
+                return
+            if self.new_sessions >= self.max_sessions:
+                with self._lock:
+                    self.failed += len(kept)
+                    self.errors.append(f"{len(kept)} records still failing after {self.new_sessions} new producer "
+                                       f"sessions: {self._last_error}")
+                return
+            self.new_sessions += 1
+            delay = self.backoff_s * 2 ** (self.new_sessions - 1)
+            log.warning("producer session failed (%s); %d records kept, new session %d of at most %d in %.1f s",
+                        self._last_error, len(kept), self.new_sessions, self.max_sessions, delay)
+            time.sleep(delay)
+            try:
+                self.producer = self._make()
+            except Exception as exc:  # the broker is not back yet: the records wait for the next session
+                with self._lock:
+                    self._kept = kept + self._kept
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            for key, value in kept:
+                self._send(key, value)
+            return
+
+    def finish(self, timeout_s: float) -> None:
+        """Flush; resend what a failed session kept (bounded); close."""
+        try:
+            while True:
+                try:
+                    self.producer.flush(timeout=timeout_s)
+                except Exception as exc:
+                    log.warning("flush: %s: %s", type(exc).__name__, exc)
+                if not self._kept:
+                    return
+                self._renew()
+        finally:
+            self.producer.close(timeout=timeout_s)
+
+
 @dataclass
 class ReplaySummary:
     """What a replay produced: acknowledged messages per stream, ground-truth coverage, throughput."""
@@ -240,31 +350,66 @@ class ReplaySummary:
     topic: str
     produced: int = 0  # acknowledged by the broker
     sent: int = 0  # handed to the producer
-    failed: int = 0
+    failed: int = 0  # never acknowledged (after new producer sessions, see Replayer)
     per_stream: dict[str, int] = field(default_factory=dict)
     labelled: int = 0  # windows with a known ground-truth label
     labels: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    new_sessions: int = 0  # producer sessions started after a failed one (e.g. a broker restart)
+    replay_id: str | None = None  # repeat it with the same stamps: Replayer(replay=...), `replay --replay-id`
 
     @property
     def windows_per_s(self) -> float:
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    @property
+    def ok(self) -> bool:
+        """Every window handed to the producer was acknowledged."""
+        return self.failed == 0 and self.produced >= self.sent
+
     def __str__(self) -> str:
         streams = ", ".join(f"{k}={v}" for k, v in sorted(self.per_stream.items()))
-        return (
+        text = (
             f"replayed {self.produced}/{self.sent} windows to {self.topic} in {self.elapsed_s:.1f} s "
-            f"({self.windows_per_s:.0f} windows/s), {self.failed} failed, {self.labelled} labelled; {streams}"
+            f"({self.windows_per_s:.0f} windows/s), {self.failed} failed, {self.labelled} labelled; {streams}; "
+            f"replay id {self.replay_id}"
         )
+        if self.new_sessions:
+            text += f"; {self.new_sessions} new producer session(s)"
+        if self.errors:
+            text += "; errors: " + " | ".join(self.errors[:3])
+        return text
+
+
+_REPLAY_ID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+
+def replay_id(start_ns: int) -> str:
+    """The id of a replay started at ``start_ns`` (UTC, ms resolution); :func:`replay_start_ns` inverts it.
+
+    >>> replay_id(1_763_789_580_123_000_000), replay_start_ns("20251122T053300.123Z")
+    ('20251122T053300.123Z', 1763789580123000000)
+    """
+    return datetime.fromtimestamp(start_ns // 1_000_000 / 1000, UTC).strftime(_REPLAY_ID_FORMAT)[:-4] + "Z"
+
+
+def replay_start_ns(rid: str) -> int:
+    try:
+        t = datetime.strptime(rid, _REPLAY_ID_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"bad replay id {rid!r}: expected a UTC stamp like 20261122T053300.123Z") from None
+    return (int(t.timestamp()) * 1000 + t.microsecond // 1000) * 1_000_000
 
 
 class Replayer:
-    """Interleave streams by ``t0_ns`` and produce them to ``topic``.
+    """Interleave streams by ``t0_ns`` and produce them to ``topic``, stamped as the module docstring says.
 
     ``speed``: 0 = as fast as possible, 1 = real time, 10 = ten times faster (paced on t0_ns relative to the
-    first window). ``progress``: show a rich progress bar (windows, windows/s). Extra kafka-python producer
-    options go in ``producer_config``.
+    first window). ``replay``: the id of an earlier replay to repeat with the same stamps (default: a new one,
+    :attr:`replay_id` after :meth:`run`). ``progress``: show a rich progress bar (windows, windows/s). Extra
+    kafka-python producer options (e.g. :func:`streams.security.kafka_client_config`) go in ``producer_config``. A
+    failed producer session (e.g. after a broker restart) is replaced by a new one, at most ``max_sessions`` times.
     """
 
     def __init__(
@@ -274,14 +419,19 @@ class Replayer:
         speed: float = 0.0,
         progress: bool = True,
         producer_config: dict | None = None,
+        max_sessions: int = 5,
+        replay: str | None = None,
     ):
         if speed < 0:
             raise ValueError(f"speed must be >= 0 (0 = as fast as possible), got {speed}")
+        self.start_ns = None if replay is None else replay_start_ns(replay)
+        self.replay_id = replay
         self.bootstrap = _bootstrap(bootstrap)
         self.topic = topic
         self.speed = float(speed)
         self.progress = progress
         self.producer_config = dict(producer_config or {})
+        self.max_sessions = max_sessions
         self._lock = threading.Lock()
         self.sent_so_far = 0  # live counters of the current run (read from other threads, e.g. the demo)
         self.produced_so_far = 0
@@ -294,7 +444,8 @@ class Replayer:
     ) -> ReplaySummary:
         """Produce the merged streams (at most ``max_windows``), flush, and return the summary.
 
-        Raises ``RuntimeError`` when the broker cannot be reached; failed sends are counted in the summary.
+        Raises ``RuntimeError`` when the broker cannot be reached at the start; failed sends are counted in the
+        summary (``summary.ok`` is False when any failed).
         """
         summary = ReplaySummary(topic=self.topic)
         per_stream: Counter[str] = Counter()
@@ -307,40 +458,39 @@ class Replayer:
                 summary.produced += 1
                 self.produced_so_far = summary.produced
 
-        def err(exc: BaseException) -> None:
-            with self._lock:
-                summary.failed += 1
-                if len(summary.errors) < 10:
-                    summary.errors.append(f"{type(exc).__name__}: {exc}")
-
-        producer = _producer(self.bootstrap, **self.producer_config)
+        sender = _Sender(lambda: _producer(self.bootstrap, **self.producer_config), self.topic, ok,
+                         max_sessions=self.max_sessions, close_timeout_s=timeout_s)
         merged = heapq.merge(*streams, key=lambda w: w.t0_ns)
         if max_windows is not None:
             merged = itertools.islice(merged, max(0, int(max_windows)))
         bar = _ProgressBar(self.progress, max_windows)
         t_start = time.monotonic()
+        if self.start_ns is None:
+            self.replay_id = replay_id(time.time_ns())
+            self.start_ns = replay_start_ns(self.replay_id)
         first_t0: int | None = None
         try:
             with bar:
-                for w in merged:
-                    if self.speed > 0:
-                        first_t0 = w.t0_ns if first_t0 is None else first_t0
-                        wait = (w.t0_ns - first_t0) / 1e9 / self.speed - (time.monotonic() - t_start)
-                        if wait > 0:
-                            time.sleep(wait)
-                    fut = producer.send(self.topic, key=window_key(w.stream, w.seq), value=encode_window(w))
-                    fut.add_callback(ok)
-                    fut.add_errback(err)
+                for i, w in enumerate(merged):
+                    first_t0 = w.t0_ns if first_t0 is None else first_t0
+                    offset = w.t0_ns - first_t0
+                    stamp = self.start_ns + (round(offset / self.speed) if self.speed > 0 else i * 1000)
+                    wait = (stamp - time.time_ns()) / 1e9
+                    if wait > 0:  # never publish (or stamp) a window before its time
+                        time.sleep(wait)
+                    w = replace(w, t0_ns=stamp, meta={**w.meta, "replay_id": self.replay_id, "offset_ns": str(offset)})
+                    sender.send(window_key(w.stream, w.seq), encode_window(w))
                     summary.sent += 1
                     self.sent_so_far = summary.sent
                     per_stream[w.stream] += 1
                     if w.label is not None:
                         labels[w.label] += 1
                     bar.advance()
-                producer.flush(timeout=timeout_s)
         finally:
-            producer.close(timeout=timeout_s)
+            sender.finish(timeout_s)
             summary.elapsed_s = time.monotonic() - t_start
+        summary.failed, summary.errors, summary.new_sessions = sender.failed, sender.errors, sender.new_sessions
+        summary.replay_id = self.replay_id
         summary.per_stream = dict(per_stream)
         summary.labels = dict(labels)
         summary.labelled = sum(labels.values())
@@ -354,16 +504,24 @@ def replay_command(
     speed: float = 1.0,
     max_windows: int | None = None,
     progress: bool = True,
+    replay: str | None = None,
 ) -> ReplaySummary:
-    """`sci-monitor replay`: publish MIT-BIH records (``dataset="mitdb"``, record names) or CWRU recordings
-    (``"cwru"``, file ids or file stems) to ``settings.topic_windows`` at ``settings.kafka_bootstrap``."""
-    if dataset == "mitdb":
-        streams = replay_streams(ecg_records=records or DEFAULT_ECG_RECORDS, root=settings.data_dir)
-    elif dataset == "cwru":
-        streams = replay_streams(vibration_recordings=records or DEFAULT_CWRU_IDS, root=settings.data_dir)
-    else:
-        raise ValueError(f"dataset must be 'mitdb' or 'cwru', got {dataset!r}")
-    replayer = Replayer(settings.kafka_bootstrap, settings.topic_windows, speed=speed, progress=progress)
+    """`sci-monitor replay`: publish the recordings of a replay dataset of :mod:`streams.modalities` (``mitdb``:
+    record names, ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``) to the windows
+    topic at ``settings.kafka_bootstrap``, with the Kafka security settings; ``replay``: the id of an earlier
+    replay to repeat with its stamps."""
+    from streams.modalities import replay_datasets
+    from streams.security import check_secrets, kafka_client_config
+
+    check_secrets(settings)
+    specs = replay_datasets()
+    if dataset not in specs:
+        raise ValueError(f"dataset must be one of {', '.join(specs)}, got {dataset!r}")
+    spec, start_ns = specs[dataset], time.time_ns()
+    streams = [spec.replay_windows(r, start_ns=start_ns, root=settings.data_dir)
+               for r in (records or spec.replay_recordings)]
+    replayer = Replayer(settings.kafka_bootstrap, settings.topics["windows"], speed=speed, progress=progress,
+                        producer_config=kafka_client_config(settings), replay=replay)
     return replayer.run(streams, max_windows=max_windows)
 
 
@@ -416,9 +574,13 @@ def publish_raw(
     payloads: Sequence[bytes],
     keys: Sequence[bytes | None] | None = None,
     timeout_s: float = 30.0,
+    producer_config: dict | None = None,
 ) -> int:
-    """Produce arbitrary (e.g. malformed) payloads as they are; returns how many the broker acknowledged."""
-    producer = _producer(_bootstrap(bootstrap))
+    """Produce arbitrary (e.g. malformed) payloads as they are; returns how many the broker acknowledged.
+
+    ``producer_config``: extra kafka-python producer options (security, or ``max_request_size`` for huge
+    payloads)."""
+    producer = _producer(_bootstrap(bootstrap), **(producer_config or {}))
     keys = list(keys) if keys is not None else [None] * len(payloads)
     if len(keys) != len(payloads):
         raise ValueError(f"{len(keys)} keys for {len(payloads)} payloads")

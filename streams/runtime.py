@@ -1,31 +1,36 @@
 """The models a worker serves, loaded once onto the device, and the batch classification they do.
 
-One ``ModelRuntime`` per worker process: each modality maps to one checkpoint whose SciController lives on the device
-for the life of the worker. ``classify`` takes decoded windows of any mix of modalities, groups them by model,
-stacks each group into one tensor batch and returns one result per window (or a rejection reason for windows the
-model cannot take, e.g. a wrong length or sampling rate). It is blocking work and runs off the event loop.
+One ``ModelRuntime`` per worker process: each (modality, lead) maps to one checkpoint (the ``models`` setting over
+the defaults of :mod:`streams.modalities`) whose SciController lives on the device for the life of the worker.
+``classify`` takes decoded windows of any mix of modalities and leads, groups them by model, stacks each group
+into one tensor batch and returns one result per window. A window whose (modality, lead) no model serves gets an
+abstained result with reason ``unsupported_lead`` (an escalation, not an error); a window a model cannot take
+(wrong length or sampling rate, missing features) gets a rejection reason (a dead letter). It is blocking work
+and runs off the event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from controller.engine import SciResult
+from controller.reasons import Reason
 from controller.sci import SciController
-from models.checkpoint import ModelCard, load_checkpoint
+from models.checkpoint import ModelCard, checkpoint_dir_of, load_checkpoint
 from models.keyed_dropout import window_keys
+from streams import modalities
 from streams.contracts import SensorWindow
 
-DEFAULT_MODELS = {"ecg": "mitdb", "vibration": "cwru"}
+ModelKey = tuple[str, str]  # (modality, lead)
 
 
 @dataclass(frozen=True)
 class WindowResult:
-    """The controller's decision for one window (probs over ``classes``)."""
+    """The controller's decision for one window (probs float32[K] over ``classes``), routed by ``lead``."""
 
     model: str
     classes: tuple[str, ...]
@@ -36,12 +41,25 @@ class WindowResult:
     passes: int
     abstained: bool
     reason: str
+    lead: str
+
+    @property
+    def served(self) -> bool:
+        """A model took the window (False: no model serves its modality and lead). A served window may have 0
+        passes: the controller's gate (``signal_quality``, ``unfamiliar``) decides before any MC pass."""
+        return bool(self.model)
+
+    @classmethod
+    def unserved(cls, lead: str) -> WindowResult:
+        """No model serves this window's (modality, lead): abstained before any pass."""
+        return cls("", (), "", np.zeros(0, np.float32), 0.0, 0.0, 0, True, Reason.UNSUPPORTED_LEAD.label, lead)
 
 
 @dataclass
 class ServedModel:
     card: ModelCard
     controller: SciController
+    spec: modalities.ModalitySpec
 
     def check(self, w: SensorWindow) -> str | None:
         """Why this model cannot classify ``w``, or None."""
@@ -55,7 +73,7 @@ class ServedModel:
             n_aux = self.controller.model.aux_dim
             if feats is None or len(feats) != n_aux:
                 return f"{w.modality} model {c.name} needs features[{c.aux!r}] of {n_aux} values"
-        return None
+        return self.spec.check(w) if self.spec.check is not None else None
 
     def classify(self, group: Sequence[SensorWindow]) -> SciResult:
         x = np.stack([w.samples for w in group])
@@ -65,36 +83,55 @@ class ServedModel:
 
 
 class ModelRuntime:
-    """Serves one checkpoint per modality on ``device``."""
+    """Serves one checkpoint per (modality, lead) on ``device``; ``models`` (checkpoint names or ``.json``
+    paths) defaults to the registry's."""
 
-    def __init__(self, device: torch.device | str, models: dict[str, str] | None = None) -> None:
+    def __init__(self, device: torch.device | str, models: Mapping[ModelKey, str] | None = None) -> None:
         self.device = torch.device(device)
-        self.models: dict[str, ServedModel] = {}
-        for modality, name in (models or DEFAULT_MODELS).items():
-            model, card = load_checkpoint(name, self.device)
-            if card.modality != modality:
-                raise ValueError(f"checkpoint {name} is for {card.modality}, not {modality}")
-            self.models[modality] = ServedModel(card, SciController.from_card(model, card, self.device))
+        self.models: dict[ModelKey, ServedModel] = {}
+        loaded: dict[str, ServedModel] = {}  # one controller per checkpoint, shared by the leads it serves
+        for (modality, lead), name in (modalities.default_models() if models is None else models).items():
+            spec = modalities.get(modality)
+            if name not in loaded:
+                model, card = load_checkpoint(name, self.device)
+                if card.modality != modality:
+                    raise ValueError(f"checkpoint {name} is for {card.modality}, not {modality}")
+                if card.aux != spec.feature_key:
+                    raise ValueError(f"checkpoint {name} needs features {card.aux!r}, modality {modality} carries "
+                                     f"{spec.feature_key!r}")
+                controller = SciController.from_card(model, card, self.device, checkpoint_dir_of(name))
+                loaded[name] = ServedModel(card, controller, spec)
+            self.models[(modality, lead)] = loaded[name]
+
+    def describe(self) -> dict[str, str]:
+        """``"modality:lead" -> checkpoint`` (for logs)."""
+        return {f"{m}:{lead}": s.card.name for (m, lead), s in self.models.items()}
 
     def classify(self, windows: Sequence[SensorWindow]) -> list[WindowResult | str]:
         """One WindowResult per window, or a string saying why the window was rejected."""
         out: list[WindowResult | str] = [""] * len(windows)
         groups: dict[str, list[int]] = {}
+        leads: list[str] = []
         for i, w in enumerate(windows):
-            served = self.models.get(w.modality)
-            problem = f"no model serves modality {w.modality!r}" if served is None else served.check(w)
+            lead = modalities.get(w.modality).lead_of(w.lead)
+            leads.append(lead)
+            served = self.models.get((w.modality, lead))
+            if served is None:
+                out[i] = WindowResult.unserved(lead)
+                continue
+            problem = served.check(w)
             if problem:
                 out[i] = problem
             else:
-                groups.setdefault(w.modality, []).append(i)
-        for modality, idx in groups.items():
-            served = self.models[modality]
+                groups.setdefault(served.card.name, []).append(i)
+        for idx in groups.values():
+            served = self.models[(windows[idx[0]].modality, leads[idx[0]])]
             r = served.classify([windows[i] for i in idx])
             classes = tuple(served.card.classes)
             labels = [classes[k] for k in r.label.tolist()]
             reasons = r.reason_names()
             for j, i in enumerate(idx):
                 out[i] = WindowResult(served.card.name, classes, labels[j], r.probs[j], float(r.sp[j]),
-                                      float(r.delta_sp[j]), int(r.passes[j]), bool(r.abstained[j]), reasons[j])
+                                      float(r.delta_sp[j]), int(r.passes[j]), bool(r.abstained[j]), reasons[j],
+                                      leads[i])
         return out
-

@@ -8,9 +8,17 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from poison import MODEL_REJECTED, POISON, REASONS
 
 from streams.contracts import (
+    DEAD_LETTER_MAX_BYTES,
     MAGIC,
+    MAX_ABS_SAMPLE,
+    MAX_HEADER_DEPTH,
+    TIME_MAX_NS,
+    TIME_MIN_NS,
     AlertMessage,
     ContractError,
     EscalationMessage,
@@ -20,6 +28,7 @@ from streams.contracts import (
     decode_dead_letter,
     decode_window,
     encode_window,
+    json_depth,
     window_key,
 )
 
@@ -28,7 +37,7 @@ RNG_SEED = 20240611
 
 def random_window(rng: np.random.Generator) -> SensorWindow:
     n = int(rng.integers(1, 4096))
-    scale = 10.0 ** rng.uniform(-6, 6)
+    scale = 10.0 ** rng.uniform(-6, 5)
     samples = (rng.standard_normal(n) * scale).astype(np.float32)
     samples[rng.random(n) < 0.01] = np.float32(0.0)
     modality = str(rng.choice(["ecg", "vibration"]))
@@ -338,3 +347,88 @@ def test_dead_letter_round_trip() -> None:
         key = rng.bytes(int(rng.integers(0, 40)))
         assert decode_dead_letter(dead_letter(blob, "x", "t", 0, 1, key)).original == blob
         assert decode_dead_letter(dead_letter(blob, "x", "t", 0, 1, key)).key == key
+
+
+@pytest.mark.parametrize("kind", [k for k in POISON if k not in MODEL_REJECTED])
+def test_poison_message_is_rejected_at_the_door_with_its_reason(kind: str) -> None:
+    data = POISON[kind](7)
+    with pytest.raises(ContractError) as info:
+        decode_window(data)
+    assert REASONS[kind] in info.value.reason, info.value.reason
+    assert len(info.value.reason) < 300  # a reason names the problem, never echoes a huge value
+    # its dead letter always fits the producer's request size
+    dl = dead_letter(data, info.value, "sci.windows", 0, 1, data[:100_000])
+    assert len(dl) <= DEAD_LETTER_MAX_BYTES
+
+
+@pytest.mark.parametrize("kind", MODEL_REJECTED)
+def test_model_rejected_poison_passes_the_contract(kind: str) -> None:
+    assert decode_window(POISON[kind](3)).stream == "poison-3"
+
+
+def test_bounds_are_inclusive_at_the_limits() -> None:
+    hi = _frame(_header(t0_ns=TIME_MAX_NS, seq=2**63 - 1, stream="s" * 128, fs=1e7), _OK)
+    w = decode_window(hi)
+    assert (w.t0_ns, w.seq, len(w.stream)) == (TIME_MAX_NS, 2**63 - 1, 128)
+    assert decode_window(_frame(_header(t0_ns=TIME_MIN_NS), _OK)).t0_ns == TIME_MIN_NS
+    with pytest.raises(ContractError, match="must be >= -9223372036854775806"):
+        decode_window(_frame(_header(t0_ns=TIME_MIN_NS - 1), _OK))
+    big = np.array([MAX_ABS_SAMPLE, -MAX_ABS_SAMPLE], "<f4")
+    assert decode_window(_frame(_header(), big.tobytes())).samples.tolist() == big.tolist()
+    with pytest.raises(ContractError, match="sample magnitude"):
+        decode_window(_frame(_header(), np.array([0, 1.01 * MAX_ABS_SAMPLE], "<f4").tobytes()))
+    # the nesting limit is on the header as a whole: depth 8 passes, depth 9 does not
+    deep = _header(extra=json.loads("[" * 7 + "]" * 7))
+    assert json_depth(json.dumps(deep).encode()) == MAX_HEADER_DEPTH
+    assert decode_window(_frame(deep, _OK)).stream == "s"
+    with pytest.raises(ContractError, match="nested 9 levels deep"):
+        decode_window(_frame(_header(extra=json.loads("[" * 8 + "]" * 8)), _OK))
+    # brackets inside strings (with escaped quotes) do not count
+    assert json_depth(b'{"a": "[[[\\"[[[", "b": {}}') == 2
+    # unicode letters are allowed in stream ids, spaces and quotes are not
+    assert SensorWindow("bett-ü4", "ecg", 360.0, 0, 0, np.ones(3)).stream == "bett-ü4"
+    for bad in ("a b", 'a"b', "a\x00b", "a,b"):
+        with pytest.raises(ContractError, match="character outside"):
+            SensorWindow(bad, "ecg", 360.0, 0, 0, np.ones(3))
+
+
+def test_dead_letter_of_a_huge_message_is_truncated_with_size_and_hash() -> None:
+    import hashlib
+
+    original = np.random.default_rng(1).bytes(5 * 2**20)
+    data = dead_letter(original, "message too large", "sci.windows", 2, 9, b"k" * 5000, stage="decode")
+    assert len(data) <= DEAD_LETTER_MAX_BYTES
+    dl = decode_dead_letter(data)
+    assert dl.truncated and dl.original_size == len(original)
+    assert dl.original_sha256 == hashlib.sha256(original).hexdigest()
+    assert len(dl.original) > 0.7 * DEAD_LETTER_MAX_BYTES and original.startswith(dl.original)
+    assert dl.key == b"k" * 1024 and json.loads(data)["key_truncated"] is True
+    small = decode_dead_letter(dead_letter(b"abc", "x" * 10_000, "t", 0, 0, None, stage="classify"))
+    assert not small.truncated and small.original == b"abc" and small.stage == "classify"
+    assert small.reason.startswith("x" * 2000) and small.reason.endswith("(10000 characters)")
+    # exactly at the limit: as large as fits, never larger
+    for limit in (2000, 2001, 2002, 2003):
+        assert len(dead_letter(b"\xff" * 5000, "r", "t", 0, 0, None, max_bytes=limit)) <= limit
+    with pytest.raises(ContractError, match="unknown stage"):
+        dead_letter(b"", "r", "t", 0, 0, None, stage="elsewhere")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_decoding_hostile_frames_raises_only_contract_errors_with_short_reasons(data) -> None:
+    from fuzz_messages import expected_outcome, malformed_frame
+
+    i = data.draw(st.integers(0, 10**6))
+    msg = data.draw(malformed_frame(i))
+    try:
+        w = decode_window(msg)
+    except ContractError as e:
+        assert 0 < len(e.reason) < 400
+        assert expected_outcome(msg, i) == "dead"
+        dl = dead_letter(msg, e, "sci.windows", 0, i, f"fz:{i}".encode())
+        assert decode_dead_letter(dl).original == msg
+        return
+    # accepted: every bound holds, so nothing downstream can overflow or be refused by InfluxDB
+    assert TIME_MIN_NS <= w.t0_ns <= TIME_MAX_NS and 0 <= w.seq < 2**63
+    assert np.isfinite(w.samples).all() and np.abs(w.samples).max() <= MAX_ABS_SAMPLE
+    assert w.label is None or w.label.isprintable()

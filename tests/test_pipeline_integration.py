@@ -108,16 +108,16 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         start_ns = time.time_ns()
         streams = [ecg_windows(r, start_ns=start_ns) for r in ECG_RECORDS]
         streams += [vibration_windows(i, hop=8 * cwru.FRAME, start_ns=start_ns) for i in CWRU_IDS]
-        summary = Replayer(s.kafka_bootstrap, s.topic_windows, speed=0, progress=False).run(
+        summary = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=0, progress=False).run(
             streams, max_windows=N_WINDOWS)
         assert summary.produced == N_WINDOWS and summary.failed == 0
         assert {k.split("-")[0] for k in summary.per_stream} == {"mitdb", "cwru"}
         assert all(summary.per_stream.get(f"mitdb-{r}", 0) > 20 for r in ECG_RECORDS)
         bad = _malformed(start_ns)
-        assert publish_raw(s.kafka_bootstrap, s.topic_windows, bad, keys=[f"bad:{i}".encode() for i in
+        assert publish_raw(s.kafka_bootstrap, s.topics["windows"], bad, keys=[f"bad:{i}".encode() for i in
                                                                            range(len(bad))]) == len(bad)
 
-        labels = _consume_all(s.kafka_bootstrap, s.topic_labels, N_WINDOWS, timeout_s=240)
+        labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], N_WINDOWS, timeout_s=240)
         assert worker.poll() is None, log_path.read_text()[-3000:]
         msgs = [json.loads(r.value) for r in labels]
         keys = Counter(r.key for r in labels)
@@ -131,19 +131,19 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         abstained = {(m["stream"], m["seq"]) for m in msgs if m["decision"] == "abstained"}
         alerting = {(m["stream"], m["seq"]): ("critical" if m["delta_sp"] >= s.alert_critical else "warning")
                     for m in msgs if m["delta_sp"] >= s.alert_threshold}
-        esc = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topic_escalations,
+        esc = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["escalations"],
                                                            len(abstained), timeout_s=30)]
-        alerts = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topic_alerts, len(alerting),
+        alerts = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["alerts"], len(alerting),
                                                               timeout_s=30)]
         assert {(m["stream"], m["seq"]) for m in esc} == abstained and len(esc) == len(abstained)
         assert {(m["stream"], m["seq"]): m["severity"] for m in alerts} == alerting
         assert len(alerts) == len(alerting)
 
         # malformed inputs: dead letters with the reason and the original bytes
-        dead = [decode_dead_letter(r.value) for r in _consume_all(s.kafka_bootstrap, s.topic_deadletter,
+        dead = [decode_dead_letter(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["deadletter"],
                                                                    len(bad), timeout_s=30)]
         assert sorted(d.original for d in dead) == sorted(bad)
-        assert all(d.reason and d.topic == s.topic_windows for d in dead)
+        assert all(d.reason and d.topic == s.topics["windows"] for d in dead)
         reasons = " | ".join(d.reason for d in dead)
         assert "needs 256 samples" in reasons and "needs fs = 12000 Hz" in reasons
 
@@ -181,9 +181,9 @@ def test_two_workers_in_one_group_split_the_partitions(local_stack, tmp_path):
         streams = [ecg_windows(r, start_ns=time.time_ns()) for r in ECG_RECORDS]
         streams += [vibration_windows(i, hop=8 * cwru.FRAME, start_ns=time.time_ns()) for i in CWRU_IDS]
         n = 300
-        summary = Replayer(s.kafka_bootstrap, s.topic_windows, speed=0, progress=False).run(streams, max_windows=n)
+        summary = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=0, progress=False).run(streams, max_windows=n)
         assert summary.produced == n and summary.failed == 0
-        labels = _consume_all(s.kafka_bootstrap, s.topic_labels, n, timeout_s=240)
+        labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], n, timeout_s=240)
         assert len(labels) == n and max(Counter(r.key for r in labels).values()) == 1
         assert len(sink.query("SELECT * FROM sci_window")) == n
     finally:

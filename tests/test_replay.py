@@ -6,6 +6,8 @@ import dataclasses
 import functools
 import heapq
 import itertools
+import os
+import signal
 import time
 import uuid
 
@@ -19,7 +21,6 @@ from streams.replay import (
     ecg_windows,
     publish_raw,
     replay_command,
-    replay_streams,
     vibration_windows,
 )
 from streams.rpeaks import detect_rpeaks
@@ -196,10 +197,15 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0)
 
 
 @pytest.mark.integration
+def _three_streams() -> list:
+    return [ecg_windows("100", start_ns=START_NS), ecg_windows("119", start_ns=START_NS),
+            vibration_windows(recording(106), start_ns=START_NS)]
+
+
 def test_replay_round_trip_through_broker(local_stack) -> None:
     bootstrap = local_stack.settings.kafka_bootstrap
     topic = _create_topic(bootstrap, partitions=3)
-    streams = replay_streams(ecg_records=["100", "119"], vibration_recordings=[recording(106)], start_ns=START_NS)
+    streams = _three_streams()
     replayer = Replayer(bootstrap, topic, speed=0, progress=True)
     summary = replayer.run(streams, max_windows=300)
     print(summary)
@@ -221,7 +227,7 @@ def test_replay_round_trip_through_broker(local_stack) -> None:
     assert got == summary.per_stream
     assert sum(w.label is not None for w in windows) == summary.labelled
     # exactly the first 300 windows of the streams merged by t0_ns, each stream without gaps
-    again = replay_streams(ecg_records=["100", "119"], vibration_recordings=[recording(106)], start_ns=START_NS)
+    again = _three_streams()
     expected = list(itertools.islice(heapq.merge(*again, key=lambda w: w.t0_ns), 300))
     assert sorted(w.key for w in windows) == sorted(w.key for w in expected)
     for s in summary.per_stream:
@@ -265,14 +271,83 @@ def test_replay_command_uses_settings(local_stack) -> None:
 
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        admin.create_topics([NewTopic(settings.topic_windows, 1, 1)])
+        admin.create_topics([NewTopic(settings.topics["windows"], 1, 1)])
     finally:
         admin.close()
     summary = replay_command(settings, "cwru", records=[106, "12k_Drive_End_B007_3_121"], speed=0,
                              max_windows=40, progress=False)  # fmt: skip
     assert summary.produced == 40 and set(summary.per_stream) == {"cwru-106", "cwru-121"}
     assert summary.labels == {"inner": summary.per_stream["cwru-106"], "ball": summary.per_stream["cwru-121"]}
-    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topic_windows, 40)]
+    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topics["windows"], 40)]
     assert len(windows) == 40 and {w.label for w in windows} == {"inner", "ball"}
     with pytest.raises(ValueError, match="dataset must be"):
         replay_command(settings, "eeg")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# faults: failed sends are reported, a broker restart gets a new producer session
+
+
+@pytest.mark.integration
+def test_failed_sends_are_counted_and_make_the_summary_not_ok(local_stack) -> None:
+    bootstrap = local_stack.settings.kafka_bootstrap
+    topic = _create_topic(bootstrap, partitions=1)
+    frames = vibration_windows(recording(106), start_ns=0)  # 4 KB each: over this producer's request limit
+    summary = Replayer(bootstrap, topic, speed=0, progress=False, producer_config={"max_request_size": 1000}).run(
+        [frames], max_windows=5)
+    assert (summary.sent, summary.produced, summary.failed, summary.ok) == (5, 0, 5, False)
+    assert summary.new_sessions == 0 and "MessageSizeTooLarge" in summary.errors[0]
+    assert "5 failed" in str(summary) and "MessageSizeTooLarge" in str(summary)
+
+
+def test_cli_replay_exits_non_zero_when_a_send_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streams.replay
+    from sci_monitor.cli import main
+    from streams.replay import ReplaySummary
+
+    def fake(settings, **kwargs) -> ReplaySummary:
+        return ReplaySummary("sci.windows", produced=3, sent=5, failed=2, errors=["KafkaTimeoutError: x"])
+
+    monkeypatch.setattr(streams.replay, "replay_command", fake)
+    assert main(["replay", "--dataset", "cwru", "--no-progress"]) == 1
+    monkeypatch.setattr(streams.replay, "replay_command", lambda settings, **kw: ReplaySummary("t", 5, 5))
+    assert main(["replay", "--dataset", "cwru", "--no-progress"]) == 0
+
+
+def _slowly(windows, seconds: float):
+    for w in windows:
+        time.sleep(seconds)
+        yield w
+
+
+@pytest.mark.integration
+def test_replay_survives_a_broker_restart_with_a_new_producer_session(private_stack, caplog) -> None:
+    import threading
+
+    from streams.stack import _pid_alive
+
+    bootstrap = private_stack.settings.kafka_bootstrap
+    topic = private_stack.settings.topics["windows"]  # re-created by up() after the restart
+    n = 400
+    replayer = Replayer(bootstrap, topic, speed=0, progress=False, max_sessions=5)
+    paced = _slowly(vibration_windows(recording(106), hop=256, start_ns=0), 0.015)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=replayer.run([paced], max_windows=n)))
+    with caplog.at_level("WARNING", logger="sci_monitor.replay"):
+        thread.start()
+        while replayer.produced_so_far < 60:
+            time.sleep(0.05)
+        pid = private_stack.kafka.read_pid()
+        os.kill(pid, signal.SIGKILL)
+        while _pid_alive(pid):
+            time.sleep(0.05)
+        private_stack.up(timeout=30)  # a new broker: memory storage, so topics and producer ids are gone
+        sent_after_restart = replayer.sent_so_far
+        thread.join(timeout=180)
+    summary = result["summary"]
+    assert summary.ok and summary.failed == 0 and summary.sent == n, str(summary)
+    assert summary.new_sessions >= 1
+    assert any("new session 1 of at most 5" in r.getMessage() for r in caplog.records)
+    # everything sent after the restart (and what the old session could not land) is in the new broker
+    seqs = {decode_window(r.value).seq for r in _consume(bootstrap, topic, n - sent_after_restart)}
+    assert set(range(sent_after_restart, n)) <= seqs, sorted(set(range(sent_after_restart, n)) - seqs)[:10]

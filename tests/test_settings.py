@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from streams.settings import Settings, SettingsError, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -23,11 +23,13 @@ def test_defaults_talk_to_the_local_stack():
     assert (s.influx_version, s.influx_db, s.influx_rp, s.influx_bucket) == ("auto", "sci", "autogen", "sci")
     assert (s.batch_size, s.batch_timeout_s) == (64, 0.05)
     assert (s.alert_threshold, s.alert_critical) == (0.3, 0.5)
-    assert s.state_dir == REPO_ROOT / ".state"
+    assert s.state_dir == Path.cwd() / ".state"  # the working directory, never the installed package
+    assert s.sink_max_attempts == 0  # hold a batch until it is written
+    assert s.served_models == {("ecg", "MLII"): "mitdb", ("vibration", "DE"): "cwru"}
     assert s.topics == {"windows": "sci.windows", "labels": "sci.labels", "escalations": "sci.escalations",
-                        "alerts": "sci.alerts", "deadletter": "sci.deadletter"}
+                        "alerts": "sci.alerts", "deadletter": "sci.deadletter", "drift": "sci.drift"}
     assert s.topic_partitions == {"sci.windows": 4, "sci.labels": 1, "sci.escalations": 1, "sci.alerts": 1,
-                                  "sci.deadletter": 1}
+                                  "sci.deadletter": 1, "sci.drift": 1}
     assert s == Settings()
 
 
@@ -62,7 +64,7 @@ def test_ports_derive_bootstrap_and_url_unless_given():
 def test_topic_prefix_and_partitions():
     s = load_settings(overrides={"topic_prefix": "lab-2", "input_partitions": 8, "output_partitions": 2},
                       env={})
-    assert s.topic_windows == "lab-2.windows" and s.topic_deadletter == "lab-2.deadletter"
+    assert s.topics["windows"] == "lab-2.windows" and s.topics["deadletter"] == "lab-2.deadletter"
     assert s.topic_partitions["lab-2.windows"] == 8 and s.topic_partitions["lab-2.alerts"] == 2
 
 
@@ -81,7 +83,7 @@ def test_masked_hides_set_secrets_only():
     m = s.masked()
     assert m["influx_password"] == "***" and m["influx_token"] == ""
     assert m["influx_url"] == "http://me:***@db:8086"
-    assert m["state_dir"] == str(REPO_ROOT / ".state")
+    assert m["state_dir"] == str(Path.cwd() / ".state")
     assert "hunter2" not in repr(m) and ":pw@" not in repr(m)
     assert set(m) == {f.name for f in dataclasses.fields(Settings)}
 
@@ -99,6 +101,9 @@ def test_masked_hides_set_secrets_only():
     ({"alert_threshold": 0.6}, "alert_threshold (0.6) must not exceed alert_critical (0.5)"),
     ({"influx_rpc_port": 18086}, "influx_port and influx_rpc_port must differ"),
     ({"batch_sise": 3}, "unknown setting 'batch_sise'"),
+    ({"models": "eeg=x"}, "bad models entry 'eeg=x'"),
+    ({"models": "ecg"}, "expected modality[:lead]=checkpoint"),
+    ({"sink_max_attempts": -1}, "must be >= 0"),
 ])
 def test_bad_overrides_raise_one_line_errors(overrides, message):
     with pytest.raises(SettingsError) as info:
@@ -131,3 +136,27 @@ def test_bad_toml_raises_one_line_errors(tmp_path, text, message):
 def test_missing_toml_file(tmp_path):
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_models_setting_overrides_the_registry_defaults_per_lead(tmp_path):
+    s = load_settings(env={"SCI_MODELS": "ecg:V1=mitdb-v1, vibration=cwru-loadshift, ecg:MLII="})
+    assert s.served_models == {("ecg", "V1"): "mitdb-v1", ("vibration", "DE"): "cwru-loadshift"}
+    toml = write(tmp_path, '[sink]\nmax_attempts = 3\nbackoff_s = 0.5\n[worker]\nmodels = "ecg:V1=x"\n')
+    s = load_settings(toml, env={})
+    assert (s.sink_max_attempts, s.sink_backoff_s, s.models) == (3, 0.5, "ecg:V1=x")
+
+
+def test_relative_paths_from_the_environment_follow_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(env={"SCI_STATE_DIR": "st"}).state_dir == tmp_path / "st"
+    assert load_settings(env={}).state_dir == tmp_path / ".state"
+
+
+def test_cache_follows_xdg_unless_sci_cache_dir_is_set(tmp_path, monkeypatch):
+    from models.data import paths
+
+    monkeypatch.delenv("SCI_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_dir() == tmp_path / "xdg" / "sci-monitor"
+    monkeypatch.setenv("SCI_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.cache_dir() == tmp_path / "mine"
