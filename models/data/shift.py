@@ -154,14 +154,20 @@ def vibration_shifts() -> tuple[Arrays, dict[str, Arrays]]:
             sig = resample_poly(cwru.load_signal(rec).astype(np.float64), fs_true, cwru.FS)
             parts.append(_test_block_frames(sig, rec.label))
         shifts[f"resampled_{fs_true // 1000}khz"] = _concat(parts)
-    normal = [r for r in recs if r.fault == "normal"]
+    shifts["normal_wrong_rate"] = normal_at_wrong_rate(recs)
+    return ref, shifts
+
+
+def normal_at_wrong_rate(recs: list[cwru.CwruRecording] | None = None) -> Arrays:
+    """Test-block frames of the 48 kHz normal baseline read as if it were 12 kHz (no resampling)."""
     parts = []
-    for rec in normal:
+    for rec in recs or cwru.list_recordings(read_rpms=False):
+        if rec.fault != "normal":
+            continue
         var = next(v for v in scipy.io.whosmat(str(rec.path)) if v[0].endswith("_DE_time"))[0]
         raw = np.asarray(scipy.io.loadmat(str(rec.path), variable_names=[var])[var], np.float32).ravel()
-        parts.append(_test_block_frames(raw, rec.label))  # 48 kHz samples announced as 12 kHz
-    shifts["normal_wrong_rate"] = _concat(parts)
-    return ref, shifts
+        parts.append(_test_block_frames(raw, rec.label))
+    return _concat(parts)
 
 
 def load_shift_frames() -> tuple[Arrays, Arrays]:
