@@ -50,6 +50,9 @@ class SciResult:
 
     label int64[B] (argmax of probs, reported even when abstained), probs float32[B, K] = softmax(z̄/T) at the last
     pass, sp float32[B], delta_sp float32[B], passes int64[B], abstained bool[B], reason int64[B] (a Reason code).
+    Filled by ``controller.decision.decide`` (None straight out of ``run_sci``): novelty float32[B] (NaN without a
+    novelty model), quality int64[B] (``controller.quality.QualityFlag`` bits, 0 = passed), confidence float32[B]
+    (the risk rule's score; NaN without one).
     """
 
     label: np.ndarray
@@ -59,6 +62,9 @@ class SciResult:
     passes: np.ndarray
     abstained: np.ndarray
     reason: np.ndarray
+    novelty: np.ndarray | None = None
+    quality: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
     def reason_names(self) -> list[str]:
         return [Reason(r).label for r in self.reason.tolist()]

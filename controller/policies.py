@@ -143,7 +143,17 @@ POLICIES: dict[str, type] = {p.name: p for p in (PaperPlateau, Threshold, Separa
 
 
 def make_policy(name: str, **params: float) -> Policy:
-    """Build a policy by name (``paper``, ``threshold``, ``bound``) with keyword parameters."""
+    """Build a policy by name (``paper``, ``threshold``, ``bound``) with keyword parameters.
+
+    >>> make_policy("threshold", sp_star=0.9)
+    Threshold(sp_star=0.9, t_min=2)
+    >>> make_policy("bound").z
+    2.0
+    >>> make_policy("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown SCI policy 'nope'; choose one of ['bound', 'paper', 'threshold']
+    """
     try:
         cls = POLICIES[name]
     except KeyError:
