@@ -42,7 +42,7 @@ SCHEMA = {
     "sci_drift": ({"stream", "modality", "signal"}, {"drift", "mean_before", "mean_after", "width", "seq"}),
     "sci_batch": ({"worker"}, {"size", "controller_ms", "passes"}),
 }
-TOPICS = ("sci.windows", "sci.labels", "sci.escalations", "sci.alerts", "sci.deadletter")
+TOPICS = ("sci.windows", "sci.labels", "sci.escalations", "sci.alerts", "sci.deadletter", "sci.drift")
 
 TOP_LEVEL_KEYS = {
     "version",
