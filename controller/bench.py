@@ -10,8 +10,10 @@ tiled when the split is smaller) with the same keys, thread settings and device,
 - ``per_window_loop``: one window at a time, the full model per pass and one host sync per pass, the way the paper's
   reference scripts run (same stop rule and keys, so the same decisions); measured at batch 1 only.
 
-Ratios are cost ratios of time per window: ``sci_cost_over_deterministic`` (goal ≤ 1.5 at the worker's batch and
-at 1024), ``fixed_t_cost_over_sci``, and ``sci_speedup_over_per_window_loop`` (goal ≥ 30 on paper-bearings).
+Rates are windows per wall-clock second (``windows_per_s``, ``ratios``) and per second of this process's CPU time
+(``windows_per_cpu_s``, ``ratios_cpu``: steadier on a shared machine). Ratios are cost ratios of time per window:
+``sci_cost_over_deterministic`` (goal ≤ 1.5 at the worker's batch and at 1024), ``fixed_t_cost_over_sci``, and
+``sci_speedup_over_per_window_loop`` (goal ≥ 30 on paper-bearings).
 """
 
 from __future__ import annotations
@@ -39,16 +41,18 @@ MODELS = ("mitdb", "cwru", "paper-bearings")
 BATCH_SIZES = (1, 64, 1024)
 
 
-def _best_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall time of each callable; the callables take turns (round robin) so a busy machine hits all alike."""
+def _best_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (wall, process CPU) seconds of each callable; they take turns (round robin) so a busy machine hits all
+    alike. CPU time counts every thread of this process: on a shared machine it is the steadier of the two."""
     for fn in fns.values():
         fn()  # warm-up (allocator, lazily built mask banks)
-    best = dict.fromkeys(fns, float("inf"))
+    best = dict.fromkeys(fns, (float("inf"), float("inf")))
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
     return best
 
 
@@ -107,7 +111,8 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
     methods: dict[str, Callable] = {"deterministic": deterministic, "fixed_t": fixed_t,
                                     **{k: sci(c) for k, c in ctrls.items()}}
     wps: dict[str, dict[str, float]] = {m: {} for m in methods}
-    loop_wps = float("nan")
+    cpu_wps: dict[str, dict[str, float]] = {m: {} for m in methods}
+    loop_wps = loop_cpu_wps = float("nan")
     for b in sorted(set(batch_sizes) | {1}):
         n = loop_windows if b == 1 else windows
         batches = [(x_all[i : i + b], None if aux_all is None else aux_all[i : i + b], keys_all[i : i + b])
@@ -118,22 +123,28 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
             runs["per_window_loop"] = lambda loop_in=loop_in: per_window_loop(*loop_in)
         secs = _best_seconds(runs, repeats)
         if b == 1:
-            loop_wps = n / secs.pop("per_window_loop")
+            wall, cpu = secs.pop("per_window_loop")
+            loop_wps, loop_cpu_wps = n / wall, n / cpu
         if b in batch_sizes:
-            for m, sec in secs.items():
-                wps[m][str(b)] = len(batches) * b / sec
+            for m, (wall, cpu) in secs.items():
+                wps[m][str(b)], cpu_wps[m][str(b)] = len(batches) * b / wall, len(batches) * b / cpu
     default = f"sci_{card.controller['policy']}"
-    ratios = {str(b): {
-        "sci_cost_over_deterministic": wps["deterministic"][str(b)] / wps[default][str(b)],
-        "fixed_t_cost_over_sci": wps[default][str(b)] / wps["fixed_t"][str(b)],
-        "sci_speedup_over_per_window_loop": wps[default][str(b)] / loop_wps,
-        "per_policy_cost_over_deterministic": {k: wps["deterministic"][str(b)] / wps[k][str(b)] for k in ctrls},
-    } for b in batch_sizes}
+
+    def ratios(w: dict[str, dict[str, float]], loop: float) -> dict[str, dict[str, Any]]:
+        return {str(b): {
+            "sci_cost_over_deterministic": w["deterministic"][str(b)] / w[default][str(b)],
+            "fixed_t_cost_over_sci": w[default][str(b)] / w["fixed_t"][str(b)],
+            "sci_speedup_over_per_window_loop": w[default][str(b)] / loop,
+            "per_policy_cost_over_deterministic": {k: w["deterministic"][str(b)] / w[k][str(b)] for k in ctrls},
+        } for b in batch_sizes}
+
     mean_passes = {k: float(c.classify(x_all[:windows], aux_all if aux_all is None else aux_all[:windows],
                                        keys_all[:windows]).passes.mean()) for k, c in ctrls.items()}
     return {"split": f"test: {card.split}", "windows": windows, "loop_windows": loop_windows,
             "default_policy": default, "t_max": cfg.t_max,
-            "windows_per_s": {**wps, "per_window_loop": loop_wps}, "ratios": ratios, "mean_passes": mean_passes}
+            "windows_per_s": {**wps, "per_window_loop": loop_wps}, "ratios": ratios(wps, loop_wps),
+            "windows_per_cpu_s": {**cpu_wps, "per_window_loop": loop_cpu_wps},
+            "ratios_cpu": ratios(cpu_wps, loop_cpu_wps), "mean_passes": mean_passes}
 
 
 def bench_controller(models: Sequence[str] = MODELS, batch_sizes: Sequence[int] = BATCH_SIZES, windows: int = 1024,
@@ -149,13 +160,13 @@ def bench_controller(models: Sequence[str] = MODELS, batch_sizes: Sequence[int] 
                     **({"gpu": torch.cuda.get_device_name(torch.device(device))}
                        if torch.device(device).type == "cuda" else {})},
         "settings": {"batch_sizes": list(batch_sizes), "windows": windows, "loop_windows": loop_windows,
-                     "repeats": repeats, "timing": "best of repeats, after one warm-up run"},
+                     "repeats": repeats, "timing": "best of repeats (methods take turns), after one warm-up run"},
         "models": {},
     }
     for name in models:
         log(f"[bench] {name} ...")
         result["models"][name] = r = bench_model(name, batch_sizes, windows, loop_windows, repeats, device)
-        log(f"[bench] {name}: " + ", ".join(f"batch {b}: SCI/det {v['sci_cost_over_deterministic']:.2f}×, "
-                                            f"SCI/loop {v['sci_speedup_over_per_window_loop']:.1f}×"
-                                            for b, v in r["ratios"].items()))
+        log(f"[bench] {name} (CPU time): " + ", ".join(
+            f"batch {b}: SCI/det {v['sci_cost_over_deterministic']:.2f}×, "
+            f"SCI/loop {v['sci_speedup_over_per_window_loop']:.1f}×" for b, v in r["ratios_cpu"].items()))
     return result

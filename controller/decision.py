@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from controller.engine import Sampler, SciConfig, SciResult, run_sci
+from controller.engine import BLOCK_ROWS, Sampler, SciConfig, SciResult, run_sci
 from controller.interpretive_state import delta_sp, normalized_entropy
 from controller.novelty import NoveltyModel
 from controller.policies import Policy
@@ -87,8 +87,10 @@ class Decider:
     risk: RiskRule | None = None
 
 
-def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | str = "cpu") -> SciResult:
-    """Decisions for the B windows of ``ev``; ``sampler(idx, t)`` gives pass t's logits of windows idx (of B)."""
+def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | str = "cpu",
+           block_rows: int = BLOCK_ROWS) -> SciResult:
+    """Decisions for the B windows of ``ev``; ``sampler(idx, t)`` gives pass t's logits of windows idx (of B);
+    ``block_rows`` is the engine's passes-ahead trade-off (results do not depend on it)."""
     dev = torch.device(device)
     det = ev.deterministic.to(dev, torch.float32)
     b, k = det.shape
@@ -107,7 +109,7 @@ def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | st
     reason = torch.where(bad, Reason.SIGNAL_QUALITY, Reason.UNFAMILIAR).to(torch.int64)
     if active.numel():
         r = run_sci(lambda idx, t: sampler(active[idx.to(active.device)], t), active.numel(), k, d.policy, d.config,
-                    dev)
+                    dev, block_rows)
         probs[active] = torch.as_tensor(r.probs, device=dev)
         sp[active] = torch.as_tensor(r.sp, device=dev)
         passes[active] = torch.as_tensor(r.passes, device=dev)

@@ -121,9 +121,9 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
         sp_new = 1.0 - normalized_entropy(mean_probs)  # [m, n]
         seq = torch.cat([prev[:, c_sp : c_sp + 3].T, sp_new])  # [3 + m, n]: SP(t0−2), SP(t0−1), SP(t0), SP(t0+1)...
         sp_hist = torch.stack([seq[1:-2], seq[2:-1], seq[3:]], dim=2)  # [m, n, 3] oldest first
-        rows = m * n
-        r = policy.decide(PassStats(t_rows, sp_hist.flip(2).view(rows, 3), sums[:, :, k : 2 * k].reshape(rows, k),
-                                    sums[:, :, 2 * k :].reshape(rows, k, k), mean_probs.view(rows, k))).view(m, n)
+        flat = sums.view(m * n, n_sums)  # the policy's views below are strided, not copies
+        r = policy.decide(PassStats(t_rows, sp_hist.flip(2).view(m * n, 3), flat[:, k : 2 * k],
+                                    flat[:, 2 * k :].view(m * n, k, k), mean_probs.view(m * n, k))).view(m, n)
         if t0 + m == t_max:
             r[-1] = torch.where(r[-1] == Reason.SAMPLING, Reason.BUDGET, r[-1])
         done = r != Reason.SAMPLING
