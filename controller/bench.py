@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from controller.calibration import controller_config, policies_from
+from controller.calibration import decider_from_card, policies_from
 from controller.engine import run_sci
 from controller.evaluation import TEST_KEY_OFFSET
 from controller.passes import eval_keys
@@ -67,13 +67,16 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
     """Benchmark one checkpoint; ``windows`` per batch size > 1, ``loop_windows`` for batch 1 and the loop."""
     dev = torch.device(device)
     model, card = load_checkpoint(name, dev)
-    policy, cfg = controller_config(card)
-    policies = policies_from(card.controller["candidates"])
+    decider = decider_from_card(card)
+    policy, cfg = decider.policy, decider.config
+    policies = policies_from(card.controller.spec.candidates)
     test = get_recipe(name).load(card.seed).test
     x_all, aux_all = _sample(test.x, test.aux, max(windows, loop_windows))
     keys_all = eval_keys(len(x_all), TEST_KEY_OFFSET)
-    ctrls = {f"sci_{p}": SciController(model, pol, cfg, dev) for p, pol in policies.items()}
-    base = ctrls[f"sci_{card.controller['policy']}"]
+    # the live controller (input checks, novelty gate, card's policy, risk rule) and each candidate policy alone
+    ctrls = {"sci_controller": SciController.from_card(model, card, dev),
+             **{f"sci_{p}": SciController(model, pol, cfg, dev) for p, pol in policies.items()}}
+    base = ctrls["sci_controller"]
 
     def to_dev(a: np.ndarray | None) -> torch.Tensor | None:
         return None if a is None else torch.as_tensor(a, device=dev)
@@ -128,7 +131,7 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
         if b in batch_sizes:
             for m, (wall, cpu) in secs.items():
                 wps[m][str(b)], cpu_wps[m][str(b)] = len(batches) * b / wall, len(batches) * b / cpu
-    default = f"sci_{card.controller['policy']}"
+    default = "sci_controller"
 
     def ratios(w: dict[str, dict[str, float]], loop: float) -> dict[str, dict[str, Any]]:
         return {str(b): {
@@ -141,7 +144,7 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
     mean_passes = {k: float(c.classify(x_all[:windows], aux_all if aux_all is None else aux_all[:windows],
                                        keys_all[:windows]).passes.mean()) for k, c in ctrls.items()}
     return {"split": f"test: {card.split}", "windows": windows, "loop_windows": loop_windows,
-            "default_policy": default, "t_max": cfg.t_max,
+            "controller": default, "card_policy": f"sci_{card.controller.policy.name}", "t_max": cfg.t_max,
             "windows_per_s": {**wps, "per_window_loop": loop_wps}, "ratios": ratios(wps, loop_wps),
             "windows_per_cpu_s": {**cpu_wps, "per_window_loop": loop_cpu_wps},
             "ratios_cpu": ratios(cpu_wps, loop_cpu_wps), "mean_passes": mean_passes}
