@@ -42,7 +42,7 @@ from controller.novelty import NoveltyModel, conformal_threshold, fit_gaussian, 
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
 from controller.quality import SignalStats, check, fit_ranges, signal_stats
-from controller.risk import SCORES, combined_features, confidence, exceedance_level, learn_then_test, split_halves
+from controller.risk import SCORES, alert_level, combined_features, confidence, learn_then_test, split_halves
 from controller.risk import threshold_grid as risk_grid
 from models.architectures import McModel
 from models.checkpoint import CHECKPOINT_DIR, ModelCard, load_density
@@ -230,7 +230,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
         "signal_quality_rate": _r((r.quality != 0).mean()),
         "unfamiliar_rate": _r(((r.quality == 0) & (r.passes == 0)).mean()), "mean_passes": _r(r.passes.mean(), 3)}
     policy_done = r.passes > 0
-    alerts = AlertLevels(*(exceedance_level(r.delta_sp[policy_done], rate) for rate in spec.alert_rates),
+    alerts = AlertLevels(*(alert_level(r.delta_sp[policy_done], spec.sp_star, rate) for rate in spec.alert_rates),
                          spec.alert_rates)
     det = deterministic(fit, cfg)
     rate = float(r.abstained.mean())

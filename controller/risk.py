@@ -138,6 +138,19 @@ def exceedance_level(values: np.ndarray, rate: float) -> float:
     return float(u[ok[0]]) if ok.size else float(np.nextafter(v[-1], np.inf))
 
 
+def alert_level(delta_sp: np.ndarray, sp_star: float, rate: float) -> float:
+    """ΔSP alert level: exceeded (≥) by at most ``rate`` of these windows, and above 1 − SP* (for SP* ≥ 0.5), the
+    largest ΔSP a window at or above SP* can have, so a confident window never alerts.
+
+    >>> alert_level(np.array([0.15, 0.15, 0.149, 0.6, 0.3]), 0.85, 0.2)  # only SP ≤ 0.25 alerts
+    0.6
+    >>> alert_level(np.full(10, 0.15), 0.85, 0.5) > 0.15
+    True
+    """
+    floor = 1.0 - sp_star if sp_star >= 0.5 else 0.0
+    return max(exceedance_level(delta_sp, rate), float(np.nextafter(floor, np.inf)))
+
+
 def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(fit, calibration) index arrays: a fixed random half each (the first gets the extra window)."""
     perm = np.random.default_rng(seed).permutation(n)

@@ -127,7 +127,8 @@ class RiskRule:
 
 @dataclass(frozen=True)
 class AlertLevels:
-    """ΔSP alert levels: ``warning`` / ``critical`` are exceeded (≥) by at most ``rates`` of validation windows."""
+    """ΔSP alert levels: ``warning`` / ``critical`` are exceeded (≥) by at most ``rates`` of validation windows, and
+    lie above 1 − SP* so that a window at or above SP* never alerts (``controller.risk.alert_level``)."""
 
     warning: float
     critical: float

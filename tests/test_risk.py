@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from scipy.stats import binom
 
 from controller.risk import (
+    alert_level,
     binomial_pvalue,
     exceedance_level,
     learn_then_test,
@@ -75,3 +76,14 @@ def test_exceedance_level_is_the_smallest_level_within_the_rate(values, rate):
     lower = v[v < level]
     if lower.size:  # any smaller observed level would alert on more than the rate
         assert np.mean(v >= lower.max()) > rate
+
+
+@settings(max_examples=60, deadline=None)
+@given(sp=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=80), rate=st.floats(0.0, 0.5),
+       sp_star=st.sampled_from([0.6, 0.85, 0.95]))
+def test_alert_level_never_fires_on_a_window_at_or_above_sp_star(sp, rate, sp_star):
+    sp = np.asarray(sp)
+    dsp = np.abs(sp_star - sp)
+    level = alert_level(dsp, sp_star, rate)
+    assert np.mean(dsp >= level) <= rate
+    assert not (dsp[sp >= sp_star] >= level).any()
