@@ -17,8 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-COMMANDS = ("train", "evaluate", "reproduce_paper", "stack", "worker", "replay", "demo", "config", "data", "alerts",
-            "grafana", "report")
+COMMANDS = ("train", "calibrate", "evaluate", "evaluate_shift", "reproduce_paper", "stack", "worker", "replay", "demo",
+            "config", "data", "alerts", "grafana", "report", "bench")
 
 
 class Parser(argparse.ArgumentParser):

@@ -156,7 +156,8 @@ class Pipeline(faust.Service):
 
     async def on_stop(self) -> None:
         self._stopping.set()
-        log.info("stopping: %s", self.tally.line())
+        storage = dict(self.sink.counters()) if self.sink is not None else {}
+        log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
         if self.sink is not None:
             self.sink.close()
@@ -494,6 +495,9 @@ class _Worker(faust.Worker):
     def __init__(self, *args: Any, pipeline: Pipeline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pipeline = pipeline
+
+    def _repr_name(self) -> str:  # log lines say "[^Worker]: Ready", as with Faust's own worker
+        return "Worker"
 
     def _on_sigterm(self) -> None:
         self._pipeline.stopping()

@@ -74,7 +74,10 @@ class Follower(threading.Thread):
         from kafka import KafkaConsumer, TopicPartition
 
         # no consumer group: assigned partitions from the beginning, filtered by window time below
-        c = KafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+        from streams.security import kafka_client_config
+
+        c = KafkaConsumer(bootstrap_servers=self.s.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                          **kafka_client_config(self.s))
         topics = self.s.topics
         parts = [TopicPartition(topics[role], p) for role in ("labels", "alerts", "deadletter")
                  for p in sorted(c.partitions_for_topic(topics[role]) or ())]
@@ -160,7 +163,10 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
     streams += [_until(deadline, _looped_vibration(i, start_ns)) for i in CWRU_IDS]
     follower = Follower(s, start_ns // 1_000_000)
     follower.start()
-    replayer = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=speed, progress=False)
+    from streams.security import kafka_client_config
+
+    replayer = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=speed, progress=False,
+                        producer_config=kafka_client_config(s))
     feeder = threading.Thread(target=replayer.run, args=(streams,), daemon=True)
     con.print(f"replaying {len(ECG_RECORDS)} ECG and {len(CWRU_IDS)} vibration streams at {speed:g}× real time "
               f"for {duration_s:.0f} s ...")
@@ -200,7 +206,7 @@ def wait_worker_ready(worker: subprocess.Popen, log_path: Path, offset: int = 0,
         with log_path.open("rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
-        if "[^Worker]: Ready" in text and "models loaded" in text:
+        if "Worker]: Ready" in text and "models loaded" in text:  # Faust logs "[^<worker class>]: Ready"
             return
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")

@@ -191,7 +191,11 @@ class Health:
         self._threads.append(checker)
         if not port:
             return 0
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler(self))
+        except OSError as exc:  # e.g. a second worker on one host: work on, but say that probes cannot reach it
+            log.error("health endpoints not served: port %d: %s (set SCI_HEALTH_PORT)", port, exc)
+            return 0
         self._server.daemon_threads = True
         server = threading.Thread(target=self._server.serve_forever, name="sci-health-http", daemon=True)
         server.start()

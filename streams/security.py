@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -96,12 +96,21 @@ def faust_credentials(s: Settings) -> Any:
                                  mechanism=s.kafka_sasl_mechanism)
 
 
+def _redact_arg(arg: Any, secrets: Iterable[str]) -> Any:
+    if arg is None or isinstance(arg, bool | int | float):
+        return arg
+    text = str(arg)
+    clean = redact(text, secrets)
+    return arg if clean == text else clean
+
+
 def install_log_redaction(secrets: Iterable[str] = ()) -> None:
     """Redact every log record made from now on in this process (idempotent; secrets accumulate).
 
     A log record factory, not a handler filter, so that records of every logger reach every handler (Faust
-    and mode install their own) already redacted: the message with its arguments is rendered and redacted, and
-    a traceback is rendered and redacted into ``exc_text`` (which formatters use instead of re-rendering).
+    and mode install their own) already redacted: the message and each argument are redacted (an argument that
+    is not a number is replaced by its redacted text only when that differs), and a traceback is rendered and
+    redacted into ``exc_text`` (which formatters use instead of re-rendering).
     """
     current = logging.getLogRecordFactory()
     known = getattr(current, "sci_secrets", None)
@@ -115,12 +124,16 @@ def install_log_redaction(secrets: Iterable[str] = ()) -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)
         try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: let the handler report it as usual
-            return record
-        record.msg, record.args = redact(message, found), None
-        if record.exc_info and record.exc_info[0] is not None:
-            record.exc_text = redact(formatter.formatException(record.exc_info), found)
+            if isinstance(record.msg, str):
+                record.msg = redact(record.msg, found)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_redact_arg(a, found) for a in record.args)
+            elif isinstance(record.args, Mapping):
+                record.args = {k: _redact_arg(v, found) for k, v in record.args.items()}
+            if record.exc_info and record.exc_info[0] is not None:
+                record.exc_text = redact(formatter.formatException(record.exc_info), found)
+        except Exception:  # redaction must never cost a log line
+            pass
         return record
 
     factory.sci_secrets = found  # type: ignore[attr-defined]

@@ -33,23 +33,36 @@ json_value = st.recursive(_leaf, lambda c: st.one_of(st.lists(c, max_size=4),
                           max_leaves=12)
 
 
-def valid_ecg_frame(i: int, samples: np.ndarray | None = None) -> bytes:
+PLACEHOLDER = "fz-0000000"  # stream id of generated frames; :func:`personalize` gives each copy its own
+
+
+def stream_id(i: int) -> str:
+    return f"fz-{i:07d}"
+
+
+def personalize(data: bytes, i: int) -> bytes:
+    """Copy ``i`` of a generated frame: the placeholder stream id replaced by one of the same length (so the
+    header length and every byte offset stay as generated)."""
+    return data.replace(PLACEHOLDER.encode(), stream_id(i).encode())
+
+
+def valid_ecg_frame(samples: np.ndarray | None = None) -> bytes:
     x = np.full(ECG_N, 0.1, "<f4") if samples is None else samples.astype("<f4")
-    return frame(header(i, stream=f"fz-{i}", features={"rr": RR}), x.tobytes())
+    return frame(header(0, stream=PLACEHOLDER, features={"rr": RR}), x.tobytes())
 
 
 @st.composite
-def malformed_frame(draw: st.DrawFn, i: int) -> bytes:
-    """A hostile variant of valid ECG frame ``i`` (may turn out valid; ask :func:`expected_outcome`)."""
+def malformed_frame(draw: st.DrawFn) -> bytes:
+    """A hostile variant of a valid ECG frame (may turn out valid; ask :func:`expected_outcome`)."""
     how = draw(st.sampled_from(["fields", "fields", "fields", "bytes"]))
     if how == "fields":
-        h: dict[str, Any] = header(i, stream=f"fz-{i}")
+        h: dict[str, Any] = header(0, stream=PLACEHOLDER)
         for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3, unique=True)):
             h[name] = draw(json_value)
         n = h["n"] if type(h["n"]) is int and 0 <= h["n"] <= 4096 else ECG_N
         payload = np.full(n, draw(st.sampled_from([0.1, -1e9, 1e9, 3e38])), "<f4").tobytes()
         return frame(json.dumps(h).encode(), payload)
-    data = bytearray(valid_ecg_frame(i))
+    data = bytearray(valid_ecg_frame())
     op = draw(st.sampled_from(["truncate", "flip", "pad", "prefix"]))
     if op == "truncate":
         return bytes(data[: draw(st.integers(0, len(data) - 1))])
@@ -63,8 +76,8 @@ def malformed_frame(draw: st.DrawFn, i: int) -> bytes:
 
 
 def expected_outcome(data: bytes, i: int) -> str:
-    """"label" when a worker must label message ``i``, "dead" when it must dead-letter it, "skip" when it is
-    valid but its stream id was replaced (it could collide with another window's key or InfluxDB series)."""
+    """"label" when a worker must label copy ``i`` of a frame, "dead" when it must dead-letter it, "skip" when it
+    is valid but its stream id was replaced (it could collide with another window's key or InfluxDB series)."""
     try:
         w = decode_window(data)
     except ContractError:
@@ -74,4 +87,4 @@ def expected_outcome(data: bytes, i: int) -> str:
         return "dead"
     if any(len(w.features.get(k, ())) != m for k, m in feats.items()):
         return "dead"
-    return "label" if w.stream == f"fz-{i}" else "skip"
+    return "label" if w.stream == stream_id(i) else "skip"

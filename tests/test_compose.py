@@ -720,3 +720,19 @@ def test_docker_compose_config_accepts_the_file():
         env=clean_env,
     )
     assert missing.returncode != 0 and "in .env" in missing.stderr, "required variables must fail loudly"
+
+
+def test_gpu_profile_worker_reserves_a_gpu_and_runs_cuda_torch():
+    services = resolved()["services"]
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"], "the GPU worker must stay out of a plain `docker compose up`"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert environment(gpu)["SCI_DEVICE"] == "cuda"  # cuda, not auto: no silent CPU fallback
+    assert gpu["build"]["args"]["TORCH_INDEX"] == "https://pypi.org/simple"  # PyPI's Linux torch wheels are CUDA
+    assert gpu["image"] != services["worker"]["image"]
+    # same Kafka, topics and consumer group as the CPU workers, same InfluxDB credentials
+    for var, value in environment(services["worker"]).items():
+        if var != "SCI_DEVICE":
+            assert environment(gpu)[var] == value, var
+    assert 'ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu' in (REPO / "Dockerfile").read_text()

@@ -100,3 +100,31 @@ def test_readyz_is_503_while_influxdb_is_down_and_200_after(private_stack, healt
     while get(port, "/readyz")[0] != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert get(port, "/readyz")[0] == 200
+
+
+def test_worker_without_broker_and_influxdb_says_so_once_each_and_exits_non_zero(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    kafka, influx = free_ports(2)
+    env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}", "SCI_INFLUX_URL": f"http://127.0.0.1:{influx}",
+           "SCI_STARTUP_WAIT_S": "3", "SCI_HEALTH_PORT": "0", "SCI_DEVICE": "cpu"}
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "sci_monitor", "worker"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    took = time.monotonic() - t
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and took < 60, (r.returncode, took, out[-2000:])
+    assert out.count(f"waiting for Kafka at 127.0.0.1:{kafka}") == 1
+    assert out.count(f"waiting for InfluxDB at http://127.0.0.1:{influx}") == 1
+    assert "not reachable after 3 s" in out and "Traceback" not in out
+
+
+def test_placeholder_secrets_stop_the_worker_before_it_connects() -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SCI_INFLUX_TOKEN": "change-me-influx-operator-token", "SCI_HEALTH_PORT": "0"}
+    r = subprocess.run([sys.executable, "-m", "sci_monitor", "worker"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "placeholder 'change-me'" in r.stderr and "Traceback" not in r.stderr

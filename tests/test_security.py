@@ -36,6 +36,7 @@ def test_every_log_record_is_redacted_including_tracebacks() -> None:
         install_log_redaction(["tok-123456"])
         install_log_redaction(["pw-abcdef"])  # second call adds secrets to the same factory
         logger.warning("write to %s failed", "http://sci:pw-abcdef@influx:8086")
+        logger.warning("%d%% of %d windows, %r", 50, 8, {"token": "tok-123456"})
         try:
             raise ConnectionError("token tok-123456 refused by http://x:y@h")
         except ConnectionError:
@@ -46,6 +47,7 @@ def test_every_log_record_is_redacted_including_tracebacks() -> None:
     text = stream.getvalue()
     assert "pw-abcdef" not in text and "tok-123456" not in text and ":y@" not in text
     assert "http://sci:***@influx:8086" in text and "token *** refused" in text and "Traceback" in text
+    assert "50% of 8 windows" in text and "'token': '***'" in text
 
 
 def test_kafka_security_settings_reach_both_clients(tmp_path) -> None:

@@ -12,9 +12,15 @@ NAME = "data"
 HELP = "download a dataset from its publisher (skips files already present)"
 
 
+def _datasets() -> list[str]:
+    from models.data.paths import DATASETS
+
+    return list(DATASETS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["fetch"])
-    p.add_argument("dataset", choices=["mitdb", "cwru"])
+    p.add_argument("dataset", choices=options.LazyChoices(_datasets), metavar="DATASET", help="mitdb or cwru")
     p.add_argument("--dir", help="data directory (default: SCI_DATA_DIR or ../shared/data)")
     options.add_json(p, "the report")
 

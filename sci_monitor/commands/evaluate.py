@@ -8,13 +8,13 @@ from pathlib import Path
 from sci_monitor import options
 
 NAME = "evaluate"
-HELP = "compare SCI policies with baselines on a checkpoint's test split"
+HELP = "the controller, the SCI policies alone and the baselines on a checkpoint's test split"
 
 # (key, header): two narrow tables instead of one wide one, so they read at 80 columns
-QUALITY = (("error", "error"), ("macro_f1", "macro-F1"), ("auroc_delta_sp", "AUROC ΔSP"),
+QUALITY = (("error", "error"), ("macro_f1", "macro-F1"), ("auroc_misclassification", "AUROC own"),
            ("auroc_1_minus_sp", "AUROC 1−SP"), ("aurc", "AURC"), ("ece", "ECE"))
 COST = (("mean_passes", "passes"), ("passes_correct", "correct"), ("passes_wrong", "wrong"),
-        ("abstain_rate", "abstain"), ("accuracy_non_abstained", "acc. answered"))
+        ("escalation_rate", "escalated"), ("risk_answered", "risk answ."), ("coverage", "coverage"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=options.positive_int, default=1000,
                    help="bootstrap replicates for the AUROC CIs (default 1000)")
     options.add_device(p)
+    p.add_argument("--policies", nargs="+", metavar="POLICY",
+                   help="SCI policies to run alone: any registered one (default: the card's candidates)")
 
 
 def methods_tables(title: str, methods: dict[str, dict]) -> list:
@@ -45,7 +47,7 @@ def methods_tables(title: str, methods: dict[str, dict]) -> list:
 
 
 def _fmt(key: str, value: float) -> str:
-    if key in ("error", "abstain_rate", "accuracy_non_abstained", "ece"):
+    if key in ("error", "escalation_rate", "risk_answered", "coverage", "ece"):
         return f"{value:.2%}"
     return f"{value:.3f}"
 
@@ -64,7 +66,7 @@ def run(a: argparse.Namespace) -> int:
             status.update(f"{message} ...")
 
         report = evaluate(a.dataset, a.checkpoint, json_file, Path(a.plots) if a.plots else None, device,
-                          n_boot=a.bootstrap, log=progress)
+                          n_boot=a.bootstrap, log=progress, policies=a.policies)
 
     def render() -> None:
         out = options.console()

@@ -35,8 +35,8 @@ def run(a: argparse.Namespace) -> int:
         card = train_command(name, seed=a.seed, device=device, log=options.log,
                              **({"checkpoint_dir": Path(a.out)} if a.out else {}))
         m = card.metrics[card.metrics["method"]]
-        options.log(f"[{name}] test split, policy {card.metrics['method']}: error {m['error']:.4f}, "
-                    f"AUROC(1−SP) {m['auroc_1_minus_sp']}, mean passes {m['mean_passes']}")
+        options.log(f"[{name}] test split, {card.metrics['method']}: error {m['error']:.4f}, escalation "
+                    f"{m['escalation_rate']}, risk among answered {m['risk_answered']}, mean passes {m['mean_passes']}")
         cards.append(asdict(card))
     options.emit(a, cards, lambda: None)
     return 0
