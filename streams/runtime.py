@@ -11,6 +11,7 @@ and runs off the event loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class WindowResult:
     abstained: bool
     reason: str
     lead: str
+    novelty: float = math.nan  # the gate's novelty score (> 1 = unfamiliar); NaN without a novelty model
 
     @property
     def served(self) -> bool:
@@ -130,8 +132,9 @@ class ModelRuntime:
             classes = tuple(served.card.classes)
             labels = [classes[k] for k in r.label.tolist()]
             reasons = r.reason_names()
+            novelty = r.novelty.tolist() if r.novelty is not None else [math.nan] * len(idx)
             for j, i in enumerate(idx):
                 out[i] = WindowResult(served.card.name, classes, labels[j], r.probs[j], float(r.sp[j]),
                                       float(r.delta_sp[j]), int(r.passes[j]), bool(r.abstained[j]), reasons[j],
-                                      leads[i])
+                                      leads[i], float(novelty[j]))
         return out

@@ -262,10 +262,9 @@ def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: 
 def observation(d: WindowDecision, alert_threshold: float, t_s: float) -> Observation:
     """The trust view of one served decision (``t_s``: when it was decided, worker clock)."""
     r = d.result
-    novelty = getattr(r, "novelty", None)  # the model's novelty score, where the runtime reports one
     return Observation(d.window.stream, d.window.modality, d.window.seq, t_s, float(r.sp), int(r.passes),
                        bool(r.abstained), r.delta_sp >= alert_threshold, d.max_prob, d.correct,
-                       None if novelty is None else float(novelty))
+                       None if math.isnan(r.novelty) else float(r.novelty))
 
 
 class TrustService(faust.Service):

@@ -116,6 +116,9 @@ def test_drift_event_on_the_topic_and_in_storage(monitored):
     first = min(mine, key=lambda e: e["seq"])
     assert SHIFT_AT <= first["seq"] < SHIFT_AT + 100, "detected after the shift, within 100 windows"
     assert not [e for e in events if e["stream"] == DRIFT_STREAM and e["seq"] < SHIFT_AT], "no false alarm"
+    novelty = [e for e in events if e["stream"] == DRIFT_STREAM and e["signal"] == "novelty"]
+    assert novelty and min(e["seq"] for e in novelty) >= SHIFT_AT, "the novelty score drifts too"
+    assert max(e["mean_after"] for e in novelty) > min(e["mean_before"] for e in novelty)
     assert first["mean_after"] < first["mean_before"]
     stored = sink.query(f"SELECT * FROM \"sci_drift\" WHERE \"stream\" = '{DRIFT_STREAM}' AND \"signal\" = 'sp'")
     assert {r["seq"] for r in stored} == {e["seq"] for e in mine}
