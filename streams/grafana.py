@@ -317,6 +317,10 @@ def trust(s: Settings) -> dict[str, Any]:
                 "SP and the novelty score window by window.",
                 [_q("A", f'SELECT mean("sp_mean") {per} GROUP BY time($__interval), "stream" fill(none)',
                     alias="$tag_stream")], extra={"min": 0, "max": 1}),
+        _series(g, "Mean novelty per stream (drift input)", "Rolling mean novelty score per stream (the gate's "
+                "score: above 1 = unfamiliar); the second input of the drift detector.",
+                [_q("A", f'SELECT mean("novelty_mean") {per} GROUP BY time($__interval), "stream" fill(none)',
+                    alias="$tag_stream")], extra={"min": 0}),
         _series(g, "Drift events", "Drift detections per stream and signal (sp | novelty).",
                 [_q("A", 'SELECT count("drift") FROM "sci_drift" WHERE $timeFilter AND "stream" =~ /^$stream$/ '
                     'GROUP BY time($__interval), "stream", "signal" fill(none)', alias="$tag_stream $tag_signal")],

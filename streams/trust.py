@@ -4,7 +4,8 @@
 and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
 
 - ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``,
-  ``alert_rate`` (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``;
+  ``alert_rate`` (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``, ``novelty_mean`` (where the model
+  has a novelty score);
 - where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
   AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
   (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
@@ -121,6 +122,9 @@ def window_metrics(obs: Sequence[Observation], ece_bins: int = 10) -> dict[str, 
         "mean_passes": float(cols["passes"].mean()), "sp_mean": float(cols["sp"].mean())}
     if n > 1 and span > 0:
         out["windows_per_s"] = (n - 1) / span  # n arrivals span n - 1 inter-arrival gaps
+    novelty = [o.novelty for o in obs if o.novelty is not None]
+    if novelty:
+        out["novelty_mean"] = float(np.mean(novelty))
     known = np.fromiter((o.correct is not None for o in obs), bool, n)
     if known.any():
         ok = np.fromiter((bool(o.correct) for o in obs), bool, n)[known]

@@ -37,7 +37,7 @@ SCHEMA = {
     MEASUREMENT: (TAGS, FIELDS),
     "sci_trust": ({"scope", "stream", "modality"},
                   {"windows_per_s", "abstain_rate", "alert_rate", "mean_passes", "n", "n_truth", "accuracy", "auroc",
-                   "ece", "passes_right", "passes_wrong", "sp_mean"}),
+                   "ece", "passes_right", "passes_wrong", "sp_mean", "novelty_mean"}),
     "sci_calibration": ({"bin"}, {"confidence", "accuracy", "n"}),
     "sci_drift": ({"stream", "modality", "signal"}, {"drift", "mean_before", "mean_after", "width", "seq"}),
     "sci_batch": ({"worker"}, {"size", "controller_ms", "passes"}),
