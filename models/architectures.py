@@ -60,41 +60,42 @@ class MlpHead(nn.Module):
 
 
 class EcgBeatNet(McModel):
-    """AAMI beat classifier: 256-sample MLII window at 360 Hz (R-peak at index 96) plus 4 RR features.
+    """AAMI beat classifier: 256-sample window at 360 Hz (R-peak at index 96) plus the 8 per-stream RR features.
 
-    x: float32[B, 256] in mV; aux: float32[B, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr/local_rr).
-    The window is baseline-corrected (minus its median) inside the model, so raw stream samples go straight in;
-    with ``standardize`` it is also scaled to unit RMS (amplitude differs between patients and leads) and the log
-    RMS joins the side features.
+    x: float32[B, 256] in mV (raw stream samples); aux: float32[B, 8] = :data:`models.data.rr.RR_FEATURES`.
+    Morphology is made robust to baseline and gain inside the model: the window minus its median, divided by its
+    RMS (so the amplitude of a patient or lead does not matter; the convolutions see the shape only). Side
+    features: the RR intervals normalised by the stream's own running average (pre, post, local), pre/local,
+    post/pre, and with ``rr_seconds`` also the pre and post RR in seconds.
     """
 
     arch = "ecg_beat_net"
     input_length = 256
-    aux_dim = 4
+    aux_dim = 8
 
-    def __init__(self, n_classes: int = 4, p: float = 0.5, standardize: bool = False) -> None:
+    def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, rr_seconds: bool = False) -> None:
         super().__init__()
-        self.arch_params = {"n_classes": n_classes, "p": p, "standardize": standardize}
-        self.standardize = standardize
+        self.arch_params = {"n_classes": n_classes, "p": p, "width": width, "rr_seconds": rr_seconds}
+        self.rr_seconds = rr_seconds
+        w = width
         self.features = nn.Sequential(
-            _conv_block(1, 16, 7), _conv_block(16, 32, 5), _conv_block(32, 32, 5), nn.Flatten()
+            _conv_block(1, w // 2, 7), _conv_block(w // 2, w, 5), _conv_block(w, w, 5), nn.Flatten()
         )
-        self.embed = nn.Sequential(nn.Linear(32 * 32, 64), nn.ReLU(inplace=True))
-        n_side = 5 if standardize else 4
+        self.embed = nn.Sequential(nn.Linear(w * 32, 64), nn.ReLU(inplace=True))
+        n_side = 7 if rr_seconds else 5
         self.side_norm = nn.BatchNorm1d(n_side)
         self.mlp = MlpHead(64 + n_side, 64, n_classes, p_in=p, p_hidden=p)
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
-        assert aux is not None, "EcgBeatNet needs RR features (aux: float32[B, 4])"
+        assert aux is not None, "EcgBeatNet needs RR features (aux: float32[B, 8])"
         x = x - x.median(dim=1, keepdim=True).values
-        pre, post, local = aux[:, 0:1], aux[:, 1:2], aux[:, 2:3].clamp_min(1e-3)
-        side = [pre / local, post / local, post / pre.clamp_min(1e-3), local]
-        if self.standardize:
-            rms = x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)
-            x = x / rms
-            side.append(rms.log())
+        x = x / x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)
+        pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
+        side = [aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)]
+        if self.rr_seconds:
+            side.append(aux[:, 0:2])
         h = self.embed(self.features(x.unsqueeze(1)))
-        return torch.cat([h, self.side_norm(torch.cat(side, dim=1))], dim=1)
+        return torch.cat([h, self.side_norm(torch.cat(side, dim=1).clamp_min(1e-3).log())], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
         return self.mlp(h, noise)

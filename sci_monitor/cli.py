@@ -1,6 +1,6 @@
 """The `sci-monitor` command line.
 
-Offline: train, evaluate, reproduce-paper, data. Online: stack, worker, replay, config, demo.
+Offline: train, evaluate, reproduce-paper, rpeaks, data. Online: stack, worker, replay, config, demo.
 Misuse and known failures print one line (``sci-monitor: error: ...``) and exit 2; no tracebacks.
 """
 
@@ -148,6 +148,13 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rpeaks(a: argparse.Namespace) -> int:
+    from streams.rpeak_check import rpeaks_command
+
+    return rpeaks_command(a.records, a.checkpoint, a.data_dir, Path(a.json) if a.json else None, _device(a.device),
+                          out)
+
+
 def cmd_config(a: argparse.Namespace) -> int:
     s = _settings(a)
     t = Table(title="effective settings (flags > SCI_* env > TOML > defaults)")
@@ -229,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--speed", type=float, default=1.0, help="× real time; 0 = as fast as possible")
     rp.add_argument("--max-windows", type=int, help="stop after this many windows")
     rp.add_argument("--no-progress", action="store_true")
+
+    rk = add("rpeaks", cmd_rpeaks, "streaming R-peak detector vs the reference annotations; live vs offline labels")
+    rk.add_argument("--records", nargs="+", help="MIT-BIH records (default: all 44)")
+    rk.add_argument("--checkpoint", default="mitdb", help="model for the label agreement ('none' to skip)")
+    rk.add_argument("--data-dir", help="data directory (default: SCI_DATA_DIR or ../shared/data)")
+    rk.add_argument("--json", help="write the per-record numbers to this JSON file")
+    rk.add_argument("--device", default="auto")
 
     c = add("config", cmd_config, "print the effective settings (secrets masked)")
     c.add_argument("action", choices=["show"])

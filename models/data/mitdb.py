@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
+from models.data.rr import rr_features
 
 # wfdb 4.3 calls DataFrame.set_index(inplace=True), deprecated in pandas: silence it at import and read time
 _WFDB_NOISE = {"message": ".*inplace keyword.*", "module": "wfdb"}
@@ -39,7 +40,6 @@ WINDOW = BEFORE + AFTER
 CLASSES = ("N", "S", "V", "F")
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 LEAD = "MLII"
-RR_LOCAL_BEATS = 10
 
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
        "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")  # fmt: skip
@@ -63,16 +63,16 @@ SYMBOL_TO_AAMI = {
     **dict.fromkeys("/fQ", "Q"),
 }
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
 _SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
 
 @dataclass(frozen=True)
 class EcgRecord:
-    """One record: ``signal`` float32[L] lead MLII in mV at ``fs`` Hz; beat annotations (all AAMI classes
-    incl. Q): ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols`` str[n] (MIT-BIH symbol),
-    ``aami`` str[n]."""
+    """One record: ``signal`` float32[L] of lead ``lead`` (MLII when the record has it) in mV at ``fs`` Hz; beat
+    annotations (all AAMI classes incl. Q): ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols``
+    str[n] (MIT-BIH symbol), ``aami`` str[n]."""
 
     name: str
     signal: np.ndarray
@@ -80,13 +80,15 @@ class EcgRecord:
     beat_samples: np.ndarray
     beat_symbols: np.ndarray
     aami: np.ndarray
+    lead: str = LEAD
 
 
 @dataclass(frozen=True)
 class BeatSet:
-    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 4]
-    (see :func:`rr_features`), ``y`` int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample``
-    int64[N] (R-peak sample at 360 Hz in its record)."""
+    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 8]
+    (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``y``
+    int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (R-peak sample at 360 Hz in its
+    record)."""
 
     x: np.ndarray
     rr: np.ndarray
@@ -136,17 +138,23 @@ def _beat_annotations(base: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return samples, symbols, aami
 
 
-def load_record(name: str | int, root: str | Path | None = None) -> EcgRecord:
-    """Read record ``name`` (e.g. ``"114"``): lead MLII located by name (it is channel 1 in record 114)."""
+def load_record(name: str | int, root: str | Path | None = None, lead: str | None = LEAD) -> EcgRecord:
+    """Read record ``name`` (e.g. ``"114"``), lead ``lead`` located by name (MLII is channel 1 in record 114).
+
+    ``lead=None``: MLII when the record has it, else its first lead (a live stream carries whatever lead it has;
+    the lead name is kept in :attr:`EcgRecord.lead`). Raises ``ValueError`` when a named lead is missing.
+    """
     base = record_path(name, root)
     rec = wfdb.rdrecord(str(base))
-    if LEAD not in rec.sig_name:
-        raise ValueError(f"record {name} has no {LEAD} lead (leads: {rec.sig_name})")
+    if lead is None:
+        lead = LEAD if LEAD in rec.sig_name else rec.sig_name[0]
+    if lead not in rec.sig_name:
+        raise ValueError(f"record {name} has no {lead} lead (leads: {rec.sig_name})")
     if rec.fs != FS:
         raise ValueError(f"record {name} is sampled at {rec.fs} Hz, expected {FS}")
-    signal = rec.p_signal[:, rec.sig_name.index(LEAD)].astype(np.float32)
+    signal = rec.p_signal[:, rec.sig_name.index(lead)].astype(np.float32)
     samples, symbols, aami = _beat_annotations(base)
-    return EcgRecord(str(name), signal, FS, samples, symbols, aami)
+    return EcgRecord(str(name), signal, FS, samples, symbols, aami, lead)
 
 
 def class_counts(records: Iterable[str | int], root: str | Path | None = None) -> dict[str, int]:
@@ -154,39 +162,6 @@ def class_counts(records: Iterable[str | int], root: str | Path | None = None) -
     windowing)."""
     aami = np.concatenate([_beat_annotations(record_path(r, root))[2] for r in records])
     return {c: int(np.count_nonzero(aami == c)) for c in AAMI_CLASSES}
-
-
-def rr_features(peaks: np.ndarray, fs: float = FS) -> np.ndarray:
-    """RR features float32[n, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr / local_rr) of R-peaks int64[n].
-
-    - pre_rr[i] = (p[i] - p[i-1]) / fs; first beat: pre_rr[0] := post_rr[0].
-    - post_rr[i] = (p[i+1] - p[i]) / fs; last beat: post_rr[n-1] := pre_rr[n-1].
-    - local_rr[i] = mean(pre_rr[max(0, i-9) .. i]): up to 10 most recent pre-RR intervals, current one
-      included.
-
-    Pure function of the peak array, so a streaming replayer computes the same values online by calling it on
-    the peaks detected so far, ``f = rr_features(peaks[:k])``: rows ``0 .. k-2`` are final (equal to the
-    offline rows); the newest row ``k-1`` is provisional because its post-RR is not known yet (it is set to
-    its pre-RR). Emit beat ``i`` once beat ``i+1`` has been detected (or accept the provisional post-RR).
-    Equivalent O(1) update per new peak: keep the last 10 pre-RR values; ``local_rr`` is their mean. With
-    fewer than 2 peaks no interval exists: rows are NaN. Peaks must be strictly increasing.
-    """
-    p = np.asarray(peaks, dtype=np.int64).ravel()
-    n = p.size
-    out = np.full((n, 4), np.nan, dtype=np.float32)
-    if n < 2:
-        return out
-    d = np.diff(p).astype(np.float64) / fs
-    if np.any(d <= 0):
-        raise ValueError("peaks must be strictly increasing sample indices")
-    pre = np.concatenate(([d[0]], d))
-    post = np.concatenate((d, [d[-1]]))
-    csum = np.concatenate(([0.0], np.cumsum(pre)))
-    i = np.arange(n)
-    lo = np.maximum(0, i - (RR_LOCAL_BEATS - 1))
-    local = (csum[i + 1] - csum[lo]) / (i + 1 - lo)
-    out[:] = np.stack([pre, post, local, pre / local], axis=1)
-    return out
 
 
 def beat_windows(
