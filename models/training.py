@@ -49,23 +49,33 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> Tensor:
     return torch.tensor(w / w[present].mean(), dtype=torch.float32)
 
 
-def ecg_augment(x: Tensor, fs: float = 360.0, max_shift: int = 4, wander: float = 0.3, noise: float = 0.05) -> Tensor:
+def ecg_augment(x: Tensor, fs: float = 360.0, max_shift: int = 4, wander: float = 0.3, noise: float = 0.05,
+                stretch: float = 0.0, max_gain: float = 2.0, centre: int = 96) -> Tensor:
     """Randomly perturbed copy of ECG beat windows x: float32[B, L] at ``fs`` Hz (draws from torch's global RNG).
 
-    Per window: gain × exp(U(−ln 2, ln 2)); baseline wander = offset + slope + a sinusoid of 0.1–0.6 Hz, each with
-    amplitude up to ``wander`` × the window's RMS; white noise with std U(0, ``noise``) × RMS; a circular time shift
-    of up to ``max_shift`` samples (the live detector places R a few samples off the annotation).
+    Per window: gain × exp(U(−ln g, ln g)) with g = ``max_gain``; baseline wander = offset + slope + a sinusoid of
+    0.1–0.6 Hz, each with amplitude up to ``wander`` × the window's RMS; white noise with std U(0, ``noise``) × RMS;
+    a circular time shift of up to ``max_shift`` samples (the live detector places R a few samples off the
+    annotation); with ``stretch`` > 0 a time scaling about the R peak (index ``centre``) by a factor in
+    [1 − stretch, 1 + stretch] (linear interpolation, edges held), for QRS widths and heart rates unlike the
+    training patients'.
     """
     b, n = x.shape
     dev = x.device
     rms = (x - x.median(dim=1, keepdim=True).values).pow(2).mean(dim=1, keepdim=True).sqrt()
     u = torch.rand(b, 7, device=dev)
     t = torch.arange(n, device=dev, dtype=x.dtype)[None, :] / fs
-    gain = torch.exp((2 * u[:, 0:1] - 1) * float(np.log(2.0)))
+    gain = torch.exp((2 * u[:, 0:1] - 1) * float(np.log(max_gain)))
     f = 0.1 + 0.5 * u[:, 1:2]
     base = wander * rms * ((2 * u[:, 2:3] - 1) + (2 * u[:, 3:4] - 1) * t / t[:, -1:]
                            + (2 * u[:, 4:5] - 1) * torch.sin(2 * np.pi * f * t + 2 * np.pi * u[:, 5:6]))
     out = gain * (x + base + noise * u[:, 6:7] * rms * torch.randn(b, n, device=dev))
+    if stretch:
+        s = 1.0 + stretch * (2 * torch.rand(b, 1, device=dev) - 1)
+        pos = (centre + (torch.arange(n, device=dev)[None, :] - centre) * s).clamp(0, n - 1)
+        lo = pos.floor().long().clamp(max=n - 2)
+        frac = pos - lo
+        out = out.gather(1, lo) * (1 - frac) + out.gather(1, lo + 1) * frac
     if max_shift:
         shifts = torch.randint(-max_shift, max_shift + 1, (b,), device=dev)
         idx = (torch.arange(n, device=dev)[None, :] - shifts[:, None]) % n
@@ -73,7 +83,22 @@ def ecg_augment(x: Tensor, fs: float = 360.0, max_shift: int = 4, wander: float 
     return out
 
 
-AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor]] = {"ecg": ecg_augment}
+# the ECG model measures the beat against the stream's template (not augmented): a gain of the beat alone is a change
+# of its relative amplitude, so it stays within ±10 %
+AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "ecg": lambda x: ecg_augment(x, max_gain=1.1),
+    "ecg-stretch": lambda x: ecg_augment(x, max_gain=1.1, stretch=0.15),
+}
+
+
+def epoch_sampler(y: np.ndarray, n_classes: int, cfg: TrainConfig) -> Sampler[int]:
+    """Indices of one epoch: a plain shuffle, or with ``cfg.sample_power`` > 0 class-balanced draws with replacement
+    (``cfg.epoch_size`` of them, P(window) ∝ count(its class)^−power: power 1 gives every class the same share)."""
+    if cfg.sample_power <= 0:
+        return RandomSampler(range(len(y)))
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = torch.as_tensor(counts[y] ** -cfg.sample_power, dtype=torch.float64)
+    return WeightedRandomSampler(w, cfg.epoch_size or len(y), replacement=True)
 
 
 def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int, cfg: TrainConfig,
@@ -92,12 +117,8 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
         tensors.insert(1, torch.as_tensor(data.aux, dtype=torch.float32))
     dataset = TensorDataset(*tensors)
     # whole batches are indexed at once (batch_size=None + a BatchSampler): same sampling as DataLoader(shuffle=True)
-    sampler: Sampler[int] = RandomSampler(dataset)
-    if cfg.sample_power > 0:  # class-balanced epochs: rare classes drawn more often (with replacement)
-        counts = np.bincount(data.y, minlength=n_classes).astype(np.float64)
-        w = torch.as_tensor(counts[data.y] ** -cfg.sample_power, dtype=torch.float64)
-        sampler = WeightedRandomSampler(w, cfg.epoch_size or len(data), replacement=True)
-    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(sampler, cfg.batch_size, False))
+    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(epoch_sampler(data.y, n_classes, cfg),
+                                                                       cfg.batch_size, False))
     weight = class_weights(data.y, n_classes, cfg.class_weight_power).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, loss_value = time.perf_counter(), float("nan")

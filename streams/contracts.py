@@ -190,7 +190,7 @@ class SensorWindow:
 
     ``samples``: float32[L] at ``fs`` Hz (validated: 1-D, non-empty, finite); ``t0_ns``: UTC ns of samples[0];
     ``seq``: per-stream counter from 0; ``label``: ground truth when the replay knows it;
-    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG.
+    ``features``: e.g. ``{"beat": [11 per-stream beat features]}`` for ECG (``models.data.mitdb.BEAT_FEATURES``).
     Construction validates the same rules as :func:`decode_window` (raises :class:`ContractError`).
     """
 

@@ -7,8 +7,8 @@ Per MIT-BIH record:
   reference beat within :data:`MATCH_TOLERANCE_S` (150 ms, the usual ANSI/AAMI EC57 tolerance). Sensitivity =
   matched / reference beats, PPV = matched / detections, offset = detection − reference (ms) of the matched pairs.
 - **labels**: the model's deterministic label (no dropout) of each live window (:func:`streams.replay.ecg_windows`,
-  centred on the detected peak, RR features from the detected peaks) against the label of the offline beat
-  (:func:`models.data.mitdb.load_beats`, centred on the annotation, RR from the annotations) it matches within
+  centred on the detected peak, beat features from the detected stream) against the label of the offline beat
+  (:func:`models.data.mitdb.load_beats`, centred on the annotation, features from the annotations) it matches within
   150 ms: the agreement. Accuracy offline = over all offline N/S/V/F beats; accuracy live = over the live windows
   whose ground truth is known (an annotation within the replay's 50 ms label tolerance).
 """
@@ -131,10 +131,10 @@ def check_record(name: str, model: torch.nn.Module | None = None, classes: Seque
     live = list(ecg_windows(name, root, start_ns=0))
     if not live or not len(offline):
         return out
-    p_off = _predict(model, offline.x, offline.rr, device)
+    p_off = _predict(model, offline.x, offline.aux, device)
     x_live = np.stack([w.samples for w in live])
-    rr_live = np.asarray([w.features["rr"] for w in live], np.float32)
-    p_live = _predict(model, x_live, rr_live, device)
+    aux_live = np.asarray([w.features["beat"] for w in live], np.float32)
+    p_live = _predict(model, x_live, aux_live, device)
     s_live = np.asarray([int(w.meta["sample"]) for w in live])
     j = _nearest(offline.sample, s_live)
     pair = np.abs(offline.sample[j] - s_live) <= tol
@@ -181,8 +181,7 @@ def rpeaks_command(records: Sequence[str] | None, checkpoint: str | None, root: 
             pooled.append(RecordCheck.pool(split, part))
     t = Table(title=f"streaming R-peak detector vs annotations (match ≤ {MATCH_TOLERANCE_S * 1000:.0f} ms); "
                     f"labels: {ckpt or 'not checked'} (deterministic), live windows vs offline beats")
-    cols = ("record", "ref", "det", "sens %", "PPV %", "median |offset| ms", "label agreement %",
-            "acc. offline %", "acc. live %")
+    cols = ("record", "ref", "det", "sens %", "PPV %", "med |off| ms", "agree %", "acc off %", "acc live %")
     for c in cols:
         t.add_column(c, justify="left" if c == "record" else "right")
     for r in [*rows, *pooled]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from models.data import cwru, mitdb
+from models.data.morph import morph_features
 from models.data.rr import rr_features
 from streams.contracts import ContractError, SensorWindow, decode_window, encode_window
 from streams.replay import (
@@ -84,9 +85,12 @@ def test_ecg_windows_labels_and_rr_features() -> None:
     # RR features equal the offline features of all detected peaks (streamed rows are final, not provisional)
     detected = detect_rpeaks(rec.signal, 360)
     rr_offline = rr_features(detected, 360.0)[np.searchsorted(detected, peaks)]
-    rr_stream = np.array([w.features["rr"] for w in ws], dtype=np.float32)
+    rr_stream = np.array([w.features["beat"][:8] for w in ws], dtype=np.float32)
     np.testing.assert_array_equal(rr_stream, rr_offline)
     assert np.all(rr_stream[:, :3] > 0.2) and np.all(rr_stream[:, :3] < 3.0)
+    # template features equal the offline function on the whole sequence of the stream's windows
+    morph_stream = np.array([w.features["beat"][8:] for w in ws], dtype=np.float32)
+    np.testing.assert_allclose(morph_stream, morph_features(np.stack([w.samples for w in ws])), atol=1e-5)
 
 
 def test_ecg_windows_centre_ventricular_beats() -> None:

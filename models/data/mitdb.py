@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from models.data.morph import MORPH_FEATURES, morph_features, running_template
 from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
-from models.data.rr import rr_features
+from models.data.rr import RR_FEATURES, rr_features
 
 # wfdb 4.3 calls DataFrame.set_index(inplace=True), deprecated in pandas: silence it at import and read time
 _WFDB_NOISE = {"message": ".*inplace keyword.*", "module": "wfdb"}
@@ -37,7 +38,11 @@ FS = 360
 BEFORE = 96
 AFTER = 160
 WINDOW = BEFORE + AFTER
+BEAT_AUX = 8 + 3 + WINDOW  # len(features["beat"])
 CLASSES = ("N", "S", "V", "F")
+# the per-beat side features of the ECG contract (features["beat"]): per-stream RR, template morphology, then the
+# stream's running template (WINDOW samples, models.data.morph.running_template)
+BEAT_FEATURES = RR_FEATURES + MORPH_FEATURES
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 LEAD = "MLII"
 
@@ -63,7 +68,7 @@ SYMBOL_TO_AAMI = {
     **dict.fromkeys("/fQ", "Q"),
 }
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 4
 _SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
 _SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
@@ -86,18 +91,26 @@ class EcgRecord:
 @dataclass(frozen=True)
 class BeatSet:
     """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 8]
-    (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``y``
+    (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``morph``
+    float32[N, 3] (:data:`models.data.morph.MORPH_FEATURES`, against the record's causal running template), ``y``
     int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (R-peak sample at 360 Hz in its
-    record)."""
+    record), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
+    ``aux`` = the side features of the ECG contract, float32[N, :data:`BEAT_AUX`] (rr, morph, template)."""
 
     x: np.ndarray
     rr: np.ndarray
+    morph: np.ndarray
+    template: np.ndarray
     y: np.ndarray
     record: np.ndarray
     sample: np.ndarray
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def aux(self) -> np.ndarray:
+        return np.concatenate((self.rr, self.morph, self.template), axis=1)
 
     def subset(self, index: np.ndarray) -> BeatSet:
         """Rows selected by a boolean mask or an integer index array."""
@@ -186,14 +199,15 @@ def _record_beats(name: str, root: str | Path | None, before: int, after: int) -
 
     def build() -> dict[str, np.ndarray]:
         rec = load_record(name, root)
-        rr = rr_features(
-            rec.beat_samples, rec.fs
-        )  # over all beats (Q included): RR is a property of the rhythm
+        # over all beats (Q included): RR and the running template are properties of the stream
+        rr = rr_features(rec.beat_samples, rec.fs)
         x, kept = beat_windows(rec.signal, rec.beat_samples, before, after)
+        morph, template = morph_features(x), running_template(x)
         aami = rec.aami[kept]
         keep4 = aami != "Q"
         y = _class_index(aami[keep4])
-        return {"x": x[keep4], "rr": rr[kept][keep4], "y": y, "sample": rec.beat_samples[kept][keep4]}
+        return {"x": x[keep4], "rr": rr[kept][keep4], "morph": morph[keep4], "template": template[keep4], "y": y,
+                "sample": rec.beat_samples[kept][keep4]}
 
     params = {"version": _CACHE_VERSION, "record": str(name), "before": before, "after": after, "fs": FS}
     sources = [base.with_suffix(ext) for ext in (".hea", ".dat", ".atr")]
@@ -217,7 +231,8 @@ def load_beats(
     for name in map(str, records):
         a = _record_beats(name, root, before, after)
         record = np.full(a["y"].shape[0], name, dtype="<U3")
-        parts.append(BeatSet(a["x"], a["rr"], a["y"].astype(np.int64), record, a["sample"].astype(np.int64)))
+        parts.append(BeatSet(a["x"], a["rr"], a["morph"], a["template"], a["y"].astype(np.int64), record,
+                             a["sample"].astype(np.int64)))
     if not parts:
         raise ValueError("no records given")
     return BeatSet.concat(parts)

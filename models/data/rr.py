@@ -1,6 +1,7 @@
 """RR-interval features of ECG beats, normalised per stream: one pure function shared by offline data and live replay.
 
-The ECG contract carries ``features["rr"]`` = float32[8] per beat (see :data:`RR_FEATURES`):
+The ECG contract's per-beat side features (``features["beat"]``, :data:`models.data.mitdb.BEAT_FEATURES`) start
+with these 8 (:data:`RR_FEATURES`):
 
 ====  =============  ==========================================================================================
  idx  name           definition (seconds unless a ratio; ``p`` = R-peak sample indices of the stream, ``fs`` Hz)
