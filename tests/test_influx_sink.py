@@ -200,7 +200,7 @@ def test_query_errors_carry_the_server_message(sink):
 
 
 def _decision(seq: int, lead: str, result: WindowResult) -> WindowDecision:
-    w = SensorWindow("vib 1", "vibration", 12000.0, T0 + seq, seq, np.zeros(4, np.float32), label="ball", lead=lead)
+    w = SensorWindow("vib-1", "vibration", 12000.0, T0 + seq, seq, np.zeros(4, np.float32), label="ball", lead=lead)
     return WindowDecision(w, result, latency_ms=2.5, worker="w")
 
 
@@ -210,11 +210,11 @@ def test_decisions_become_the_documented_columns():
     rows = decision_columns([_decision(0, "DE", served), _decision(1, "FE", WindowResult.unserved("FE"))])
     lines = window_points(rows)
     assert lines[0] == (r"sci_window,decision=stopped,lead=DE,modality=vibration,model=cwru,predicted=ball,"
-                        r"reason=threshold,stream=vib\ 1 correct=true,delta_sp=0.55,latency_ms=2.5,"
+                        r"reason=threshold,stream=vib-1 correct=true,delta_sp=0.55,latency_ms=2.5,"
                         f'max_prob=0.800000011920929,passes=7i,seq=0i,sp=0.3,truth="ball" {T0}')
     # no model: no model or predicted tag, no max_prob, no correct; abstained with its reason
     assert lines[1] == (r"sci_window,decision=abstained,lead=FE,modality=vibration,reason=unsupported_lead,"
-                        r"stream=vib\ 1 delta_sp=0,latency_ms=2.5,passes=0i,seq=1i,sp=0,"
+                        r"stream=vib-1 delta_sp=0,latency_ms=2.5,passes=0i,seq=1i,sp=0,"
                         f'truth="ball" {T0 + 1}')
 
 
