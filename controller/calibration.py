@@ -1,68 +1,255 @@
-"""Everything fitted after training, on the validation split only: temperature, stop policy, baseline thresholds.
+"""Everything fitted after training, without retraining: the card's controller section and the novelty model.
 
-Policy choice: among the candidate policies, the one with the best validation AUROC of 1 − SP for detecting
-misclassified windows whose mean passes stay within a third of the budget (ties: fewer passes); if none is that
-cheap, the cheapest. A recipe can pin the policy (``"select"``), as the paper-faithful recipes do.
+`sci-monitor calibrate` (and `train`, through the same :func:`calibrate`) fits, from a model's weights:
+- on the **training** split (no labels needed): the input-check ranges and the novelty density model;
+- on the **validation** split, cut into two fixed random halves (``controller.risk.split_halves``):
+  - both halves: the temperature (NLL of the MC-mean logits; one scalar, and a half of a nearly error-free split
+    would drive it towards 0);
+  - the *fit* half: policy choice, novelty method and threshold, the risk
+    rule's confidence score (and the ``combined`` score's weights), the candidate thresholds, the ΔSP alert levels
+    and the baselines' abstention thresholds;
+  - the *calibration* half: only the Learn-then-Test certification of the risk threshold, so the guarantee
+    "error among answered ≤ α with probability ≥ 1 − δ" is not spent on choices made with the same windows.
+
+Policy choice: among the candidates, the one with the best fit-half AUROC of 1 − SP for detecting misclassified
+windows whose mean passes stay within a third of the budget (ties: fewer passes); if none is that cheap, the
+cheapest. A recipe can pin the policy (``select``), as the paper-faithful recipes do.
+Novelty method on the trunk features: the one (class-conditional Gaussian / kNN) whose score best separates fit-half
+windows from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see
+``controller.novelty``); beside it, a Gaussian of the spectrum's shape (``controller.quality.SignalStats.bands``),
+which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a validated one.
+Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
+windows that pass the gate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_predict
 
 from controller import metrics
-from controller.engine import SciConfig
+from controller.decision import Decider, Gate, decide
+from controller.engine import SciConfig, replay_sampler
 from controller.methods import confidence_threshold, deterministic, sci
-from controller.passes import SplitPasses
+from controller.novelty import NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
+from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
-from models.checkpoint import ModelCard
-from models.training import fit_temperature
+from controller.quality import SignalStats, check, fit_ranges, signal_stats
+from controller.risk import SCORES, alert_level, combined_features, confidence, learn_then_test, split_halves
+from controller.risk import threshold_grid as risk_grid
+from models.architectures import McModel
+from models.checkpoint import CHECKPOINT_DIR, ModelCard, load_density
+from models.controller_card import (
+    AlertLevels,
+    ControllerCard,
+    ControllerSpec,
+    NoveltyRule,
+    PolicySpec,
+    QualityRanges,
+    RiskRule,
+)
+from models.training import Arrays, fit_temperature
+
+Log = Callable[[str], None]
+CHUNK = 4096
 
 
 @dataclass(frozen=True)
 class Calibration:
     temperature: float
-    policy: str
-    params: dict[str, Any]
-    baseline_thresholds: dict[str, float]  # max_prob / entropy abstention thresholds
-    validation: dict[str, dict[str, float]]  # per candidate policy: auroc_1_minus_sp, mean_passes, abstain_rate
+    controller: ControllerCard
+    novelty: dict[str, NoveltyModel] | None  # {"trunk": ..., "spectrum": ...}, to store beside the checkpoint
 
 
-def policies_from(spec: dict[str, dict[str, Any]]) -> dict[str, Policy]:
-    return {name: make_policy(name, **params) for name, params in spec.items()}
+def policies_from(candidates: tuple[PolicySpec, ...]) -> dict[str, Policy]:
+    return {p.name: make_policy(p.name, **p.params) for p in candidates}
 
 
-def calibrate(val: SplitPasses, controller_spec: dict[str, Any], temperature: float | None) -> Calibration:
-    """Fit T (unless fixed) on the validation MC-mean logits, then choose the policy and baseline thresholds."""
-    t_max = int(controller_spec["t_max"])
-    if temperature is None:
-        temperature = fit_temperature(val.mc.mean(1), torch.as_tensor(val.y))
-    cfg = SciConfig(temperature=temperature, t_max=t_max, sp_star=float(controller_spec["sp_star"]))
+def _r(x: float, nd: int = 5) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+@torch.inference_mode()
+def _trunk_and_stats(model: McModel, data: Arrays, device: torch.device | str) -> tuple[torch.Tensor, SignalStats]:
+    hs, st = [], []
+    for i in range(0, len(data), CHUNK):
+        x = torch.as_tensor(data.x[i : i + CHUNK], dtype=torch.float32, device=device)
+        aux = None if data.aux is None else torch.as_tensor(data.aux[i : i + CHUNK], dtype=torch.float32,
+                                                             device=device)
+        hs.append(model.trunk(x, aux).cpu())
+        st.append(signal_stats(x).to("cpu"))
+    return torch.cat(hs), SignalStats.cat(st)
+
+
+def proxy_outliers(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Label-free stand-ins for unfamiliar inputs, used only to choose the novelty method: each window
+    time-reversed, and phase-scrambled (same amplitude spectrum, random phases); float32[2N, L]."""
+    rng = np.random.default_rng(seed)
+    spec = np.fft.rfft(x, axis=1)
+    phase = np.exp(1j * rng.uniform(0, 2 * np.pi, spec.shape))
+    phase[:, 0] = 1.0
+    scrambled = np.fft.irfft(np.abs(spec) * phase, n=x.shape[1], axis=1)
+    return np.concatenate([x[:, ::-1], scrambled]).astype(np.float32)
+
+
+def _fit_novelty(model: McModel, train_h: torch.Tensor, train_y: np.ndarray, fit: Arrays, fit_h: torch.Tensor,
+                 n_classes: int, device: torch.device | str) -> tuple[NoveltyModel, dict[str, float]]:
+    y = torch.as_tensor(train_y, dtype=torch.int64)
+    candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes), "knn": fit_knn(train_h)}
+    px = proxy_outliers(fit.x)
+    aux = None if fit.aux is None else np.concatenate([fit.aux, fit.aux])
+    proxy_h, _ = _trunk_and_stats(model, Arrays(px, aux, np.zeros(len(px), np.int64)), device)
+    is_proxy = np.r_[np.zeros(len(fit_h), bool), np.ones(len(proxy_h), bool)]
+    aurocs = {name: metrics.auroc(torch.cat([m.score(fit_h), m.score(proxy_h)]).numpy(), is_proxy)
+              for name, m in candidates.items()}
+    best = max(aurocs, key=lambda k: np.nan_to_num(aurocs[k], nan=-1))
+    return candidates[best], {f"auroc_proxy_{k}": _r(v) for k, v in aurocs.items()}
+
+
+def _choose_policy(fit: SplitPasses, spec: ControllerSpec, cfg: SciConfig) -> tuple[str, dict[str, dict]]:
     report: dict[str, dict[str, float]] = {}
-    for name, policy in policies_from(controller_spec["policies"]).items():
-        o = sci(val, policy, cfg)
-        err = o.label != val.y
-        report[name] = {"auroc_1_minus_sp": metrics.auroc(1 - o.sp, err), "mean_passes": float(o.passes.mean()),
-                        "abstain_rate": float(o.abstained.mean()), "error": float(err.mean())}
-    chosen = controller_spec.get("select") or _select(report, t_max)
-    rate = report[chosen]["abstain_rate"]
-    det = deterministic(val, cfg)
-    thresholds = {"max_prob": confidence_threshold(det.max_prob, rate), "entropy": confidence_threshold(det.sp, rate)}
-    return Calibration(temperature, chosen, dict(controller_spec["policies"][chosen]), thresholds, report)
+    for name, policy in policies_from(spec.candidates).items():
+        o = sci(fit, policy, cfg)
+        err = o.label != fit.y
+        report[name] = {"auroc_1_minus_sp": _r(metrics.auroc(1 - o.sp, err)), "mean_passes": _r(o.passes.mean()),
+                        "abstain_rate": _r(o.abstained.mean()), "error": _r(err.mean())}
+    return spec.select or _select(report, spec.t_max), report
 
 
 def _select(report: dict[str, dict[str, float]], t_max: int) -> str:
     cheap = {k: v for k, v in report.items() if v["mean_passes"] <= t_max / 3}
-    pool = cheap or report
     if not cheap:
-        return min(pool, key=lambda k: pool[k]["mean_passes"])
-    return max(pool, key=lambda k: (np.nan_to_num(pool[k]["auroc_1_minus_sp"], nan=-1), -pool[k]["mean_passes"]))
+        return min(report, key=lambda k: report[k]["mean_passes"])
+    return max(cheap, key=lambda k: (cheap[k]["auroc_1_minus_sp"] or -1, -cheap[k]["mean_passes"]))
 
 
-def controller_config(card: ModelCard) -> tuple[Policy, SciConfig]:
-    """The policy and SciConfig a checkpoint's card prescribes."""
+def _score_inputs(r: Any, det_logits: torch.Tensor, temperature: float) -> dict[str, torch.Tensor]:
+    return {"probs": torch.as_tensor(r.probs), "sp": torch.as_tensor(r.sp),
+            "det_probs": torch.softmax(det_logits / temperature, dim=1), "novelty": torch.as_tensor(r.novelty)}
+
+
+def _fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
+              ) -> tuple[RiskRule, dict[str, Any]]:
+    """Choose the confidence score on the fit half, certify its threshold on the calibration half."""
+    temp = decider.config.temperature
+    rf = decide(fit.evidence(), replay_sampler(fit.mc), decider)
+    rc = decide(cal.evidence(), replay_sampler(cal.mc), decider)
+    keep_f, keep_c = rf.passes > 0, rc.passes > 0  # windows that reached the policy (passed the gate)
+    wrong_f, wrong_c = rf.label != fit.y, rc.label != cal.y
+    inf, inc = _score_inputs(rf, fit.deterministic, temp), _score_inputs(rc, cal.deterministic, temp)
+    has_novelty = bool(np.isfinite(rf.novelty).all())
+    aurocs: dict[str, float | None] = {}
+    weights: tuple[float, ...] = ()
+    for score in SCORES:
+        if score == "combined":
+            if not has_novelty or wrong_f[keep_f].sum() < 10:
+                continue
+            x = combined_features(inf["probs"], inf["det_probs"], inf["novelty"]).numpy()[keep_f]
+            lr = LogisticRegression(max_iter=1000)
+            p = cross_val_predict(lr, x, wrong_f[keep_f], cv=5, method="predict_proba")[:, 1]
+            aurocs[score] = _r(metrics.auroc(p, wrong_f[keep_f]))
+            lr.fit(x, wrong_f[keep_f])
+            weights = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
+        else:
+            c = confidence(score, **inf).numpy()[keep_f]
+            aurocs[score] = _r(metrics.auroc(1 - c, wrong_f[keep_f]))
+    best = max(aurocs, key=lambda k: aurocs[k] if aurocs[k] is not None else -1)
+    w = weights if best == "combined" else ()
+    conf_f = confidence(best, **inf, weights=w).numpy()[keep_f]
+    conf_c = confidence(best, **inc, weights=w).numpy()[keep_c]
+    grid = risk_grid(conf_f, wrong_f[keep_f], int(keep_c.sum()), alpha, delta)
+    cert = learn_then_test(conf_c, wrong_c[keep_c], grid, alpha, delta)
+    answered = int(cert.answered)
+    rule = RiskRule(best, cert.threshold, alpha, delta, cert.certified, tuple(round(x, 6) for x in w), {
+        "windows": cert.n, "answered": answered, "errors": cert.errors, "p_value": _r(cert.p_value, 6),
+        "coverage": _r(answered / max(cert.n, 1)), "risk": _r(cert.errors / answered) if answered else None})
+    return rule, {"auroc_misclassification": aurocs}
+
+
+def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, temperature: float | None,
+              n_classes: int, device: torch.device | str = "cpu", log: Log = lambda _: None) -> Calibration:
+    """Fit the controller section of a card from a model's weights (see the module docstring for what and where)."""
+    passes = sample_passes(model, val, spec.t_max, device)
+    fit_idx, cal_idx = split_halves(len(val))
+    fit, cal = passes.subset(fit_idx), passes.subset(cal_idx)
+    fit_arrays = Arrays(val.x[fit_idx], None if val.aux is None else val.aux[fit_idx], val.y[fit_idx])
+    if temperature is None:  # on the whole split: a half of a near-error-free split drives the NLL's T towards 0
+        temperature = fit_temperature(passes.mc.mean(1), torch.as_tensor(passes.y))
+    cfg = SciConfig(temperature, spec.t_max, spec.sp_star)
+    chosen, policy_report = _choose_policy(fit, spec, cfg)
+    policy = make_policy(chosen, **spec.candidate(chosen).params)
+    selection: dict[str, Any] = {"halves": {"fit": len(fit_idx), "calibration": len(cal_idx)},
+                                 "policies": policy_report}
+    log(f"temperature {temperature:.4f} (validation), policy {chosen} (validation fit half)")
+
+    quality: QualityRanges | None = None
+    novelty_model: NoveltyModel | None = None
+    spectrum_model: NoveltyModel | None = None
+    novelty_models: dict[str, NoveltyModel] | None = None
+    novelty_rule: NoveltyRule | None = None
+    if spec.quality_checks or spec.false_novelty_rate is not None:
+        train_h, train_stats = _trunk_and_stats(model, train, device)
+        if spec.quality_checks:
+            quality = fit_ranges(train_stats)
+            log(f"input checks fitted on {len(train)} training windows (flag rate {quality.train_flag_rate:.4%})")
+        if spec.false_novelty_rate is not None:
+            novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device)
+            spectrum_model = fit_gaussian(train_stats.bands, torch.zeros(len(train), dtype=torch.int64), 1)
+            passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
+            half = spec.false_novelty_rate / 2  # two detectors: union bound
+            thr = conformal_threshold(novelty_model.score(fit.trunk)[passed], half)
+            spec_thr = conformal_threshold(spectrum_model.score(fit.signal.bands)[passed], half)
+            novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, spec_thr, sel)
+            novelty_models = {"trunk": novelty_model, "spectrum": spectrum_model}
+            log(f"novelty {novelty_model.method} (proxy AUROCs {sel}), thresholds {thr:.4g} (trunk), "
+                f"{spec_thr:.4g} (spectrum)")
+    gate = Gate(quality, novelty_model, novelty_rule.threshold if novelty_rule else float("inf"),
+                spectrum_model, novelty_rule.spectrum_threshold if novelty_rule else float("inf"))
+    decider = Decider(policy, cfg, gate)
+
+    risk: RiskRule | None = None
+    if spec.risk_alpha is not None:
+        risk, sel = _fit_risk(fit, cal, decider, spec.risk_alpha, spec.risk_delta)
+        selection["risk_scores"] = sel
+        decider = replace(decider, risk=risk)
+        log(f"risk rule: score {risk.score}, threshold {risk.threshold:.6g}, certified {risk.certified} "
+            f"(α {risk.alpha}, δ {risk.delta}; calibration half {risk.validation})")
+
+    r = decide(fit.evidence(), replay_sampler(fit.mc), decider)
+    wrong = r.label != fit.y
+    selection["controller_fit_half"] = {
+        "escalation_rate": _r(r.abstained.mean()),
+        "risk_answered": _r(wrong[~r.abstained].mean()) if (~r.abstained).any() else None,
+        "signal_quality_rate": _r((r.quality != 0).mean()),
+        "unfamiliar_rate": _r(((r.quality == 0) & (r.passes == 0)).mean()), "mean_passes": _r(r.passes.mean(), 3)}
+    policy_done = r.passes > 0
+    alerts = AlertLevels(*(alert_level(r.delta_sp[policy_done], spec.sp_star, rate) for rate in spec.alert_rates),
+                         spec.alert_rates)
+    det = deterministic(fit, cfg)
+    rate = float(r.abstained.mean())
+    baselines = {"max_prob": confidence_threshold(det.max_prob, rate), "entropy": confidence_threshold(det.sp, rate)}
+    card = ControllerCard(spec, PolicySpec(chosen, dict(spec.candidate(chosen).params)), baselines, quality,
+                          novelty_rule, risk, alerts, selection)
+    return Calibration(temperature, card, novelty_models)
+
+
+def decider_from_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Decider:
+    """The policy, SciConfig, gate and risk rule a checkpoint's card prescribes (novelty model from ``directory``)."""
     c = card.controller
-    return make_policy(c["policy"], **c["params"]), SciConfig(card.temperature, int(c["t_max"]), float(c["sp_star"]))
+    gate = Gate(c.quality)
+    if c.novelty is not None:
+        state = load_density(card.name, directory)
+        if state is None:
+            raise FileNotFoundError(f"checkpoint {card.name} needs {card.name}.novelty.pt in {directory}; "
+                                    "run `sci-monitor calibrate`")
+        gate = Gate(c.quality, from_state(state["trunk"]), c.novelty.threshold, from_state(state["spectrum"]),
+                    c.novelty.spectrum_threshold)
+    return Decider(make_policy(c.policy.name, **c.policy.params), SciConfig(card.temperature, c.t_max, c.sp_star),
+                   gate, c.risk)

@@ -17,12 +17,23 @@ import numpy as np
 import torch
 
 from controller import metrics, plots
-from controller.calibration import Calibration, calibrate, policies_from
-from controller.engine import SciConfig
+from controller.calibration import Calibration, calibrate, decider_from_card, policies_from
 from controller.methods import Outcome, run_all
 from controller.passes import SplitPasses, sample_passes
+from controller.policies import POLICIES
 from controller.report import summarize
-from models.checkpoint import CHECKPOINT_DIR, ModelCard, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    CHECKPOINT_DIR,
+    ModelCard,
+    checkpoint_dir_of,
+    code_version,
+    density_path,
+    load_checkpoint,
+    save_card,
+    save_checkpoint,
+    save_density,
+)
+from models.controller_card import PolicySpec
 from models.recipes import Recipe, Splits, get_recipe
 from models.training import Arrays, train_model
 
@@ -34,6 +45,14 @@ def quiet(_: str) -> None:
     pass
 
 
+def card_for(model: torch.nn.Module, recipe: Recipe, cal: Calibration, seed: int, train: dict[str, Any]) -> ModelCard:
+    return ModelCard(
+        name=recipe.name, arch=model.arch, arch_params=dict(model.arch_params), dataset=recipe.dataset,
+        modality=recipe.modality, split=recipe.split, classes=list(recipe.classes), fs=recipe.fs,
+        input_length=model.input_length, aux=recipe.aux, temperature=round(cal.temperature, 5),
+        controller=cal.controller, seed=seed, train=train)
+
+
 def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = quiet,
                         splits: Splits | None = None) -> tuple[torch.nn.Module, ModelCard, Calibration]:
     """Train the recipe's model on its train split, then calibrate on its validation split (never on test)."""
@@ -42,49 +61,59 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     log(f"[{name}] windows: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
     model, stats = train_model(recipe.make_model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
                                device, on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
-    val = sample_passes(model, splits.val, recipe.controller["t_max"], device)
-    cal = calibrate(val, recipe.controller, recipe.temperature)
-    log(f"[{name}] trained in {stats['seconds']} s; T = {cal.temperature:.3f}; policy {cal.policy} (validation)")
-    card = ModelCard(
-        name=name, arch=model.arch, arch_params=dict(model.arch_params), dataset=recipe.dataset,
-        modality=recipe.modality, split=recipe.split, classes=list(recipe.classes), fs=recipe.fs,
-        input_length=model.input_length, aux=recipe.aux, temperature=round(cal.temperature, 5),
-        controller={"policy": cal.policy, "params": cal.params, "t_max": recipe.controller["t_max"],
-                    "sp_star": recipe.controller["sp_star"], "candidates": recipe.controller["policies"],
-                    "baseline_thresholds": cal.baseline_thresholds, "selection_on_validation": cal.validation},
-        seed=seed, train={**asdict(recipe.train), "seed": seed, **stats,
-                          "windows": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}},
-    )
+    cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
+                    device, log=lambda m: log(f"[{name}] {m}"))
+    log(f"[{name}] trained in {stats['seconds']} s")
+    card = card_for(model, recipe, cal, seed, {**asdict(recipe.train), "seed": seed, **stats, "windows": {
+        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}})
     return model, card, cal
 
 
-def compare_methods(model: torch.nn.Module, card: ModelCard, data: Arrays, device: str | torch.device = "cpu"
+def compare_methods(model: torch.nn.Module, card: ModelCard, data: Arrays, device: str | torch.device = "cpu",
+                    policies: tuple[PolicySpec, ...] | None = None, directory: Path = CHECKPOINT_DIR
                     ) -> tuple[dict[str, Outcome], SplitPasses]:
-    """Draw the test passes once, then run the baselines and every candidate SCI policy of the card on them."""
+    """Draw the test passes once, then run the baselines, the SCI policies (the card's candidates, or ``policies``)
+    alone, and the card's full decision (``controller``) on them."""
     c = card.controller
-    cfg = SciConfig(card.temperature, int(c["t_max"]), float(c["sp_star"]))
-    test = sample_passes(model, data, cfg.t_max, device, key_offset=TEST_KEY_OFFSET)
-    return run_all(test, policies_from(c["candidates"]), cfg, c["baseline_thresholds"]), test
+    decider = decider_from_card(card, directory)
+    test = sample_passes(model, data, c.t_max, device, key_offset=TEST_KEY_OFFSET)
+    return run_all(test, policies_from(policies or c.spec.candidates), decider.config, c.baseline_thresholds,
+                   decider), test
+
+
+def parse_policies(names: list[str] | None, card: ModelCard) -> tuple[PolicySpec, ...] | None:
+    """``--policies``: registered policy names, with the card's parameters where the card has that candidate and
+    the policy's defaults otherwise."""
+    if not names:
+        return None
+    unknown = sorted(set(names) - set(POLICIES))
+    if unknown:
+        raise ValueError(f"unknown SCI policy {unknown[0]!r}; choose from {sorted(POLICIES)}")
+    have = {p.name: p for p in card.controller.spec.candidates}
+    return tuple(have.get(n, PolicySpec(n, {})) for n in names)
 
 
 def evaluate(name: str, checkpoint: str | None = None, json_out: Path | None = None, plots_dir: Path | None = None,
              device: str | torch.device = "cpu", n_boot: int = 1000, log: Log = quiet,
-             checkpoint_dir: Path = CHECKPOINT_DIR) -> dict[str, Any]:
+             checkpoint_dir: Path = CHECKPOINT_DIR, policies: list[str] | None = None) -> dict[str, Any]:
     """Evaluate a committed checkpoint on its recipe's test split; returns (and optionally writes) the report."""
     recipe: Recipe = get_recipe(name)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
     model, card = load_checkpoint(checkpoint or name, device, checkpoint_dir)
     start = time.perf_counter()
     splits = recipe.load(card.seed)
     log(f"[{name}] test windows: {len(splits.test)} ({card.split})")
-    outcomes, test = compare_methods(model, card, data=splits.test, device=device)
+    outcomes, test = compare_methods(model, card, data=splits.test, device=device,
+                                     policies=parse_policies(policies, card),
+                                     directory=checkpoint_dir_of(checkpoint or name, checkpoint_dir))
     report = build_report(card, outcomes, test.y, n_boot)
     report["seconds"] = round(time.perf_counter() - start, 1)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")
         log(f"wrote {json_out}")
     if plots_dir:
-        for p in write_plots(outcomes, test.y, plots_dir, name, card.controller["policy"]):
+        for p in write_plots(outcomes, test.y, plots_dir, name, "controller"):
             log(f"wrote {p}")
     return report
 
@@ -95,22 +124,38 @@ def build_report(card: ModelCard, outcomes: dict[str, Outcome], y: np.ndarray, n
         "dataset": card.name,
         "split": f"test — {card.split}",
         "checkpoint": {"name": card.name, "code_version": card.code_version, "seed": card.seed,
-                       "temperature": card.temperature, "policy": card.controller["policy"]},
-        "selected_policy": f"sci_{card.controller['policy']}",
+                       "temperature": card.temperature, "policy": card.controller.policy.name},
+        "selected_policy": f"sci_{card.controller.policy.name}",
+        "selected_method": "controller",
+        "risk_rule": None if card.controller.risk is None else asdict(card.controller.risk),
         "methods": {m: summarize(o, y, classes, n_boot=n_boot) for m, o in outcomes.items()},
     }
 
 
-def write_plots(outcomes: dict[str, Outcome], y: np.ndarray, out: Path, name: str, policy: str) -> list[Path]:
+def write_plots(outcomes: dict[str, Outcome], y: np.ndarray, out: Path, name: str, method: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     curves = {m: metrics.risk_coverage(o.confidence, o.label == y) for m, o in outcomes.items()}
-    sel = outcomes[f"sci_{policy}"]
+    sel = outcomes[method]
     correct = sel.label == y
     return [
         plots.plot_risk_coverage(curves, out / f"{name}_risk_coverage.png"),
-        plots.plot_passes_hist(sel.passes, correct, out / f"{name}_passes_hist.png", f"{name}: passes (sci_{policy})"),
-        plots.plot_delta_sp(sel.delta_sp, correct, out / f"{name}_delta_sp.png", f"{name}: ΔSP (sci_{policy})"),
+        plots.plot_passes_hist(sel.passes, correct, out / f"{name}_passes_hist.png", f"{name}: passes ({method})"),
+        plots.plot_delta_sp(sel.delta_sp, correct, out / f"{name}_delta_sp.png", f"{name}: ΔSP ({method})"),
     ]
+
+
+KEEP = ("error", "macro_f1", "auroc_misclassification", "auroc_delta_sp", "auroc_1_minus_sp", "mean_passes",
+        "passes_correct", "passes_wrong", "abstain_rate", "escalation_rate", "risk_answered", "coverage",
+        "accuracy_non_abstained", "aurc", "ece")
+
+
+def card_metrics(model: torch.nn.Module, card: ModelCard, test: Arrays, device: str | torch.device, n_boot: int,
+                 directory: Path) -> dict[str, Any]:
+    """The card's ``metrics``: test split, the controller beside one plain pass and fixed-T."""
+    outcomes, passes = compare_methods(model, card, data=test, device=device, directory=directory)
+    reports = {m: summarize(o, passes.y, tuple(card.classes), n_boot=n_boot)
+               for m, o in outcomes.items() if m in ("controller", "deterministic", "fixed_t")}
+    return {"split": "test", "method": "controller", **{m: {k: r[k] for k in KEEP} for m, r in reports.items()}}
 
 
 def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = quiet,
@@ -118,14 +163,37 @@ def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu",
     """Train, calibrate, record validation and test metrics on the card, save the checkpoint."""
     recipe = get_recipe(name)
     splits = recipe.load(seed)
-    model, card, _ = train_and_calibrate(name, seed, device, log, splits)
-    outcomes, test = compare_methods(model, card, data=splits.test, device=device)
-    sel = f"sci_{card.controller['policy']}"
-    keep = ("error", "macro_f1", "auroc_delta_sp", "auroc_1_minus_sp", "mean_passes", "passes_correct",
-            "passes_wrong", "abstain_rate", "accuracy_non_abstained", "aurc", "ece")
-    reports = {m: summarize(o, test.y, tuple(card.classes), n_boot=n_boot)
-               for m, o in outcomes.items() if m in (sel, "deterministic", "fixed_t")}
-    card.metrics = {"split": "test", "method": sel, **{m: {k: r[k] for k in keep} for m, r in reports.items()}}
-    path = save_checkpoint(model, card, checkpoint_dir)
+    model, card, cal = train_and_calibrate(name, seed, device, log, splits)
+    save_checkpoint(model, card, checkpoint_dir)
+    _save_novelty(card, cal, checkpoint_dir)
+    card.metrics = card_metrics(model, card, splits.test, device, n_boot, checkpoint_dir)
+    path = save_card(card, checkpoint_dir)
     log(f"[{name}] saved {path}")
+    return card
+
+
+def _save_novelty(card: ModelCard, cal: Calibration, directory: Path) -> None:
+    if cal.novelty is not None:
+        save_density(card.name, {k: m.state() for k, m in cal.novelty.items()}, directory)
+    else:
+        density_path(card.name, directory).unlink(missing_ok=True)
+
+
+def calibrate_command(name: str, device: str | torch.device = "cpu", log: Log = quiet,
+                      checkpoint_dir: Path = CHECKPOINT_DIR, n_boot: int = 200) -> ModelCard:
+    """Recalibrate a saved checkpoint from its weights (no retraining): rewrite its card's temperature and controller
+    section, store its novelty model, refresh the card's test metrics."""
+    recipe = get_recipe(name)
+    model, card = load_checkpoint(name, device, checkpoint_dir)
+    splits = recipe.load(card.seed)
+    start = time.perf_counter()
+    cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
+                    device, log=lambda m: log(f"[{name}] {m}"))
+    card.temperature = round(cal.temperature, 5)
+    card.controller = cal.controller
+    card.code_version = code_version()
+    _save_novelty(card, cal, checkpoint_dir)
+    card.metrics = card_metrics(model, card, splits.test, device, n_boot, checkpoint_dir)
+    path = save_card(card, checkpoint_dir)
+    log(f"[{name}] recalibrated in {time.perf_counter() - start:.0f} s; wrote {path}")
     return card

@@ -2,7 +2,8 @@
 
 Baselines: ``deterministic`` (one plain pass, no abstention), ``fixed_t`` (mean of T_max MC passes),
 ``max_prob`` and ``entropy`` (one plain pass, abstaining below a confidence threshold chosen on the validation split
-to match the selected SCI policy's validation abstention rate). SCI policies: ``sci_<policy>``.
+to match the controller's validation escalation rate). SCI policies alone: ``sci_<policy>``. The card's full
+decision (input checks, novelty gate, selected policy, risk rule; ``controller.decision.decide``): ``controller``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from controller.engine import SciConfig, replay_sampler, run_sci
+from controller.decision import Decider, decide
+from controller.engine import SciConfig, SciResult, replay_sampler, run_sci
 from controller.interpretive_state import delta_sp, interpretive_state, normalized_entropy
 from controller.passes import SplitPasses
 from controller.policies import Policy
@@ -78,12 +80,30 @@ def sci(p: SplitPasses, policy: Policy, cfg: SciConfig) -> Outcome:
     return Outcome(r.label, r.probs.max(1), r.sp, r.delta_sp, r.passes, r.abstained, r.sp, r.delta_sp)
 
 
+GATED_CONFIDENCE = -1.0  # confidence given to windows the gate stopped (ranked below every answered one)
+
+
+def controller(p: SplitPasses, decider: Decider) -> tuple[Outcome, SciResult]:
+    """The full decision. score = 1 − the risk rule's confidence (SP without a rule), over every window: the
+    misclassification AUROC of the score the controller abstains by; confidence (risk-coverage curves, AURC) is the
+    same with the gated windows ranked below every other, as the decision treats them."""
+    r = decide(p.evidence(), replay_sampler(p.mc), decider)
+    gated = r.passes == 0
+    conf = (r.sp if decider.risk is None else r.confidence).astype(np.float64)
+    out = Outcome(r.label, r.probs.max(1), np.where(gated, GATED_CONFIDENCE, conf), 1 - conf, r.passes,
+                  r.abstained, r.sp, r.delta_sp)
+    return out, r
+
+
 def run_all(p: SplitPasses, policies: dict[str, Policy], cfg: SciConfig,
-            baseline_abstain: dict[str, float]) -> dict[str, Outcome]:
-    """All methods on one split. ``baseline_abstain``: {"max_prob": τ, "entropy": τ} thresholds (from validation)."""
+            baseline_abstain: dict[str, float], decider: Decider | None = None) -> dict[str, Outcome]:
+    """All methods on one split. ``baseline_abstain``: {"max_prob": τ, "entropy": τ} thresholds (from validation);
+    ``decider``: the card's full decision (adds the ``controller`` method)."""
     det = deterministic(p, cfg)
     out = {"deterministic": det, "fixed_t": fixed_t(p, cfg),
            "max_prob": thresholded(det, baseline_abstain["max_prob"], use_entropy=False),
            "entropy": thresholded(det, baseline_abstain["entropy"], use_entropy=True)}
     out.update({f"sci_{name}": sci(p, pol, cfg) for name, pol in policies.items()})
+    if decider is not None:
+        out["controller"] = controller(p, decider)[0]
     return out

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_delta_sp", "plot_passes_hist", "plot_risk_coverage"]
+__all__ = ["plot_delta_sp", "plot_passes_hist", "plot_risk_coverage", "plot_shift"]
 
 _CORRECT_COLOR = "#1b7837"
 _WRONG_COLOR = "#b2182b"
@@ -141,4 +141,23 @@ def plot_delta_sp(delta_sp, correct, path: str | Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_shift(report: Mapping, path: str | Path) -> Path:
+    """Answered-wrong rate per shift: the controller beside one plain pass (`sci-monitor evaluate-shift` report)."""
+    shifts = report["shifts"]
+    names = list(shifts)
+    ctl = [shifts[n]["answered_wrong_rate"] for n in names]
+    det = [shifts[n]["deterministic_answered_wrong_rate"] for n in names]
+    fig, ax = _new_figure(width=max(6.4, 0.45 * len(names) + 2), height=4.6)
+    pos = np.arange(len(names))
+    ax.bar(pos - 0.2, det, 0.4, label="plain pass (answers all)", color="#999999")
+    ax.bar(pos + 0.2, ctl, 0.4, label="controller", color=_WRONG_COLOR)
+    ax.axhline(report["in_distribution"]["answered_wrong_rate"], color="k", lw=0.8, ls="--",
+               label="controller, in distribution")
+    ax.set_xticks(pos, names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("answered and wrong (share of windows)")
+    ax.set_title(f"{report['dataset']}: shift benchmark (test windows)")
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -34,6 +34,7 @@ class Reason(IntEnum):
     UNFAMILIAR = 7  # abstained before sampling: novelty above threshold
     SIGNAL_QUALITY = 8  # abstained before sampling: input check failed
     UNSUPPORTED_LEAD = 9  # abstained: no model serves this (modality, lead)
+    CONFIDENT = 10  # stopped: undecided by the policy at the budget, yet confident enough for the risk rule
 
     @property
     def label(self) -> str:

@@ -33,8 +33,13 @@ def summarize(o: Outcome, y: np.ndarray, classes: tuple[str, ...], n_boot: int =
     auroc_sp = metrics.auroc(1 - o.sp, err)
     ci = metrics.bootstrap_auroc_ci(o.score, err, n_boot=n_boot, seed=seed)
     ci_sp = metrics.bootstrap_auroc_ci(1 - o.sp, err, n_boot=n_boot, seed=seed)
+    answered = ~np.asarray(o.abstained, bool)
     return {
         "n": len(y),
+        "auroc_misclassification": _r(auroc),
+        "escalation_rate": _r(float(np.mean(~answered))),
+        "risk_answered": _r(float(np.mean(err[answered]))) if answered.any() else None,
+        "coverage": _r(float(np.mean(answered))),
         "error": _r(cls["error"]),
         "n_errors": int(err.sum()),
         "macro_f1": _r(cls["macro_f1"]),

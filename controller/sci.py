@@ -1,19 +1,32 @@
-"""SciController: one MC-dropout model on its device, wrapped by a stop policy.
+"""SciController: one MC-dropout model on its device, wrapped by the controller's decision (gate, policy, risk rule).
 
 The trunk runs once per window; only the stochastic head is resampled, with keyed dropout so pass t of a window is
-the same whatever batch it is in.
+the same whatever batch it is in. ``classify`` calls ``controller.decision.decide``, the same function `evaluate`
+and `evaluate-shift` use on precomputed passes.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from controller.engine import SciConfig, SciResult, run_sci
+from controller.decision import Decider, Gate, decide, evidence
+from controller.engine import SciConfig, SciResult
 from controller.policies import Policy
 from models.architectures import McModel
+from models.checkpoint import CHECKPOINT_DIR, ModelCard
+from models.controller_card import RiskRule
 from models.keyed_dropout import PassNoise
+
+# bytes of trunk features per head call: larger calls spill out of the CPU caches into fresh pages (a 6 MB call ran
+# 3× slower per row than 3 MB calls on the paper-bearings head), smaller ones pay more per-call overhead
+HEAD_CALL_BYTES = 2 << 20
+# feature values per round of drawn-ahead passes: a round's fixed cost (a few hundred µs of op overhead on CPU) is
+# worth about this many rows × features of head work, so wide heads draw fewer passes ahead than narrow ones
+BLOCK_FEATURES = 1 << 14
 
 
 def _as_tensor(a: np.ndarray | Tensor | None, device: torch.device, dtype: torch.dtype) -> Tensor | None:
@@ -23,17 +36,36 @@ def _as_tensor(a: np.ndarray | Tensor | None, device: torch.device, dtype: torch
 
 
 class SciController:
-    """Runs the SCI controller for batches of windows of one model.
+    """Runs the controller for batches of windows of one model.
 
     model: an McModel (moved to ``device`` and put in eval mode once, here); policy and config: the stop rule,
-    temperature, budget and SP*.
+    temperature, budget and SP*; gate: input checks and novelty gate (default: none); risk: the risk-controlled
+    abstention rule (default: none, the policy alone abstains). :meth:`from_card` builds all of it from a card.
     """
 
-    def __init__(self, model: McModel, policy: Policy, config: SciConfig, device: torch.device | str = "cpu"):
+    def __init__(self, model: McModel, policy: Policy, config: SciConfig, device: torch.device | str = "cpu",
+                 gate: Gate | None = None, risk: RiskRule | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.policy = policy
-        self.config = config
+        gate = (gate or Gate()).to(self.device)
+        self.decider = Decider(policy, config, gate, risk)
+
+    @classmethod
+    def from_card(cls, model: McModel, card: ModelCard, device: torch.device | str = "cpu",
+                  directory: Path = CHECKPOINT_DIR) -> SciController:
+        """The controller a checkpoint's card prescribes (its novelty model is read from ``directory``)."""
+        from controller.calibration import decider_from_card
+
+        d = decider_from_card(card, directory)
+        return cls(model, d.policy, d.config, device, d.gate, d.risk)
+
+    @property
+    def policy(self) -> Policy:
+        return self.decider.policy
+
+    @property
+    def config(self) -> SciConfig:
+        return self.decider.config
 
     @torch.inference_mode()
     def classify(self, x: np.ndarray | Tensor, aux: np.ndarray | Tensor | None, keys: np.ndarray | Tensor
@@ -42,13 +74,20 @@ class SciController:
         xt = _as_tensor(x, self.device, torch.float32)
         at = _as_tensor(aux, self.device, torch.float32)
         kt = _as_tensor(keys, self.device, torch.int64)
-        h = self.model.trunk(xt, at)
-        n_classes = self.model.head(h[:1]).shape[1]
+        ev = evidence(self.model, xt, at)
+        h = ev.trunk
+        rows_per_call = max(2, HEAD_CALL_BYTES // (h[0].numel() * h.element_size()))
+        block_rows = max(32, BLOCK_FEATURES // h[0].numel())
 
-        def sampler(idx: Tensor, t: int) -> Tensor:
-            return self.model.head(h[idx], PassNoise(kt[idx], t))
+        def sampler(idx: Tensor, t: int | Tensor) -> Tensor:
+            n_calls = -(-idx.numel() // rows_per_call)
+            if n_calls == 1:
+                return self.model.head(h[idx], PassNoise(kt[idx], t))
+            steps = t if isinstance(t, Tensor) else torch.full_like(idx, t)
+            return torch.cat([self.model.head(h[i], PassNoise(kt[i], s))
+                              for i, s in zip(idx.tensor_split(n_calls), steps.tensor_split(n_calls), strict=True)])
 
-        return run_sci(sampler, xt.shape[0], n_classes, self.policy, self.config, self.device)
+        return decide(ev, sampler, self.decider, self.device, block_rows)
 
     @torch.inference_mode()
     def deterministic_logits(self, x: np.ndarray | Tensor, aux: np.ndarray | Tensor | None) -> Tensor:

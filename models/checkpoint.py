@@ -1,7 +1,8 @@
 """Trained models on disk: ``NAME.pt`` (state dict) beside ``NAME.json`` (the model card).
 
 The card says everything a consumer needs without reading code: dataset, split, classes, window, fs, temperature,
-controller policy and thresholds, metrics (and which split they come from), seed and code version.
+controller policy and thresholds, metrics (and which split they come from), seed and code version. The novelty
+gate's density model (fitted on training features) lives beside them as ``NAME.novelty.pt`` (a dict of tensors).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from models.architectures import ARCHITECTURES, McModel
+from models.controller_card import ControllerCard
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -32,11 +34,15 @@ class ModelCard:
     input_length: int  # samples per window
     aux: str | None  # name of side features in the message (e.g. "rr") or None
     temperature: float
-    controller: dict[str, Any]  # {"policy": name, "params": {...}, "t_max": int, "sp_star": float}
+    controller: ControllerCard  # policy, budget, SP*, input checks, novelty gate, risk rule, alert levels
     seed: int
     train: dict[str, Any] = field(default_factory=dict)  # epochs, batch size, lr, seconds, ...
     metrics: dict[str, Any] = field(default_factory=dict)  # {"<split>": {...}}
     code_version: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.controller, dict):  # straight from JSON, or written by hand
+            self.controller = ControllerCard.from_dict(self.controller)
 
 
 def code_version() -> str:
@@ -55,9 +61,35 @@ def save_checkpoint(model: McModel, card: ModelCard, directory: Path = CHECKPOIN
     card.code_version = card.code_version or code_version()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, directory / f"{card.name}.pt")
+    return save_card(card, directory)
+
+
+def save_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Path:
+    """Write NAME.json only (after recalibrating existing weights); returns its path."""
     path = directory / f"{card.name}.json"
     path.write_text(json.dumps(asdict(card), indent=2) + "\n")
     return path
+
+
+def _card_from_json(path: Path) -> ModelCard:
+    return ModelCard(**json.loads(path.read_text()))
+
+
+def density_path(card_name: str, directory: Path = CHECKPOINT_DIR) -> Path:
+    return directory / f"{card_name}.novelty.pt"
+
+
+def save_density(card_name: str, state: dict[str, Any], directory: Path = CHECKPOINT_DIR) -> Path:
+    """Store the novelty model's tensors (and its method name) beside the checkpoint."""
+    path = density_path(card_name, directory)
+    torch.save(state, path)
+    return path
+
+
+def load_density(card_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Any] | None:
+    """The stored novelty model state, or None when the checkpoint has none."""
+    path = density_path(card_name, directory)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
 
 def _resolve(name_or_path: str | Path, directory: Path) -> Path:
@@ -72,15 +104,16 @@ def _resolve(name_or_path: str | Path, directory: Path) -> Path:
     return p
 
 
-def load_card(name_or_path: str | Path, directory: Path = CHECKPOINT_DIR) -> ModelCard:
-    return ModelCard(**json.loads(_resolve(name_or_path, directory).read_text()))
+def checkpoint_dir_of(name_or_path: str | Path, directory: Path = CHECKPOINT_DIR) -> Path:
+    """The directory holding the checkpoint named (or pointed to) by ``name_or_path``."""
+    return _resolve(name_or_path, directory).parent
 
 
 def load_checkpoint(name_or_path: str | Path, device: torch.device | str = "cpu",
                     directory: Path = CHECKPOINT_DIR) -> tuple[McModel, ModelCard]:
     """Model (eval mode, on ``device``) and its card."""
     path = _resolve(name_or_path, directory)
-    card = ModelCard(**json.loads(path.read_text()))
+    card = _card_from_json(path)
     model = ARCHITECTURES[card.arch](**card.arch_params)
     model.load_state_dict(torch.load(path.with_suffix(".pt"), map_location="cpu", weights_only=True))
     return model.to(device).eval(), card

@@ -6,10 +6,16 @@ or GPU, in a replay or live. That is what lets a replayed stream overwrite its e
 duplicating them, and lets tests compare the batched controller with a per-window oracle on real models.
 
 The masks come from a counter-based hash (SplitMix64 finaliser) evaluated on the device: no host RNG, no sync.
+Hashing every unit of every pass dominated the cost of the small heads (about 15 integer tensor ops per unit), so
+masks are assembled from a fixed bank instead: one hash per chunk of ``CHUNK`` units picks a row of a bank of
+``BANK_ROWS`` pre-drawn Bernoulli rows (already scaled by 1/(1−p)), generated once per (p, device) from the same
+hash. A mask then costs one hash per 16 units, one row gather and one multiply. Different chunks, layers and passes
+pick their rows independently, so two passes of a window share a chunk's mask with probability 2⁻¹⁶.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -41,29 +47,59 @@ def mix64(x: Tensor) -> Tensor:
     return x ^ _shr(x, 31)
 
 
+CHUNK = 16  # units per bank row (one hash per chunk)
+BANK_ROWS = 1 << 16  # rows per bank, indexed by the top 16 bits of a chunk's hash
+_BANK_SALT = _signed(0x5CD1B5E3A0C6F7A9)
+
+
+@functools.lru_cache(maxsize=16)
+def mask_bank(p: float, device: torch.device) -> Tensor:
+    """float32[BANK_ROWS, CHUNK]: 0 with probability p, else 1/(1−p); a pure function of p (same on every device).
+
+    Entry j is kept iff the top 24 bits of mix64(j·φ + salt), as a uniform in [0, 1), are ≥ p.
+    """
+    j = torch.arange(BANK_ROWS * CHUNK, dtype=torch.int64, device=device)
+    u = _shr(mix64(j * _GOLDEN + _BANK_SALT), 40).to(torch.float32) * (1.0 / (1 << 24))
+    return ((u >= p).to(torch.float32) * (1.0 / (1.0 - p))).view(BANK_ROWS, CHUNK)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_offsets(salt: int, n_chunks: int, device: torch.device) -> Tensor:
+    """int64[n_chunks]: what a layer (salt) and chunk index add to a pass hash before the chunk's own mix."""
+    salt_term = _signed((salt * _UNIT) % (1 << 64))
+    return (torch.arange(n_chunks, dtype=torch.int64, device=device) + 1) * _GOLDEN + salt_term
+
+
 @dataclass(frozen=True)
 class PassNoise:
     """Identifies one stochastic pass per window.
 
     keys: int64[B] window keys (e.g. hash of stream id and sequence number).
-    step: int or int64[B], the 1-based pass index.
+    step: int or int64[B], the 1-based pass index (per row, so one call can hold several passes of a window).
     """
 
     keys: Tensor
     step: Tensor | int
 
-    def uniform(self, shape: torch.Size, salt: int) -> Tensor:
-        """float32[B, *shape] uniform in [0, 1) from 24 hashed bits per unit."""
+    @functools.cached_property
+    def pass_hash(self) -> Tensor:
+        """int64[B] = mix64(key + step·φ), shared by every dropout layer of the pass."""
         step = torch.as_tensor(self.step, dtype=torch.int64, device=self.keys.device)
-        salt_term = _signed((salt * _UNIT) % (1 << 64))
-        base = mix64(self.keys.to(torch.int64) + step * _GOLDEN + salt_term)  # [B]
+        return mix64(self.keys.to(torch.int64) + step * _GOLDEN)
+
+    def mask(self, shape: torch.Size, p: float, salt: int) -> Tensor:
+        """float32[B, *shape] inverted-dropout mask (0 or 1/(1−p)) for the layer identified by ``salt``.
+
+        Unit u of the layer takes column u mod CHUNK of bank row top16(mix64(pass_hash + salt·c + (u // CHUNK + 1)·φ)).
+        """
         n = 1
         for d in shape:
             n *= d
-        units = torch.arange(n, device=self.keys.device, dtype=torch.int64)
-        bits = mix64(base[:, None] + (units[None, :] + 1) * _GOLDEN)
-        u = _shr(bits, 40).to(torch.float32) * (1.0 / (1 << 24))
-        return u.view(-1, *shape)
+        n_chunks = -(-n // CHUNK)
+        offsets = _chunk_offsets(salt, n_chunks, self.keys.device)
+        rows = _shr(mix64(self.pass_hash[:, None] + offsets[None, :]), 48)  # [B, n_chunks] in [0, BANK_ROWS)
+        m = mask_bank(p, self.keys.device).index_select(0, rows.view(-1)).view(-1, n_chunks * CHUNK)[:, :n]
+        return m if len(shape) == 1 else m.reshape(-1, *shape)
 
 
 class KeyedDropout(nn.Module):
@@ -87,8 +123,7 @@ class KeyedDropout(nn.Module):
             return F.dropout(x, self.p, training=self.training)
         if self.p == 0.0:
             return x
-        keep = noise.uniform(x.shape[1:], self.salt) >= self.p
-        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * noise.mask(x.shape[1:], self.p, self.salt).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, salt={self.salt}"

@@ -15,10 +15,10 @@ Splits (every number in the docs says which one it comes from):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from models.architectures import BearingFrameNet, EcgBeatNet, McModel, PaperBearingNet, PaperEcgNet
+from models.controller_card import ControllerSpec, PolicySpec
 from models.training import Arrays, TrainConfig
 
 # the reference samples its beats with pandas random_state=42 whatever the training seed
@@ -45,7 +45,7 @@ class Recipe:
     train: TrainConfig
     load: Callable[[int], Splits]  # seed -> splits
     temperature: float | None = None  # None: fitted on the validation split
-    controller: dict[str, Any] = field(default_factory=dict)  # t_max, sp_star, candidate policies
+    controller: ControllerSpec = field(default_factory=ControllerSpec)
 
 
 def _mitdb(seed: int) -> Splits:
@@ -88,16 +88,16 @@ def _paper_mitdb(seed: int) -> Splits:
                   Arrays(b.x_test[:2000], None, b.y_test[:2000]))
 
 
-_PRODUCTION_CONTROLLER = {"t_max": 25, "sp_star": 0.85, "policies": {
-    "paper": {"eps": 0.005, "sp_floor": 0.8, "t_min": 4},
-    "threshold": {"sp_star": 0.85, "t_min": 2},
-    "bound": {"z": 2.0, "margin": 0.0, "t_min": 3},
-}}
-_PAPER_CONTROLLER = {"t_max": 25, "sp_star": 0.85, "select": "paper", "policies": {
-    "paper": {"eps": 0.005, "sp_floor": 0.8, "t_min": 4},
-    "threshold": {"sp_star": 0.85, "t_min": 2},
-    "bound": {"z": 2.0, "margin": 0.0, "t_min": 3},
-}}
+_CANDIDATES = (PolicySpec("paper", {"eps": 0.005, "sp_floor": 0.8, "t_min": 4}),
+               PolicySpec("threshold", {"sp_star": 0.85, "t_min": 2}),
+               PolicySpec("bound", {"z": 2.0, "margin": 0.0, "t_min": 3}))
+# production: target error among answered windows (risk_alpha) held with confidence 1 − δ = 90 %, 1 % of
+# in-distribution validation windows may be flagged unfamiliar, cheap input checks before the model
+_ECG_CONTROLLER = ControllerSpec(candidates=_CANDIDATES, risk_alpha=0.02, risk_delta=0.1, false_novelty_rate=0.01,
+                                 quality_checks=True)
+_VIBRATION_CONTROLLER = replace(_ECG_CONTROLLER, risk_alpha=0.01)
+# the paper's protocol: its rule pinned, no gate, no risk rule (the policy alone abstains, at the budget)
+_PAPER_CONTROLLER = ControllerSpec(candidates=_CANDIDATES, select="paper")
 
 _ECG = {"dataset": "mitdb", "modality": "ecg", "fs": 360.0, "aux": "rr"}
 _CWRU = {"modality": "vibration", "classes": ("normal", "ball", "inner", "outer"), "fs": 12000.0, "aux": None}
@@ -107,13 +107,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            split="train DS1 minus VAL_RECORDS / val DS1 VAL_RECORDS / test DS2 (inter-patient)",
            make_model=lambda: EcgBeatNet(4),
            train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, class_weight_power=0.5),
-           load=_mitdb, controller=_PRODUCTION_CONTROLLER),
+           load=_mitdb, controller=_ECG_CONTROLLER),
     Recipe("cwru", dataset="cwru", **_CWRU, split="per-recording time blocks 60/20/20 with gaps, all loads",
            make_model=lambda: BearingFrameNet(4), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
-           load=_cwru, controller=_PRODUCTION_CONTROLLER),
+           load=_cwru, controller=_VIBRATION_CONTROLLER),
     Recipe("cwru-loadshift", dataset="cwru", **_CWRU, split="train/val loads 0-2 (time blocks), test load 3",
            make_model=lambda: BearingFrameNet(4), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3),
-           load=_cwru_loadshift, controller=_PRODUCTION_CONTROLLER),
+           load=_cwru_loadshift, controller=_VIBRATION_CONTROLLER),
     Recipe("paper-bearings", dataset="synthetic-bearings", modality="vibration", classes=("normal", "fault"),
            fs=200.0, aux=None, split="synthetic: 2000 train / 500 test from the seed, 500 val from seed+100003",
            make_model=lambda: PaperBearingNet(2), train=TrainConfig(epochs=10, batch_size=64, lr=1e-3,

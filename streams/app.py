@@ -47,6 +47,7 @@ from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
 from streams.sinks import RetryPolicy, SinkClosed, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
 
@@ -138,6 +139,8 @@ class Pipeline(faust.Service):
         self.health = health or Health()
         self.metrics = self.health.metrics
         self.lag_source: Callable[[Any], int | None] | None = None  # tp -> high watermark (set by the app)
+        # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
+        self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,7 +156,8 @@ class Pipeline(faust.Service):
 
     async def on_stop(self) -> None:
         self._stopping.set()
-        log.info("stopping: %s", self.tally.line())
+        storage = dict(self.sink.counters()) if self.sink is not None else {}
+        log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
         if self.sink is not None:
             self.sink.close()
@@ -172,6 +176,13 @@ class Pipeline(faust.Service):
     @faust.Service.timer(2.0)
     async def _beat(self) -> None:
         self.health.beat()
+
+    async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
+        """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
+        thread, under ``retry``. The sink must offer ``write_lines`` (the InfluxDB sinks do)."""
+        if lines:
+            await asyncio.get_running_loop().run_in_executor(
+                self._sink_thread, lambda: retry.call(lambda: self.sink.write_lines(lines), what, stop=self._stopping))
 
     # ------------------------------------------------------------------------------------------------ batch
     async def process(self, events: Sequence[Any]) -> None:
@@ -221,8 +232,11 @@ class Pipeline(faust.Service):
                 self._decode(it)
             stage = "classify"
             live = [it for it in items if it.dead is None]
+            controller_ms = 0.0
             if live:
+                t0 = time.perf_counter()
                 results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
+                controller_ms = (time.perf_counter() - t0) * 1000.0
                 for it, res in zip(live, results, strict=True):
                     self._take_result(it, res)
             stage = "output"
@@ -240,6 +254,15 @@ class Pipeline(faust.Service):
             raise
         except Exception as exc:
             raise _StageFailure(stage) from exc
+        self._observe([it.decision for it in items if it.dead is None], controller_ms)
+
+    def _observe(self, decisions: list[WindowDecision], controller_ms: float) -> None:
+        """Tell the observers (e.g. the trust metrics) about the delivered decisions; never fails the batch."""
+        for observe in self.observers if decisions else ():
+            try:
+                observe(decisions, controller_ms)
+            except Exception:
+                log.exception("observer %r failed on a batch of %d decisions (ignored)", observe, len(decisions))
 
     def _decode(self, it: _Item) -> None:
         try:
@@ -402,11 +425,12 @@ def _broker_url(bootstrap: str) -> str:
 
 @dataclass(frozen=True)
 class Worker:
-    """One worker: the Faust app, its classifying agent and the pipeline the agent feeds."""
+    """One worker: the Faust app, its classifying agent, the pipeline the agent feeds and the trust metrics."""
 
     app: faust.App
     agent: faust.types.AgentT
     pipeline: Pipeline
+    trust: TrustService
 
 
 def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
@@ -429,9 +453,10 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
                               key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}
     health = Health()
     health.add_check("broker", tcp_check(settings.kafka_bootstrap))
+    outs = outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"}
     pipeline = Pipeline(
         settings,
-        outputs(app) if outputs else {role: t for role, t in topics.items() if role != "windows"},
+        outs,
         runtime_factory or (lambda: _default_runtime(settings)),
         sink_factory or (lambda: _default_sink(settings)),
         RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
@@ -440,13 +465,15 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
     pipeline.lag_source = lambda tp: app.consumer.highwater(tp)
     # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
     app.add_dependency(pipeline)
+    trust = TrustService(settings, pipeline, outs.get("drift"))  # online trust metrics and drift
+    app.add_dependency(trust)
 
     @app.agent(topics["windows"], name="classify")
     async def classify(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
             await pipeline.process(events)
 
-    return Worker(app, classify, pipeline)
+    return Worker(app, classify, pipeline, trust)
 
 
 def _default_runtime(settings: Settings) -> ModelRuntime:
@@ -481,26 +508,41 @@ class _Worker(faust.Worker):
         super()._on_sigint()
 
 
-def wait_for_dependencies(settings: Settings) -> None:
-    """Wait up to ``settings.startup_wait_s`` for the broker and InfluxDB (one log line each while one is down);
-    raise ``RuntimeError`` naming what is still unreachable after that."""
+class StartupError(RuntimeError):
+    """The worker cannot start; the message is one line saying what is missing and what to do."""
+
+
+def preflight(settings: Settings) -> None:
+    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, every served
+    checkpoint present, then the broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each
+    while one is down). Raises :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
+    from models.checkpoint import available_checkpoints
+
+    check_secrets(settings)
+    known = available_checkpoints()
+    missing = sorted({name for name in settings.served_models.values()
+                      if name not in known and not (name.endswith(".json") and os.path.isfile(name))})
+    if missing:
+        raise StartupError(f"checkpoints missing: {', '.join(missing)} (known: {', '.join(known)}); train them with "
+                           "`sci-monitor train` or change SCI_MODELS")
     checks = {f"Kafka at {settings.kafka_bootstrap}": tcp_check(settings.kafka_bootstrap),
               f"InfluxDB at {redact(settings.influx_url)}": influx_ping_check(settings.influx_url)}
     failing = wait_for(checks, settings.startup_wait_s)
     if failing:
-        raise RuntimeError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
-                                     for name, why in failing.items()))
+        raise StartupError("; ".join(f"{name} not reachable after {settings.startup_wait_s:.0f} s ({why})"
+                                     for name, why in failing.items())
+                           + "; start the local stack with `sci-monitor stack up` or set SCI_KAFKA_BOOTSTRAP / "
+                           "SCI_INFLUX_URL")
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM (Faust's Worker handles the signals and the final commit).
 
     Before Faust starts: secrets are redacted from every log record, ``change-me`` placeholders are refused, and
-    the broker and InfluxDB are waited for (at most ``startup_wait_s``; RuntimeError after that)."""
+    the broker and InfluxDB are waited for (at most ``startup_wait_s``; :class:`StartupError` after that)."""
     install_log_redaction(secret_values(settings))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    check_secrets(settings)
-    wait_for_dependencies(settings)
+    preflight(settings)
     worker = create_worker(settings)
     _Worker(worker.app, loglevel=loglevel, quiet=True, pipeline=worker.pipeline).execute_from_commandline()

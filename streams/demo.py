@@ -206,7 +206,7 @@ def wait_worker_ready(worker: subprocess.Popen, log_path: Path, offset: int = 0,
         with log_path.open("rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
-        if "[^Worker]: Ready" in text and "models loaded" in text:
+        if "Worker]: Ready" in text and "models loaded" in text:  # Faust logs "[^<worker class>]: Ready"
             return
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with code {worker.returncode}; see {log_path}")

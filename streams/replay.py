@@ -10,6 +10,13 @@
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
 
+Replay time: a replay never stamps a window in the future. Every replay has an id, its start time
+(:func:`replay_id`, e.g. ``20261122T053300.123Z``); window i of the merged streams, at recording offset
+``offset_ns`` from the first window, is stamped ``t0_ns = start + offset_ns / speed`` (paced) or ``start + i µs``
+(speed 0) and published no earlier than that (the pacing sleeps until it), and carries ``meta["replay_id"]`` and
+``meta["offset_ns"]`` (the recording's own time base). Re-running the same replay with the same id (``--replay-id``)
+gives every window the same stamp again, so the stored points are overwritten, not added.
+
 Throughput (2-core dev machine, tansu broker, speed 0): ECG windows are generated at ~3.4k windows/s (the
 R-peak detector dominates); producing is bound by kafka-python's record-batch CRC32C, which is pure Python
 unless the ``crc32c`` package is installed (measured: 1.7k vs 11.8k CWRU frames/s, 1.5k vs 2.2k mixed
@@ -26,7 +33,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +55,6 @@ __all__ = [
     "ecg_windows",
     "publish_raw",
     "replay_command",
-    "replay_streams",
     "vibration_windows",
 ]
 
@@ -185,19 +192,6 @@ def vibration_windows(
             features={},
             meta={**meta_base, "offset": str(int(offsets[i]))},
         )
-
-
-def replay_streams(
-    ecg_records: Sequence[str | int] = (),
-    vibration_recordings: Sequence[cwru.CwruRecording | str | int] = (),
-    start_ns: int | None = None,
-    root: str | Path | None = None,
-) -> list[Iterator[SensorWindow]]:
-    """Lazy window iterators for several recordings sharing one ``start_ns`` (default now)."""
-    start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    out: list[Iterator[SensorWindow]] = [ecg_windows(r, root, start_ns) for r in ecg_records]
-    out += [vibration_windows(r, start_ns=start_ns, root=root) for r in vibration_recordings]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -363,6 +357,7 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     new_sessions: int = 0  # producer sessions started after a failed one (e.g. a broker restart)
+    replay_id: str | None = None  # repeat it with the same stamps: Replayer(replay=...), `replay --replay-id`
 
     @property
     def windows_per_s(self) -> float:
@@ -377,7 +372,8 @@ class ReplaySummary:
         streams = ", ".join(f"{k}={v}" for k, v in sorted(self.per_stream.items()))
         text = (
             f"replayed {self.produced}/{self.sent} windows to {self.topic} in {self.elapsed_s:.1f} s "
-            f"({self.windows_per_s:.0f} windows/s), {self.failed} failed, {self.labelled} labelled; {streams}"
+            f"({self.windows_per_s:.0f} windows/s), {self.failed} failed, {self.labelled} labelled; {streams}; "
+            f"replay id {self.replay_id}"
         )
         if self.new_sessions:
             text += f"; {self.new_sessions} new producer session(s)"
@@ -386,13 +382,34 @@ class ReplaySummary:
         return text
 
 
+_REPLAY_ID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+
+
+def replay_id(start_ns: int) -> str:
+    """The id of a replay started at ``start_ns`` (UTC, ms resolution); :func:`replay_start_ns` inverts it.
+
+    >>> replay_id(1_763_789_580_123_000_000), replay_start_ns("20251122T053300.123Z")
+    ('20251122T053300.123Z', 1763789580123000000)
+    """
+    return datetime.fromtimestamp(start_ns // 1_000_000 / 1000, UTC).strftime(_REPLAY_ID_FORMAT)[:-4] + "Z"
+
+
+def replay_start_ns(rid: str) -> int:
+    try:
+        t = datetime.strptime(rid, _REPLAY_ID_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"bad replay id {rid!r}: expected a UTC stamp like 20261122T053300.123Z") from None
+    return (int(t.timestamp()) * 1000 + t.microsecond // 1000) * 1_000_000
+
+
 class Replayer:
-    """Interleave streams by ``t0_ns`` and produce them to ``topic``.
+    """Interleave streams by ``t0_ns`` and produce them to ``topic``, stamped as the module docstring says.
 
     ``speed``: 0 = as fast as possible, 1 = real time, 10 = ten times faster (paced on t0_ns relative to the
-    first window). ``progress``: show a rich progress bar (windows, windows/s). Extra kafka-python producer
-    options (e.g. :func:`streams.security.kafka_client_config`) go in ``producer_config``. A failed producer
-    session (e.g. after a broker restart) is replaced by a new one, at most ``max_sessions`` times.
+    first window). ``replay``: the id of an earlier replay to repeat with the same stamps (default: a new one,
+    :attr:`replay_id` after :meth:`run`). ``progress``: show a rich progress bar (windows, windows/s). Extra
+    kafka-python producer options (e.g. :func:`streams.security.kafka_client_config`) go in ``producer_config``. A
+    failed producer session (e.g. after a broker restart) is replaced by a new one, at most ``max_sessions`` times.
     """
 
     def __init__(
@@ -403,9 +420,12 @@ class Replayer:
         progress: bool = True,
         producer_config: dict | None = None,
         max_sessions: int = 5,
+        replay: str | None = None,
     ):
         if speed < 0:
             raise ValueError(f"speed must be >= 0 (0 = as fast as possible), got {speed}")
+        self.start_ns = None if replay is None else replay_start_ns(replay)
+        self.replay_id = replay
         self.bootstrap = _bootstrap(bootstrap)
         self.topic = topic
         self.speed = float(speed)
@@ -445,15 +465,20 @@ class Replayer:
             merged = itertools.islice(merged, max(0, int(max_windows)))
         bar = _ProgressBar(self.progress, max_windows)
         t_start = time.monotonic()
+        if self.start_ns is None:
+            self.replay_id = replay_id(time.time_ns())
+            self.start_ns = replay_start_ns(self.replay_id)
         first_t0: int | None = None
         try:
             with bar:
-                for w in merged:
-                    if self.speed > 0:
-                        first_t0 = w.t0_ns if first_t0 is None else first_t0
-                        wait = (w.t0_ns - first_t0) / 1e9 / self.speed - (time.monotonic() - t_start)
-                        if wait > 0:
-                            time.sleep(wait)
+                for i, w in enumerate(merged):
+                    first_t0 = w.t0_ns if first_t0 is None else first_t0
+                    offset = w.t0_ns - first_t0
+                    stamp = self.start_ns + (round(offset / self.speed) if self.speed > 0 else i * 1000)
+                    wait = (stamp - time.time_ns()) / 1e9
+                    if wait > 0:  # never publish (or stamp) a window before its time
+                        time.sleep(wait)
+                    w = replace(w, t0_ns=stamp, meta={**w.meta, "replay_id": self.replay_id, "offset_ns": str(offset)})
                     sender.send(window_key(w.stream, w.seq), encode_window(w))
                     summary.sent += 1
                     self.sent_so_far = summary.sent
@@ -465,6 +490,7 @@ class Replayer:
             sender.finish(timeout_s)
             summary.elapsed_s = time.monotonic() - t_start
         summary.failed, summary.errors, summary.new_sessions = sender.failed, sender.errors, sender.new_sessions
+        summary.replay_id = self.replay_id
         summary.per_stream = dict(per_stream)
         summary.labels = dict(labels)
         summary.labelled = sum(labels.values())
@@ -478,10 +504,12 @@ def replay_command(
     speed: float = 1.0,
     max_windows: int | None = None,
     progress: bool = True,
+    replay: str | None = None,
 ) -> ReplaySummary:
     """`sci-monitor replay`: publish the recordings of a replay dataset of :mod:`streams.modalities` (``mitdb``:
     record names, ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``) to the windows
-    topic at ``settings.kafka_bootstrap``, with the Kafka security settings."""
+    topic at ``settings.kafka_bootstrap``, with the Kafka security settings; ``replay``: the id of an earlier
+    replay to repeat with its stamps."""
     from streams.modalities import replay_datasets
     from streams.security import check_secrets, kafka_client_config
 
@@ -493,7 +521,7 @@ def replay_command(
     streams = [spec.replay_windows(r, start_ns=start_ns, root=settings.data_dir)
                for r in (records or spec.replay_recordings)]
     replayer = Replayer(settings.kafka_bootstrap, settings.topics["windows"], speed=speed, progress=progress,
-                        producer_config=kafka_client_config(settings))
+                        producer_config=kafka_client_config(settings), replay=replay)
     return replayer.run(streams, max_windows=max_windows)
 
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from controller.calibration import controller_config
 from controller.engine import SciResult
 from controller.reasons import Reason
 from controller.sci import SciController
-from models.checkpoint import ModelCard, load_checkpoint
+from models.checkpoint import ModelCard, checkpoint_dir_of, load_checkpoint
 from models.keyed_dropout import window_keys
 from streams import modalities
 from streams.contracts import SensorWindow
@@ -46,8 +45,9 @@ class WindowResult:
 
     @property
     def served(self) -> bool:
-        """A model classified the window (False: no model serves its modality and lead)."""
-        return self.passes > 0
+        """A model took the window (False: no model serves its modality and lead). A served window may have 0
+        passes: the controller's gate (``signal_quality``, ``unfamiliar``) decides before any MC pass."""
+        return bool(self.model)
 
     @classmethod
     def unserved(cls, lead: str) -> WindowResult:
@@ -99,8 +99,8 @@ class ModelRuntime:
                 if card.aux != spec.feature_key:
                     raise ValueError(f"checkpoint {name} needs features {card.aux!r}, modality {modality} carries "
                                      f"{spec.feature_key!r}")
-                policy, cfg = controller_config(card)
-                loaded[name] = ServedModel(card, SciController(model, policy, cfg, self.device), spec)
+                controller = SciController.from_card(model, card, self.device, checkpoint_dir_of(name))
+                loaded[name] = ServedModel(card, controller, spec)
             self.models[(modality, lead)] = loaded[name]
 
     def describe(self) -> dict[str, str]:

@@ -21,6 +21,8 @@ TOML file (``tomllib``): flat top-level keys named like the fields, and/or four 
     batch_timeout_s = 0.1 #   models, data_dir, health_port, startup_wait_s
     [stack]               # state_dir, timeout_s (field stack_timeout_s)
     state_dir = ".state"  # relative paths in the file are relative to the file's directory
+    [monitor]             # trust_window, trust_interval_s, ece_bins, drift_delta, escalation_rate_max,
+    silence_s = 120       #   alert_rate_max, latency_p95_max_ms, silence_s, rule_window_s
 
 Unknown sections/keys and bad values raise :class:`SettingsError` with a one-line message naming the source.
 
@@ -49,8 +51,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ENV_PREFIX = "SCI_"
-SECTIONS = ("kafka", "influx", "sink", "worker", "stack")
-TOPIC_ROLES = ("windows", "labels", "escalations", "alerts", "deadletter")
+SECTIONS = ("kafka", "influx", "sink", "worker", "stack", "monitor")
+TOPIC_ROLES = ("windows", "labels", "escalations", "alerts", "deadletter", "drift")
 
 
 class SettingsError(ValueError):
@@ -158,6 +160,23 @@ class Settings:
                            "pid/log/data files of the local stack")
     stack_timeout_s: float = _opt(30.0, "stack", "timeout_s", "max wait for the local stack to start (s)",
                                   minimum=0.1)
+
+    # [monitor] online trust metrics (streams.trust) and the Grafana alert rules (streams.grafana)
+    trust_window: int = _opt(500, "monitor", "trust_window", "windows per rolling trust-metric window", minimum=10)
+    trust_interval_s: float = _opt(10.0, "monitor", "trust_interval_s", "seconds between trust-metric points",
+                                   minimum=0.1)
+    ece_bins: int = _opt(10, "monitor", "ece_bins", "equal-width confidence bins of the online ECE", minimum=2)
+    drift_delta: float = _opt(0.002, "monitor", "drift_delta", "ADWIN confidence δ of the drift detectors",
+                              minimum=1e-9)
+    escalation_rate_max: float = _opt(0.5, "monitor", "escalation_rate_max",
+                                      "alert rule: escalated share of a stream's windows (starting point)", minimum=0)
+    alert_rate_max: float = _opt(0.5, "monitor", "alert_rate_max",
+                                 "alert rule: ΔSP-alert share of a stream's windows (starting point)", minimum=0)
+    latency_p95_max_ms: float = _opt(2000.0, "monitor", "latency_p95_max_ms", "alert rule: latency p95 (ms)",
+                                     minimum=0)
+    silence_s: float = _opt(120.0, "monitor", "silence_s", "alert rule: no window stored for this long (s)",
+                            minimum=1)
+    rule_window_s: float = _opt(300.0, "monitor", "rule_window_s", "alert rules: evaluation window (s)", minimum=10)
 
     def __post_init__(self) -> None:
         fields = dataclasses.fields(self)

@@ -143,8 +143,9 @@ class RetryPolicy:
                 return fn()
             except SinkUnavailable as exc:
                 if self.max_attempts and attempt >= self.max_attempts:
-                    log.error("%s failed after %d attempt(s) in %.1f s: %s", what, attempt,
-                              time.monotonic() - t0, exc)
+                    if attempt > 1:  # a single try is the caller's to report
+                            log.error("%s failed after %d attempts in %.1f s: %s", what, attempt,
+                                  time.monotonic() - t0, exc)
                     raise
                 wait = self.delay(attempt)
                 limit = f"/{self.max_attempts}" if self.max_attempts else " (retrying until written)"

@@ -104,7 +104,8 @@ def test_decode_classify_publish_and_store_one_batch():
     assert sorted(labels) == [0, 1, 2, 3, 4, 5] and len(got["labels"]) == 6
     for seq in range(5):
         m = labels[seq]
-        assert m["model"] == "cwru" and m["lead"] == "DE" and 1 <= m["passes"] <= 25
+        assert m["model"] == "cwru" and m["lead"] == "DE" and 0 <= m["passes"] <= 25
+        assert m["passes"] > 0 or m["reason"] in ("unfamiliar", "signal_quality")  # white noise may be gated
         assert m["label"] in ("normal", "ball", "inner", "outer") and m["truth"] == "normal"
         assert m["correct"] == (m["label"] == "normal") and abs(sum(m["probs"].values()) - 1) < 1e-4
     unserved = labels[5]

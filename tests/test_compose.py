@@ -24,14 +24,25 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DASHBOARD = REPO / "grafana" / "dashboards" / "sci-monitor.json"
+DASHBOARDS = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+ALERTING = REPO / "grafana" / "provisioning" / "alerting" / "sci-monitor.json"
 DATASOURCE = REPO / "grafana" / "provisioning" / "datasources" / "influxdb.yml"
 DASHBOARD_PROVIDER = REPO / "grafana" / "provisioning" / "dashboards" / "sci-monitor.yml"
 
-# InfluxDB schema from the project conventions
+# InfluxDB schema from the project conventions: measurement -> (tags, fields)
 MEASUREMENT = "sci_window"
 TAGS = {"stream", "modality", "model", "decision", "predicted"}
 FIELDS = {"sp", "delta_sp", "passes", "max_prob", "latency_ms", "seq", "truth", "correct"}
-TOPICS = ("sci.windows", "sci.labels", "sci.escalations", "sci.alerts", "sci.deadletter")
+SCHEMA = {
+    MEASUREMENT: (TAGS, FIELDS),
+    "sci_trust": ({"scope", "stream", "modality"},
+                  {"windows_per_s", "abstain_rate", "alert_rate", "mean_passes", "n", "n_truth", "accuracy", "auroc",
+                   "ece", "passes_right", "passes_wrong", "sp_mean"}),
+    "sci_calibration": ({"bin"}, {"confidence", "accuracy", "n"}),
+    "sci_drift": ({"stream", "modality", "signal"}, {"drift", "mean_before", "mean_after", "width", "seq"}),
+    "sci_batch": ({"worker"}, {"size", "controller_ms", "passes"}),
+}
+TOPICS = ("sci.windows", "sci.labels", "sci.escalations", "sci.alerts", "sci.deadletter", "sci.drift")
 
 TOP_LEVEL_KEYS = {
     "version",
@@ -139,26 +150,29 @@ def all_panels(dashboard: dict) -> list[dict]:
 
 
 def check_influxql(query: str) -> None:
-    """Assert an InfluxQL query only uses measurement sci_window and the tags/fields of the schema."""
-    assert f'FROM "{MEASUREMENT}"' in query, f"query must read measurement {MEASUREMENT}: {query}"
+    """Assert an InfluxQL query reads one measurement of the schema and only its tags and fields."""
+    m = re.search(r'FROM "(\w+)"', query)
+    assert m and m[1] in SCHEMA, f"query must read a measurement of {sorted(SCHEMA)}: {query}"
+    tags, fields = SCHEMA[m[1]]
     quoted = set(re.findall(r'"([^"]+)"', query))
-    unknown = quoted - TAGS - FIELDS - {MEASUREMENT}
+    aliases = set(re.findall(r'AS "([^"]+)"', query))
+    unknown = quoted - tags - fields - aliases - {m[1]}
     assert not unknown, f"unknown identifiers {unknown} in: {query}"
     for fn_arg in re.findall(r'\b\w+\(\s*"([^"]+)"', query):
-        assert fn_arg in FIELDS, f"{fn_arg!r} is aggregated/selected but is not a field: {query}"
+        assert fn_arg in fields, f"{fn_arg!r} is aggregated/selected but is not a field: {query}"
     select = re.match(r"\s*SELECT\s+(.*?)\s+FROM\s", query, re.S)
     if select:
-        for ident in re.findall(r'"([^"]+)"', select[1]):
-            assert ident in FIELDS, f"SELECT uses {ident!r}, not a field: {query}"
+        for ident in set(re.findall(r'"([^"]+)"', select[1])) - aliases:
+            assert ident in fields, f"SELECT uses {ident!r}, not a field: {query}"
     group = re.search(r"GROUP BY (.*?)(?: fill\(| ORDER BY| LIMIT|$)", query)
     if group:
         for ident in re.findall(r'"([^"]+)"', group[1]):
-            assert ident in TAGS, f"GROUP BY {ident!r}, not a tag: {query}"
+            assert ident in tags, f"GROUP BY {ident!r}, not a tag: {query}"
     for ident in re.findall(r'"([^"]+)"\s*=~', query):
-        assert ident in TAGS, f"regex match on {ident!r}, not a tag: {query}"
+        assert ident in tags, f"regex match on {ident!r}, not a tag: {query}"
     for ident, value in re.findall(r'"([^"]+)"\s*=\s*(\'[^\']*\'|true|false)', query):
         if value.startswith("'"):
-            assert ident in TAGS | {"truth"}, f"string comparison on {ident!r}: {query}"
+            assert ident in tags | {"truth"}, f"string comparison on {ident!r}: {query}"
         else:
             assert ident == "correct", f"boolean comparison on {ident!r}: {query}"
 
@@ -422,19 +436,35 @@ def test_dashboard_provider_parses():
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
 
 
-def test_dashboard_panels_query_the_sci_window_schema():
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["uid"] == "sci-monitor"
+def _dashboard(name: str) -> dict:
+    return json.loads((REPO / "grafana" / "dashboards" / name).read_text())
+
+
+def test_dashboards_and_alert_rules_are_the_rendering_of_the_default_settings():
+    from streams.grafana import rendered
+    from streams.settings import load_settings
+
+    files = rendered(load_settings(env={}))
+    assert {p.name for p in DASHBOARDS} == {Path(k).name for k in files if k.startswith("dashboards/")}
+    for rel, text in files.items():
+        assert (REPO / "grafana" / rel).read_text() == text, f"grafana/{rel} is stale: run `sci-monitor grafana render`"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_panels_query_the_schema(path):
+    dashboard = json.loads(path.read_text())
     assert 36 <= dashboard["schemaVersion"] <= 41
     panels = all_panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     ds_uid = yaml.safe_load(DATASOURCE.read_text())["datasources"][0]["uid"]
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
     n_queries = 0
     for p in panels:
         if p["type"] == "row":
             continue
         assert {"x", "y", "w", "h"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        assert p["datasource"] == {"type": "influxdb", "uid": ds_uid}
         targets = p.get("targets", [])
         assert targets, f"panel {p['title']!r} has no query"
         ref_ids = {t["refId"] for t in targets}
@@ -449,38 +479,156 @@ def test_dashboard_panels_query_the_sci_window_schema():
             query = t["query"]
             check_influxql(query)
             assert "$timeFilter" in query, f"{p['title']!r}: query ignores the time picker"
-            assert '"stream" =~ /^$stream$/' in query and '"modality" =~ /^$modality$/' in query
+            for var in variables:  # every dashboard variable narrows the panels that can use it
+                if var == "modality" and "sci_window" not in query:
+                    continue
+                if var == "stream" and ("sci_batch" in query or "sci_calibration" in query
+                                        or "'fleet'" in query):
+                    continue
+                assert f'"{var}" =~ /^${var}$/' in query, f"{p['title']!r} ignores ${var}: {query}"
             for tag in re.findall(r"\$tag_(\w+)", t.get("alias", "")):
                 assert f'"{tag}"' in query.split("GROUP BY", 1)[-1], f"alias $tag_{tag} needs GROUP BY {tag}"
             n_queries += 1
-    assert n_queries >= 10
-    titles = " | ".join(p["title"] for p in panels).lower()
+    for a in dashboard["annotations"]["list"]:
+        if a.get("datasource", {}).get("type") == "influxdb":
+            assert a["datasource"]["uid"] == ds_uid
+            check_influxql(a["query"])
+            assert "$timeFilter" in a["query"] and a["textColumn"] in a["query"]
+    assert n_queries >= 6
+
+
+def test_dashboards_cover_the_topics():
+    titles = {path.stem: " | ".join(panel["title"] for panel in all_panels(json.loads(path.read_text()))).lower()
+              for path in DASHBOARDS}
     for topic in ("windows/s", "predicted class", "abstention", "δsp", "passes", "latency p95", "sp heatmap"):
-        assert topic in titles, f"no panel about {topic}"
-    kinds = {p["type"] for p in panels}
+        assert topic in titles["sci-monitor"], f"no overview panel about {topic}"
+    for topic in ("online accuracy", "auroc", "calibration", "ece", "passes on wrong vs right", "drift"):
+        assert topic in titles["sci-trust"], f"no trust panel about {topic}"
+    for topic in ("batch size", "controller time per batch"):
+        assert topic in titles["sci-compute"], f"no compute panel about {topic}"
+    kinds = {p["type"] for p in all_panels(_dashboard("sci-monitor.json"))}
     assert {"timeseries", "stat", "histogram", "heatmap"} <= kinds
+    drill = _dashboard("sci-stream.json")
+    names = {a["name"] for a in drill["annotations"]["list"]}
+    assert {"Escalations", "ΔSP alerts", "Drift"} <= names
+
+
+def test_windows_per_second_stat_is_not_an_average_with_zeros():
+    (panel,) = [p for p in all_panels(_dashboard("sci-monitor.json")) if p["title"] == "Windows/s"]
+    (target,) = panel["targets"]
+    assert "fill(none)" in target["query"] and "fill(0)" not in target["query"]
+    assert "max" in panel["options"]["reduceOptions"]["calcs"]
 
 
 def test_dashboard_template_variables():
-    dashboard = json.loads(DASHBOARD.read_text())
-    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert {"stream", "modality"} <= set(variables)
-    for name in ("stream", "modality"):
-        v = variables[name]
-        assert v["type"] == "query" and v["includeAll"] and v["multi"]
-        assert re.fullmatch(
-            rf'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "{name}"( WHERE .*)?', v["query"]
-        )
-        for ident in re.findall(r'"([^"]+)"', v["query"]):
-            assert ident in TAGS | {MEASUREMENT}
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for v in dashboard["templating"]["list"]:
+            name = v["name"]
+            assert v["type"] == "query" and v["datasource"]["uid"] == "sci-influxdb"
+            assert re.fullmatch(
+                rf'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "{name}"( WHERE .*)?', v["query"]
+            )
+            for ident in re.findall(r'"([^"]+)"', v["query"]):
+                assert ident in TAGS | {MEASUREMENT}
+    overview = {v["name"]: v for v in _dashboard("sci-monitor.json")["templating"]["list"]}
+    assert {"stream", "modality"} <= set(overview)
+    assert all(overview[n]["includeAll"] and overview[n]["multi"] for n in ("stream", "modality"))
+    (drill,) = _dashboard("sci-stream.json")["templating"]["list"]
+    assert drill["name"] == "stream" and not drill["multi"], "the drill-down shows one stream"
 
 
-def test_dashboard_thresholds_match_worker_alert_defaults():
-    dashboard = json.loads(DASHBOARD.read_text())
-    (panel,) = [p for p in all_panels(dashboard) if "ΔSP" in p["title"]]
-    steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+def test_dashboard_thresholds_match_the_worker_settings():
+    from streams.settings import load_settings
+
+    s = load_settings(env={})
     worker = environment(resolved()["services"]["worker"])
-    assert steps == [float(worker["SCI_ALERT_THRESHOLD"]), float(worker["SCI_ALERT_CRITICAL"])]
+    assert [s.alert_threshold, s.alert_critical] == [float(worker["SCI_ALERT_THRESHOLD"]),
+                                                    float(worker["SCI_ALERT_CRITICAL"])]
+    for name in ("sci-monitor.json", "sci-stream.json"):
+        (panel,) = [p for p in all_panels(_dashboard(name)) if "ΔSP" in p["title"]]
+        steps = [st["value"] for st in panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
+        assert steps == [s.alert_threshold, s.alert_critical]
+    (latency,) = [p for p in all_panels(_dashboard("sci-monitor.json")) if p["title"] == "Latency p95 by modality"]
+    assert latency["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] == s.latency_p95_max_ms
+    (alerts,) = [a for a in _dashboard("sci-stream.json")["annotations"]["list"] if a["name"] == "ΔSP alerts"]
+    assert f'"delta_sp" >= {s.alert_threshold!r}' in alerts["query"]
+
+
+# ---- Grafana alerting --------------------------------------------------------------------------------------
+def _rules() -> dict[str, dict]:
+    doc = json.loads(ALERTING.read_text())
+    return {r["uid"]: r for g in doc["groups"] for r in g["rules"]}
+
+
+def _threshold_of(rule: dict) -> tuple[str, float]:
+    (cond,) = [d for d in rule["data"] if d["refId"] == rule["condition"]]
+    assert cond["model"]["type"] == "threshold"
+    (c,) = cond["model"]["conditions"]
+    return c["evaluator"]["type"], c["evaluator"]["params"][0]
+
+
+def test_alerting_provisioning_parses_and_references_only_the_provisioned_datasource():
+    doc = yaml.safe_load(ALERTING.read_text())  # JSON is YAML: Grafana reads either
+    assert doc["apiVersion"] == 1
+    ds_uid = yaml.safe_load(DATASOURCE.read_text())["datasources"][0]["uid"]
+    (group,) = doc["groups"]
+    assert group["folder"] and group["name"] and DURATION_RE.match(group["interval"])
+    uids = [r["uid"] for r in group["rules"]]
+    assert len(uids) == len(set(uids)) and all(len(u) <= 40 for u in uids)
+    dashboards = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
+    for rule in group["rules"]:
+        assert rule["title"] and rule["annotations"]["summary"]
+        assert rule["noDataState"] in ("NoData", "Alerting", "OK")
+        assert rule["execErrState"] in ("Error", "Alerting", "OK")
+        assert DURATION_RE.match(rule["for"]) or rule["for"] == "0s"
+        assert rule["dashboardUid"] in dashboards
+        refs = {d["refId"] for d in rule["data"]}
+        assert rule["condition"] in refs and len(refs) == len(rule["data"])
+        for d in rule["data"]:
+            model = d["model"]
+            assert model["refId"] == d["refId"]
+            if d["datasourceUid"] == "__expr__":
+                assert model["datasource"] == {"type": "__expr__", "uid": "__expr__"}
+                used = set(re.findall(r"\$?(\b[A-Z]\b)", model["expression"]))
+                assert used and used <= refs - {d["refId"]}, f"{rule['uid']}: bad expression {model['expression']}"
+            else:
+                assert d["datasourceUid"] == ds_uid and model["datasource"] == {"type": "influxdb", "uid": ds_uid}
+                assert model["rawQuery"] is True and "$timeFilter" in model["query"]
+                check_influxql(model["query"])
+                assert d["relativeTimeRange"]["from"] > 0
+    (cp,) = doc["contactPoints"]
+    (receiver,) = cp["receivers"]
+    assert receiver["type"] == "webhook" and receiver["settings"]["url"] == "${SCI_ALERT_WEBHOOK_URL}"
+    (policy,) = doc["policies"]
+    assert policy["receiver"] == cp["name"]
+    grafana_env = environment(compose()["services"]["grafana"])
+    assert "SCI_ALERT_WEBHOOK_URL" in grafana_env
+
+
+def test_alert_rule_thresholds_equal_the_settings():
+    from streams.settings import load_settings
+
+    s = load_settings(env={})
+    rules = _rules()
+    assert set(rules) == {"sci-escalation-rate", "sci-alert-rate", "sci-worker-silence", "sci-latency", "sci-drift"}
+    assert _threshold_of(rules["sci-escalation-rate"]) == ("gt", s.escalation_rate_max)
+    assert _threshold_of(rules["sci-alert-rate"]) == ("gt", s.alert_rate_max)
+    assert f'"delta_sp" >= {s.alert_threshold!r}' in rules["sci-alert-rate"]["data"][0]["model"]["query"]
+    assert _threshold_of(rules["sci-latency"]) == ("gt", s.latency_p95_max_ms)
+    assert _threshold_of(rules["sci-worker-silence"]) == ("lt", 1)
+    assert rules["sci-worker-silence"]["data"][0]["relativeTimeRange"]["from"] == s.silence_s
+    assert rules["sci-worker-silence"]["noDataState"] == "Alerting"
+    assert _threshold_of(rules["sci-drift"]) == ("gt", 0)
+    for uid in ("sci-escalation-rate", "sci-alert-rate", "sci-latency", "sci-drift"):
+        assert rules[uid]["data"][0]["relativeTimeRange"]["from"] == s.rule_window_s
+    # a different configuration renders different rules: the thresholds are not copies
+    from streams.grafana import alert_rules
+
+    other = load_settings(env={"SCI_ALERT_THRESHOLD": "0.25", "SCI_ESCALATION_RATE_MAX": "0.2"})
+    changed = {r["uid"]: r for r in alert_rules(other)}
+    assert _threshold_of(changed["sci-escalation-rate"]) == ("gt", 0.2)
+    assert '"delta_sp" >= 0.25' in changed["sci-alert-rate"]["data"][0]["model"]["query"]
 
 
 # ---- image --------------------------------------------------------------------------------------------
@@ -572,3 +720,19 @@ def test_docker_compose_config_accepts_the_file():
         env=clean_env,
     )
     assert missing.returncode != 0 and "in .env" in missing.stderr, "required variables must fail loudly"
+
+
+def test_gpu_profile_worker_reserves_a_gpu_and_runs_cuda_torch():
+    services = resolved()["services"]
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"], "the GPU worker must stay out of a plain `docker compose up`"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert environment(gpu)["SCI_DEVICE"] == "cuda"  # cuda, not auto: no silent CPU fallback
+    assert gpu["build"]["args"]["TORCH_INDEX"] == "https://pypi.org/simple"  # PyPI's Linux torch wheels are CUDA
+    assert gpu["image"] != services["worker"]["image"]
+    # same Kafka, topics and consumer group as the CPU workers, same InfluxDB credentials
+    for var, value in environment(services["worker"]).items():
+        if var != "SCI_DEVICE":
+            assert environment(gpu)[var] == value, var
+    assert 'ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu' in (REPO / "Dockerfile").read_text()

@@ -8,7 +8,7 @@ from controller.engine import SciConfig
 from controller.policies import SeparationBound
 from controller.sci import SciController
 from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet
-from models.keyed_dropout import KeyedDropout, PassNoise, window_keys
+from models.keyed_dropout import BANK_ROWS, CHUNK, KeyedDropout, PassNoise, mask_bank, window_keys
 
 
 def _inputs(model, b=16, seed=0):
@@ -74,6 +74,28 @@ def test_keyed_dropout_rate_scale_and_reproducibility():
     # eval without noise is the identity; training mode is ordinary dropout
     torch.testing.assert_close(drop(x), x)
     assert (drop.train()(x) == 0).any()
+
+
+def test_mask_bank_rows_are_bernoulli_and_fixed():
+    bank = mask_bank(0.3, torch.device("cpu"))
+    assert bank.shape == (BANK_ROWS, CHUNK)
+    assert bank.unique().tolist() == pytest.approx([0.0, 1 / 0.7])
+    # every column keeps 70 % of its rows (1M draws in all: the binomial sd per column is 0.0018)
+    np.testing.assert_allclose((bank != 0).float().mean(0).numpy(), 0.7, atol=0.01)
+    mask_bank.cache_clear()
+    torch.testing.assert_close(mask_bank(0.3, torch.device("cpu")), bank, rtol=0, atol=0)
+
+
+def test_passes_drawn_in_one_call_equal_passes_drawn_one_at_a_time():
+    drop = KeyedDropout(0.5, salt=2)
+    x = torch.randn(10, 69)  # not a multiple of the chunk width
+    keys = torch.arange(10) * 31
+    steps = torch.arange(1, 5).repeat_interleave(10)  # passes 1..4 of every window, pass-major
+    block = drop(x.repeat(4, 1), PassNoise(keys.repeat(4), steps)).view(4, 10, 69)
+    for t in range(1, 5):
+        torch.testing.assert_close(block[t - 1], drop(x, PassNoise(keys, t)), rtol=0, atol=0)
+    # the 4 passes of a window are different masks
+    assert len({tuple((block[t, 0] != 0).tolist()) for t in range(4)}) == 4
 
 
 def test_batched_and_per_window_controller_decisions_identical_on_a_real_model():

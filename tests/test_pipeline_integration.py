@@ -22,6 +22,7 @@ from streams.contracts import SensorWindow, decode_dead_letter, encode_window
 from streams.demo import wait_worker_ready
 from streams.influx import InfluxV1Sink
 from streams.replay import Replayer, ecg_windows, publish_raw, vibration_windows
+from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,8 @@ def _start_worker(s, state_dir: Path) -> tuple[subprocess.Popen, Path]:
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
            "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
-           "SCI_DEVICE": "cpu", "SCI_STATE_DIR": str(state_dir)}
+           "SCI_DEVICE": "cpu", "SCI_STATE_DIR": str(state_dir),
+           "SCI_HEALTH_PORT": str(free_ports(1)[0])}  # workers on one host need their own health ports
     log_path = state_dir / "worker.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sci_monitor", "worker"], env=env, stdout=log,
@@ -125,7 +127,9 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         assert len(labels) == N_WINDOWS and max(keys.values()) == 1
         assert sum(1 for m in msgs if m["stream"].startswith("mitdb")) == sum(
             v for k, v in summary.per_stream.items() if k.startswith("mitdb"))
-        assert all(m["decision"] in ("stopped", "abstained") and 1 <= m["passes"] <= 25 for m in msgs)
+        assert all(m["decision"] in ("stopped", "abstained") and 0 <= m["passes"] <= 25 for m in msgs)
+        # no MC pass only where the controller's gate decided before sampling
+        assert all(m["passes"] > 0 or m["reason"] in ("unfamiliar", "signal_quality") for m in msgs)
 
         # escalations = exactly the abstained windows; alerts = exactly the windows over the ΔSP threshold
         abstained = {(m["stream"], m["seq"]) for m in msgs if m["decision"] == "abstained"}
@@ -193,3 +197,34 @@ def test_two_workers_in_one_group_split_the_partitions(local_stack, tmp_path):
     # each worker says on shutdown how many windows it classified: both took a share, together each window once
     done = [int(re.search(r"stopping: windows (\d+)", log.read_text()).group(1)) for log in (first_log, second_log)]
     assert min(done) > 0 and sum(done) == n, done
+
+
+def test_a_shifted_stream_escalates_as_unfamiliar_in_the_topic_and_in_influxdb(local_stack, tmp_path):
+    """The live worker takes the same decision as `evaluate-shift`: the 48 kHz normal baseline announced as 12 kHz
+    (a shift of the benchmark) is unfamiliar to the cwru model's novelty gate, before any MC pass."""
+    from models.data.shift import normal_at_wrong_rate
+
+    frames = normal_at_wrong_rate()
+    s, sink = _private_pipeline(local_stack)
+    worker, log_path = _start_worker(s, tmp_path)
+    try:
+        start_ns = time.time_ns()
+        windows = [SensorWindow("shifted-vib", "vibration", 12000.0, start_ns + i * 85_333_333, i, x, label="normal")
+                   for i, x in enumerate(frames.x)]
+        n = len(windows)
+        assert publish_raw(s.kafka_bootstrap, s.topics["windows"], [encode_window(w) for w in windows],
+                           keys=[w.key for w in windows]) == n
+        labels = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["labels"], n, 240)]
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        assert len(labels) == n
+        unfamiliar = {m["seq"] for m in labels if m["reason"] == "unfamiliar"}
+        assert len(unfamiliar) >= 0.9 * n  # the benchmark: 100 % of these frames
+        assert all(m["passes"] == 0 and m["decision"] == "abstained" for m in labels if m["seq"] in unfamiliar)
+        esc = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["escalations"],
+                                                           len(unfamiliar), timeout_s=30)]
+        assert {m["seq"] for m in esc if m["reason"] == "unfamiliar"} == unfamiliar
+        points = sink.query("SELECT * FROM sci_window WHERE \"reason\" = 'unfamiliar'")
+        assert {p["seq"] for p in points} == unfamiliar
+        assert all(p["decision"] == "abstained" and p["passes"] == 0 for p in points)
+    finally:
+        _stop_worker(worker, log_path)

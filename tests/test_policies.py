@@ -122,3 +122,19 @@ def test_batched_engine_matches_per_window_oracle(policy):
     np.testing.assert_array_equal(res.label, labels)
     np.testing.assert_allclose(res.sp, sps, atol=1e-5)
     assert len(set(res.passes.tolist())) > 3  # the stream really exercises early and late stops
+
+
+@pytest.mark.parametrize("policy", [PaperPlateau(t_min=4, eps=0.02, sp_floor=0.5, abstain_floor=0.3),
+                                    Threshold(sp_star=0.85, t_min=2), SeparationBound(z=1.0, t_min=3)],
+                         ids=lambda p: p.name)
+def test_drawing_passes_ahead_in_blocks_changes_nothing(policy):
+    gen = torch.Generator().manual_seed(11)
+    b, t_max, k = 200, 25, 3
+    z = torch.randn(b, 1, k, generator=gen) * 4 + torch.randn(b, t_max, k, generator=gen) * 2
+    cfg = SciConfig(temperature=1.3, t_max=t_max, sp_star=0.85)
+    one_at_a_time = run_sci(replay_sampler(z), b, k, policy, cfg, block_rows=1)  # one pass per round
+    assert len(set(one_at_a_time.passes.tolist())) > 3
+    for block_rows in (7, 200, 10_000):  # rounds of several passes, up to all t_max passes at once
+        res = run_sci(replay_sampler(z), b, k, policy, cfg, block_rows=block_rows)
+        for field in ("label", "probs", "sp", "delta_sp", "passes", "abstained", "reason"):
+            np.testing.assert_array_equal(getattr(res, field), getattr(one_at_a_time, field), err_msg=field)

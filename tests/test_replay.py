@@ -21,7 +21,6 @@ from streams.replay import (
     ecg_windows,
     publish_raw,
     replay_command,
-    replay_streams,
     vibration_windows,
 )
 from streams.rpeaks import detect_rpeaks
@@ -198,10 +197,15 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0)
 
 
 @pytest.mark.integration
+def _three_streams() -> list:
+    return [ecg_windows("100", start_ns=START_NS), ecg_windows("119", start_ns=START_NS),
+            vibration_windows(recording(106), start_ns=START_NS)]
+
+
 def test_replay_round_trip_through_broker(local_stack) -> None:
     bootstrap = local_stack.settings.kafka_bootstrap
     topic = _create_topic(bootstrap, partitions=3)
-    streams = replay_streams(ecg_records=["100", "119"], vibration_recordings=[recording(106)], start_ns=START_NS)
+    streams = _three_streams()
     replayer = Replayer(bootstrap, topic, speed=0, progress=True)
     summary = replayer.run(streams, max_windows=300)
     print(summary)
@@ -223,7 +227,7 @@ def test_replay_round_trip_through_broker(local_stack) -> None:
     assert got == summary.per_stream
     assert sum(w.label is not None for w in windows) == summary.labelled
     # exactly the first 300 windows of the streams merged by t0_ns, each stream without gaps
-    again = replay_streams(ecg_records=["100", "119"], vibration_recordings=[recording(106)], start_ns=START_NS)
+    again = _three_streams()
     expected = list(itertools.islice(heapq.merge(*again, key=lambda w: w.t0_ns), 300))
     assert sorted(w.key for w in windows) == sorted(w.key for w in expected)
     for s in summary.per_stream:

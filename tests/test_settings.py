@@ -27,9 +27,9 @@ def test_defaults_talk_to_the_local_stack():
     assert s.sink_max_attempts == 0  # hold a batch until it is written
     assert s.served_models == {("ecg", "MLII"): "mitdb", ("vibration", "DE"): "cwru"}
     assert s.topics == {"windows": "sci.windows", "labels": "sci.labels", "escalations": "sci.escalations",
-                        "alerts": "sci.alerts", "deadletter": "sci.deadletter"}
+                        "alerts": "sci.alerts", "deadletter": "sci.deadletter", "drift": "sci.drift"}
     assert s.topic_partitions == {"sci.windows": 4, "sci.labels": 1, "sci.escalations": 1, "sci.alerts": 1,
-                                  "sci.deadletter": 1}
+                                  "sci.deadletter": 1, "sci.drift": 1}
     assert s == Settings()
 
 
@@ -150,3 +150,13 @@ def test_relative_paths_from_the_environment_follow_the_working_directory(tmp_pa
     monkeypatch.chdir(tmp_path)
     assert load_settings(env={"SCI_STATE_DIR": "st"}).state_dir == tmp_path / "st"
     assert load_settings(env={}).state_dir == tmp_path / ".state"
+
+
+def test_cache_follows_xdg_unless_sci_cache_dir_is_set(tmp_path, monkeypatch):
+    from models.data import paths
+
+    monkeypatch.delenv("SCI_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert paths.cache_dir() == tmp_path / "xdg" / "sci-monitor"
+    monkeypatch.setenv("SCI_CACHE_DIR", str(tmp_path / "mine"))
+    assert paths.cache_dir() == tmp_path / "mine"

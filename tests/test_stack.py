@@ -75,7 +75,7 @@ def test_topics_exist_with_the_configured_partitions(local_stack):
     finally:
         admin.close()
     assert described == {"sci.windows": 4, "sci.labels": 1, "sci.escalations": 1, "sci.alerts": 1,
-                         "sci.deadletter": 1}
+                         "sci.deadletter": 1, "sci.drift": 1}
     assert local_stack.status().topics == described
 
 

@@ -3,11 +3,14 @@
 Data directory (raw files, never copied into the repository), first match wins:
   1. the ``override`` argument,
   2. the environment variable ``SCI_DATA_DIR``,
-  3. ``<repo root>/../shared/data`` (repo root = the folder that holds the ``models`` package).
+  3. in a source checkout, ``<repo root>/../shared/data`` (repo root = the folder that holds the ``models``
+     package and ``pyproject.toml``); when installed, ``$XDG_DATA_HOME/sci-monitor`` (default
+     ``~/.local/share/sci-monitor``), never a folder inside ``site-packages``.
 It holds one subfolder per dataset: ``mitdb/`` (WFDB files) and ``cwru/`` (``12k_DE/*.mat``,
 ``normal/*.mat``).
 
-Cache directory (derived ``.npz`` arrays): ``SCI_CACHE_DIR``, default ``~/.cache/sci-monitor``. Every cache
+Cache directory (derived ``.npz`` arrays): ``SCI_CACHE_DIR``, default ``$XDG_CACHE_HOME/sci-monitor``
+(``~/.cache/sci-monitor`` when ``XDG_CACHE_HOME`` is unset). Every cache
 file name carries a hash of the builder's parameters, a format version and the source files' size and mtime,
 so a cache built from other parameters, other code or other files is never read back.
 """
@@ -25,8 +28,14 @@ import numpy as np
 
 DATASETS = ("mitdb", "cwru")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-DEFAULT_CACHE_DIR = Path("~/.cache/sci-monitor")
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or fallback).expanduser() / "sci-monitor"
+
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" if IN_CHECKOUT else _xdg("XDG_DATA_HOME", "~/.local/share")
 
 _HINT = (
     "set SCI_DATA_DIR to the folder that holds mitdb/ and cwru/, or run `sci-monitor data fetch mitdb|cwru`"
@@ -69,8 +78,10 @@ def dataset_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Folder for derived arrays: ``$SCI_CACHE_DIR``, default ``~/.cache/sci-monitor`` (created on demand)."""
-    path = Path(os.environ.get("SCI_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser()
+    """Folder for derived arrays: ``$SCI_CACHE_DIR``, default ``$XDG_CACHE_HOME/sci-monitor`` (created on
+    demand)."""
+    path = Path(os.environ["SCI_CACHE_DIR"]).expanduser() if os.environ.get("SCI_CACHE_DIR") else _xdg(
+        "XDG_CACHE_HOME", "~/.cache")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

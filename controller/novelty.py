@@ -1,0 +1,126 @@
+"""Novelty score of a window from its trunk features (computed once per window, no extra MC passes).
+
+Two density models of the training features ``h: float[N, D]`` (the output of ``model.trunk``):
+
+- :class:`GaussianNovelty` — class-conditional Gaussians with one shared covariance (Lee et al. 2018; the feature
+  density of DDU, Mukhoti et al. 2021, with a tied covariance): score = min over classes of the squared
+  Mahalanobis distance (h − μ_k)ᵀ Σ⁻¹ (h − μ_k). Σ gets a ridge of 1e-6·tr(Σ)/D so dead ReLU units do not make
+  it singular.
+- :class:`KnnNovelty` — distance to the k-th nearest training feature after L2 normalisation (Sun et al. 2022),
+  over a fixed random subset of at most ``KNN_BANK`` training windows.
+
+Which one a checkpoint uses is chosen on validation (``controller.calibration``): the one that best separates
+validation windows from label-free proxy outliers made from them (time-reversed and phase-scrambled copies),
+transformations that none of the shift benchmark's recipes use. Both state dicts are plain tensors, stored beside
+the checkpoint (``NAME.novelty.pt``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+KNN_K = 10
+KNN_BANK = 10_000
+RIDGE = 1e-6
+CHUNK = 2048
+
+
+class NoveltyModel(Protocol):
+    method: str
+
+    def score(self, h: Tensor) -> Tensor:
+        """float32[B] novelty (higher = less like the training data) of trunk features h: float[B, D]."""
+        ...
+
+    def state(self) -> dict[str, Tensor | str]: ...
+
+    def to(self, device: torch.device | str) -> NoveltyModel: ...
+
+
+@dataclass(frozen=True)
+class GaussianNovelty:
+    """means float[K, D]; whiten W float[D, D] with ‖(h − μ) W‖² = (h − μ)ᵀ Σ⁻¹ (h − μ)."""
+
+    means: Tensor
+    whiten: Tensor
+    method: str = "mahalanobis"
+
+    def score(self, h: Tensor) -> Tensor:
+        z = h.to(self.whiten.dtype) @ self.whiten  # [B, D]
+        mu = self.means.to(self.whiten.dtype) @ self.whiten  # [K, D]
+        d2 = (z.pow(2).sum(1, keepdim=True) - 2 * z @ mu.T + mu.pow(2).sum(1)[None, :]).clamp_min(0)
+        return d2.min(1).values.to(torch.float32)
+
+    def state(self) -> dict[str, Tensor | str]:
+        return {"method": self.method, "means": self.means.cpu(), "whiten": self.whiten.cpu()}
+
+    def to(self, device: torch.device | str) -> GaussianNovelty:
+        return GaussianNovelty(self.means.to(device), self.whiten.to(device))
+
+
+def fit_gaussian(h: Tensor, y: Tensor, n_classes: int) -> GaussianNovelty:
+    """Class means and the shared (pooled, maximum-likelihood) covariance of h: float[N, D], y: int64[N]."""
+    h = h.double()
+    means = torch.stack([h[y == k].mean(0) if (y == k).any() else h.mean(0) for k in range(n_classes)])
+    centred = h - means[y]
+    cov = centred.T @ centred / h.shape[0]
+    d = cov.shape[0]
+    cov = cov + RIDGE * torch.trace(cov) / d * torch.eye(d, dtype=cov.dtype)
+    # Σ⁻¹ = L⁻ᵀ L⁻¹ with Σ = L Lᵀ, so ‖(h − μ) L⁻ᵀ‖² = (h − μ)ᵀ Σ⁻¹ (h − μ)
+    chol = torch.linalg.cholesky(cov)
+    whiten = torch.linalg.solve_triangular(chol, torch.eye(d, dtype=cov.dtype), upper=False).T
+    return GaussianNovelty(means.float(), whiten.float())
+
+
+@dataclass(frozen=True)
+class KnnNovelty:
+    """bank float[M, D]: L2-normalised training features; score = distance to the k-th nearest of them."""
+
+    bank: Tensor
+    k: int = KNN_K
+    method: str = "knn"
+
+    def score(self, h: Tensor) -> Tensor:
+        q = torch.nn.functional.normalize(h.to(self.bank.dtype), dim=1)
+        out = [torch.cdist(q[i : i + CHUNK], self.bank).topk(self.k, dim=1, largest=False).values[:, -1]
+               for i in range(0, q.shape[0], CHUNK)]
+        return torch.cat(out).to(torch.float32) if out else q.new_zeros(0)
+
+    def state(self) -> dict[str, Tensor | str]:
+        return {"method": self.method, "bank": self.bank.cpu(), "k": torch.tensor(self.k)}
+
+    def to(self, device: torch.device | str) -> KnnNovelty:
+        return KnnNovelty(self.bank.to(device), self.k)
+
+
+def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(h.shape[0], generator=g)[:bank]
+    return KnnNovelty(torch.nn.functional.normalize(h[idx].float(), dim=1), k)
+
+
+def from_state(state: dict) -> NoveltyModel:
+    if state["method"] == "mahalanobis":
+        return GaussianNovelty(state["means"], state["whiten"])
+    if state["method"] == "knn":
+        return KnnNovelty(state["bank"], int(state["k"]))
+    raise ValueError(f"unknown novelty method {state['method']!r}")
+
+
+def conformal_threshold(scores: Tensor, rate: float) -> float:
+    """Threshold τ with P(score > τ) ≤ ``rate`` for a new exchangeable in-distribution window.
+
+    τ = the ⌈(n + 1)(1 − rate)⌉-th smallest of the n validation scores (+inf when that rank exceeds n).
+
+    >>> conformal_threshold(torch.arange(1.0, 100.0), 0.1)  # n = 99: rank ⌈100 · 0.9⌉ = 90
+    90.0
+    """
+    s = scores.detach().double().cpu().sort().values
+    n = s.numel()
+    rank = math.ceil((n + 1) * (1 - rate) - 1e-9)
+    return float("inf") if rank > n else float(s[rank - 1])

@@ -1,0 +1,145 @@
+"""Cheap input checks before the model: flat line, clipping, amplitude and spectrum far outside the training range.
+
+Per window (``x: float[B, L]`` in the model's input units at its fs) a few statistics are computed on the device in
+one FFT (:func:`signal_stats`); :func:`fit_ranges` sets the allowed ranges from the training windows and
+:func:`check` returns a bit mask of failed checks (0 = passed). A failed window abstains before any MC pass with
+reason ``signal_quality``.
+
+Range rule (the same for every modality, stated once): a statistic fails when it lies outside the training
+[0.05 %, 99.95 %] quantile range widened by ``AMPLITUDE_MARGIN`` (amplitude, a factor 2 either way) or
+``RATIO_MARGIN`` (spectral shares, ±0.05 absolute): "far outside the training range", not merely rare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntFlag
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.controller_card import QualityRanges
+
+Q_LO, Q_HI = 0.0005, 0.9995
+AMPLITUDE_MARGIN = math.log(2.0)  # in log-RMS units: a factor 2 beyond the training range
+RATIO_MARGIN = 0.05
+FLAT_FACTOR = 0.1  # a flat line: peak-to-peak below a tenth of the training 0.05 % quantile
+CLIP_TOL = 1e-3  # a sample is "at the extreme" within this share of the window's peak-to-peak
+MIN_CLIP_FRACTION = 0.02  # never call clipping below 2 % of samples stuck at an extreme
+LF_BINS = 2  # lowest non-DC FFT bins = slow baseline drift
+N_BANDS = 16
+
+
+class QualityFlag(IntFlag):
+    """Bits of the quality verdict (0 = all checks passed).
+
+    >>> QualityFlag(5).names()
+    ['flat', 'amplitude']
+    """
+
+    FLAT = 1
+    CLIPPED = 2
+    AMPLITUDE = 4
+    SPECTRUM = 8
+
+    def names(self) -> list[str]:
+        return [f.name.lower() for f in QualityFlag if f in self]
+
+
+@dataclass(frozen=True)
+class SignalStats:
+    """Per-window statistics, float32[B] each, and bands float32[B, N_BANDS] (on the device of the input)."""
+
+    ptp: Tensor
+    clip_fraction: Tensor
+    log_rms: Tensor
+    hf_ratio: Tensor
+    lf_ratio: Tensor
+    bands: Tensor
+
+    def index(self, idx: Tensor) -> SignalStats:
+        return SignalStats(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    def to(self, device: torch.device | str) -> SignalStats:
+        return SignalStats(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def cat(parts: list[SignalStats]) -> SignalStats:
+        return SignalStats(*(torch.cat([getattr(p, f) for p in parts]) for f in SignalStats.__dataclass_fields__))
+
+
+def signal_stats(x: Tensor) -> SignalStats:
+    """Statistics of windows ``x: float[B, L]``.
+
+    ptp = max − min; clip_fraction = share of samples within CLIP_TOL·ptp of the max or of the min;
+    log_rms = log RMS of x − median(x) (floor 1e-12); hf_ratio = power above fs/4 (upper half of the band) / total;
+    lf_ratio = power in the LF_BINS lowest non-DC bins / total (mean removed, total floor 1e-20);
+    bands = log of the share of power in N_BANDS log-spaced bands from the lowest non-DC bin to fs/2 (the shape of
+    the spectrum, whatever the amplitude; the novelty gate's input-side density model uses it).
+
+    >>> s = signal_stats(torch.ones(1, 64))
+    >>> float(s.ptp[0]), float(s.clip_fraction[0])
+    (0.0, 1.0)
+    """
+    x = x.to(torch.float32)
+    hi, lo = x.amax(1), x.amin(1)
+    ptp = hi - lo
+    tol = CLIP_TOL * ptp[:, None]
+    clip = ((x >= hi[:, None] - tol) | (x <= lo[:, None] + tol)).float().mean(1)
+    centred = x - x.median(dim=1, keepdim=True).values
+    log_rms = centred.pow(2).mean(1).clamp_min(1e-24).sqrt().log()
+    power = torch.fft.rfft(x - x.mean(1, keepdim=True), dim=1).abs().pow(2)[:, 1:]
+    total = power.sum(1).clamp_min(1e-20)
+    n_bins = power.shape[1]
+    hf = power[:, n_bins // 2 :].sum(1) / total
+    lf = power[:, :LF_BINS].sum(1) / total
+    edges = band_edges(n_bins)
+    cum = torch.nn.functional.pad(power.cumsum(1), (1, 0))
+    bands = ((cum[:, edges[1:]] - cum[:, edges[:-1]]) / total[:, None] + 1e-8).log()
+    return SignalStats(ptp, clip, log_rms, hf, lf, bands)
+
+
+def band_edges(n_bins: int, n_bands: int = N_BANDS) -> list[int]:
+    """Edges (bin indices, 0 .. n_bins) of up to ``n_bands`` log-spaced, non-empty bands.
+
+    >>> band_edges(128, 4)
+    [0, 3, 11, 38, 128]
+    """
+    inner = np.unique(np.round(np.geomspace(1, n_bins, n_bands + 1)[1:-1]).astype(int)).tolist()
+    return [0, *(e for e in inner if 0 < e < n_bins), n_bins]
+
+
+def _range(v: np.ndarray, margin: float) -> tuple[float, float]:
+    lo, hi = np.quantile(v, [Q_LO, Q_HI])
+    return float(lo - margin), float(hi + margin)
+
+
+def fit_ranges(stats: SignalStats) -> QualityRanges:
+    """Allowed ranges from training windows' statistics (see the module docstring for the rule)."""
+    s = {f: getattr(stats, f).detach().cpu().double().numpy() for f in SignalStats.__dataclass_fields__
+         if f != "bands"}
+    ranges = QualityRanges(
+        flat_ptp=float(FLAT_FACTOR * np.quantile(s["ptp"], Q_LO)),
+        clip_fraction=float(max(np.quantile(s["clip_fraction"], Q_HI), MIN_CLIP_FRACTION)),
+        log_rms=_range(s["log_rms"], AMPLITUDE_MARGIN),
+        hf_ratio=_range(s["hf_ratio"], RATIO_MARGIN),
+        lf_ratio=_range(s["lf_ratio"], RATIO_MARGIN),
+    )
+    flags = check(stats, ranges)
+    return QualityRanges(**{**ranges.__dict__, "train_flag_rate": round(float((flags != 0).float().mean()), 6)})
+
+
+def check(stats: SignalStats, r: QualityRanges) -> Tensor:
+    """int64[B] bit mask of :class:`QualityFlag` (0 = passed)."""
+
+    def outside(v: Tensor, bounds: tuple[float, float]) -> Tensor:
+        return (v < bounds[0]) | (v > bounds[1])
+
+    flat = stats.ptp < r.flat_ptp
+    clipped = ~flat & (stats.clip_fraction > r.clip_fraction)
+    amplitude = ~flat & outside(stats.log_rms, r.log_rms)
+    spectrum = ~flat & (outside(stats.hf_ratio, r.hf_ratio) | outside(stats.lf_ratio, r.lf_ratio))
+    return (flat.long() * QualityFlag.FLAT + clipped.long() * QualityFlag.CLIPPED
+            + amplitude.long() * QualityFlag.AMPLITUDE + spectrum.long() * QualityFlag.SPECTRUM)

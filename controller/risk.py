@@ -1,0 +1,158 @@
+"""Risk-controlled abstention: answer a window only when its confidence clears a threshold certified on validation.
+
+The operator states a target risk α (error rate among answered windows) and a confidence 1 − δ. With the
+validation split cut in two halves, the *fit* half fixes the candidate thresholds (its confidence quantiles at
+coverages 1 %, 2 %, ..., 100 %) and their testing order (most promising first: ascending p-value on the fit half),
+and the *calibration* half tests them in that fixed order (Learn-then-Test, Angelopoulos et al. 2021, with
+fixed-sequence testing): for threshold λ with n answered windows and k errors among them, the p-value of
+"risk(λ) > α" is the binomial tail P(Binom(n, α) ≤ k) (exact, valid conditionally on n, as in Geifman &
+El-Yaniv 2017). Testing stops at the first p-value above δ; of the thresholds rejected before that, the one
+answering the most calibration windows is used. Then P(risk among answered windows > α) ≤ δ for windows
+exchangeable with validation ones; if nothing is certified every window that reaches the rule abstains. (Testing
+strictest-first would stop at once: the most confident windows include a few confidently wrong ones.)
+
+Confidence scores (the one used is chosen on the fit half, by misclassification AUROC): ``max_prob`` (of the MC
+mean at the controller's last pass), ``sp``, ``max_prob_det`` (the plain deterministic pass) and ``combined``
+(logistic regression of the error on log(1 − max_prob), log(1 − max_prob_det) and log novelty).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import binom
+from torch import Tensor
+
+SCORES = ("max_prob", "sp", "max_prob_det", "combined")
+COVERAGE_STEPS = 100
+_EPS = 1e-6
+
+
+def combined_features(probs: Tensor, det_probs: Tensor, novelty: Tensor) -> Tensor:
+    """float[B, 3]: log(1 − max prob of the MC mean), log(1 − max prob of the plain pass), log novelty."""
+    return torch.stack([(1 - probs.max(1).values + _EPS).log(), (1 - det_probs.max(1).values + _EPS).log(),
+                        (novelty.clamp_min(0) + _EPS).log()], dim=1)
+
+
+def confidence(score: str, probs: Tensor, sp: Tensor, det_probs: Tensor, novelty: Tensor,
+               weights: tuple[float, ...] = ()) -> Tensor:
+    """float32[B] confidence (higher = more trusted) of ``score`` (one of :data:`SCORES`).
+
+    probs float[B, K] (MC mean), sp float[B], det_probs float[B, K] (plain pass), novelty float[B];
+    ``combined`` uses weights (bias, w1, w2, w3) and returns 1 − the modelled error probability.
+    """
+    if score == "max_prob":
+        return probs.max(1).values.float()
+    if score == "sp":
+        return sp.float()
+    if score == "max_prob_det":
+        return det_probs.max(1).values.float()
+    if score == "combined":
+        w = torch.as_tensor(weights, dtype=torch.float32, device=probs.device)
+        z = w[0] + combined_features(probs, det_probs, novelty).float() @ w[1:]
+        return 1 - torch.sigmoid(z)
+    raise ValueError(f"unknown confidence score {score!r}; choose one of {SCORES}")
+
+
+def binomial_pvalue(errors: int, n: int, alpha: float) -> float:
+    """p-value of H0 "risk > α" after ``errors`` errors in ``n`` answered windows: P(Binom(n, α) ≤ errors).
+
+    >>> round(binomial_pvalue(0, 100, 0.02), 4)  # 0.98 ** 100
+    0.1326
+    >>> binomial_pvalue(0, 0, 0.02)
+    1.0
+    """
+    return 1.0 if n == 0 else float(binom.cdf(errors, n, alpha))
+
+
+def min_answered(alpha: float, delta: float) -> int:
+    """Fewest answered windows that can certify risk ≤ α at level δ (with zero errors).
+
+    >>> min_answered(0.02, 0.1)
+    114
+    """
+    return math.ceil(math.log(delta) / math.log(1 - alpha))
+
+
+def threshold_grid(conf_fit: np.ndarray, wrong_fit: np.ndarray, n_cal: int, alpha: float, delta: float,
+                   steps: int = COVERAGE_STEPS) -> np.ndarray:
+    """Candidate thresholds in testing order, from the fit half only: its confidence quantiles at coverages
+    1/steps .. 1 and −inf (answer all), ordered by ascending fit-half p-value (ties: more coverage first).
+    Coverages whose expected answered count on the calibration half (coverage · n_cal) is below
+    :func:`min_answered` are left out (they could never be certified and would stop the sequence)."""
+    conf_fit = np.asarray(conf_fit, np.float64)
+    wrong_fit = np.asarray(wrong_fit, bool)
+    cov = np.arange(1, steps + 1) / steps
+    cov = cov[cov * n_cal >= min_answered(alpha, delta)]
+    grid = np.concatenate([np.quantile(conf_fit, 1 - cov), [-np.inf]])
+    answered = conf_fit[None, :] >= grid[:, None]
+    p = [binomial_pvalue(int(wrong_fit[a].sum()), int(a.sum()), alpha) for a in answered]
+    order = np.lexsort((grid, p))  # primary: p-value, then the lower (looser) threshold first
+    return grid[order]
+
+
+@dataclass(frozen=True)
+class Certified:
+    """Outcome of Learn-then-Test on the calibration half."""
+
+    threshold: float  # +inf when nothing is certified (abstain on every window reaching the rule)
+    certified: bool
+    n: int  # calibration windows
+    answered: int
+    errors: int
+    p_value: float  # of the chosen threshold (1.0 when none)
+
+
+def learn_then_test(conf: np.ndarray, wrong: np.ndarray, grid: np.ndarray, alpha: float, delta: float) -> Certified:
+    """Fixed-sequence test of thresholds ``grid`` (in the given order) on calibration windows (conf, wrong); the
+    certified threshold answering the most windows wins."""
+    conf = np.asarray(conf, np.float64)
+    wrong = np.asarray(wrong, bool)
+    best = Certified(float("inf"), False, len(conf), 0, 0, 1.0)
+    for lam in grid:
+        answered = conf >= lam
+        n, k = int(answered.sum()), int(wrong[answered].sum())
+        p = binomial_pvalue(k, n, alpha)
+        if p > delta:
+            break
+        if not best.certified or n > best.answered:
+            best = Certified(float(lam), True, len(conf), n, k, p)
+    return best
+
+
+def exceedance_level(values: np.ndarray, rate: float) -> float:
+    """Smallest observed value v with mean(values ≥ v) ≤ ``rate`` (ties kept together); above the max if none.
+
+    >>> exceedance_level(np.array([0.1, 0.1, 0.1, 0.2, 0.5]), 0.2)
+    0.5
+    >>> exceedance_level(np.array([0.1, 0.1, 0.1, 0.2, 0.5]), 0.4)
+    0.2
+    """
+    v = np.sort(np.asarray(values, np.float64))
+    u = np.unique(v)
+    frac = (v.size - np.searchsorted(v, u, side="left")) / v.size
+    ok = np.nonzero(frac <= rate)[0]
+    return float(u[ok[0]]) if ok.size else float(np.nextafter(v[-1], np.inf))
+
+
+def alert_level(delta_sp: np.ndarray, sp_star: float, rate: float) -> float:
+    """ΔSP alert level: exceeded (≥) by at most ``rate`` of these windows, and above 1 − SP* (for SP* ≥ 0.5), the
+    largest ΔSP a window at or above SP* can have, so a confident window never alerts.
+
+    >>> alert_level(np.array([0.15, 0.15, 0.149, 0.6, 0.3]), 0.85, 0.2)  # only SP ≤ 0.25 alerts
+    0.6
+    >>> alert_level(np.full(10, 0.15), 0.85, 0.5) > 0.15
+    True
+    """
+    floor = 1.0 - sp_star if sp_star >= 0.5 else 0.0
+    return max(exceedance_level(delta_sp, rate), float(np.nextafter(floor, np.inf)))
+
+
+def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, calibration) index arrays: a fixed random half each (the first gets the extra window)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = (n + 1) // 2
+    return np.sort(perm[:cut]), np.sort(perm[cut:])

@@ -1,0 +1,178 @@
+"""Shifted test windows for the shift benchmark (`sci-monitor evaluate-shift`): never used to fit or choose anything.
+
+Every shift is built from the test split of the shared recordings (ECG: DS2; vibration: the test time blocks), with
+a fixed seed, and keeps the true labels, so "answered and wrong" is measurable. Recipes:
+
+ECG (``ecg_shifts``; ``ECG_WINDOWS`` beats drawn once from DS2, the same beats in every condition):
+- ``lead2``: the record's other lead (V1, V2, V4 or V5; V5 in record 114, whose MLII is channel 1) fed as if it
+  were MLII, same beats, same RR features;
+- ``baseline_wander_{0,6,12}db``: + sum of 3 sinusoids, frequencies uniform in 0.05–0.5 Hz, random phases and
+  amplitudes (respiration / movement drift);
+- ``muscle_{0,6,12}db``: + Gaussian noise band-passed 20–150 Hz (4th-order Butterworth; EMG);
+- ``electrode_motion_{0,6,12}db``: + Gaussian noise band-passed 0.5–10 Hz plus one step of random sign and height
+  (2 × the noise RMS) at a random sample (electrode-motion artefact);
+  SNR is per window: 10·log10(P_signal / P_noise), P = mean square of the mean-removed window;
+- ``gain_x0.25``, ``gain_x4``: amplitude scaled; ``polarity``: sign flipped;
+- ``resampled_250hz``, ``resampled_500hz``: the MLII record resampled (``resample_poly``) to 250 / 500 Hz as if
+  recorded at that rate, then windowed and given RR features as if it were 360 Hz (the announced rate).
+Vibration (``vibration_shifts``; the cwru test frames):
+- ``gain_x0.25``, ``gain_x4``; ``resampled_8khz``, ``resampled_16khz``: each recording resampled to 8 / 16 kHz as if
+  recorded at that rate, frames from its test time block announced as 12 kHz;
+- ``normal_wrong_rate``: the 48 kHz normal baseline read as if it were 12 kHz (no resampling), test block frames;
+- ``load_shift`` (``load_shift_frames``): for the ``cwru-loadshift`` model, load-3 fault frames (its test split)
+  against the test time blocks of loads 0–2 (never used by that model).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.io
+from scipy.signal import butter, resample_poly, sosfiltfilt
+
+from models.data import cwru, mitdb
+from models.training import Arrays
+
+ECG_WINDOWS = 3000
+SNRS_DB = (0, 6, 12)
+SEED = 20240601
+
+
+def _power(x: np.ndarray) -> np.ndarray:
+    return np.mean((x - x.mean(1, keepdims=True)) ** 2, axis=1, keepdims=True)
+
+
+def add_at_snr(x: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """x + noise scaled per window so that 10·log10(P_x / P_noise) = snr_db (P: mean-removed mean square)."""
+    scale = np.sqrt(_power(x) / np.maximum(_power(noise), 1e-20) / 10 ** (snr_db / 10))
+    return (x + noise * scale).astype(np.float32)
+
+
+def _bandpassed(rng: np.random.Generator, n: int, length: int, fs: float, lo: float, hi: float) -> np.ndarray:
+    pad = length  # filter a longer stretch and keep its middle: no edge transients
+    sos = butter(4, [lo, hi], btype="band", fs=fs, output="sos")
+    return sosfiltfilt(sos, rng.standard_normal((n, length + 2 * pad)), axis=1)[:, pad:-pad]
+
+
+def baseline_wander(rng: np.random.Generator, n: int, length: int, fs: float) -> np.ndarray:
+    t = np.arange(length) / fs + rng.uniform(0, 60, (n, 1))
+    f = rng.uniform(0.05, 0.5, (n, 3, 1))
+    a = rng.uniform(0.5, 1.0, (n, 3, 1))
+    ph = rng.uniform(0, 2 * np.pi, (n, 3, 1))
+    return (a * np.sin(2 * np.pi * f * t[:, None, :] + ph)).sum(1)
+
+
+def muscle(rng: np.random.Generator, n: int, length: int, fs: float) -> np.ndarray:
+    return _bandpassed(rng, n, length, fs, 20.0, min(150.0, 0.45 * fs))
+
+
+def electrode_motion(rng: np.random.Generator, n: int, length: int, fs: float) -> np.ndarray:
+    x = _bandpassed(rng, n, length, fs, 0.5, 10.0)
+    rms = np.sqrt(np.mean(x**2, axis=1, keepdims=True))
+    at = rng.integers(0, length, (n, 1))
+    step = (np.arange(length)[None, :] >= at) * rng.choice([-2.0, 2.0], (n, 1)) * rms
+    return x + step
+
+
+def _other_lead(name: str) -> np.ndarray:
+    import wfdb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = wfdb.rdrecord(str(mitdb.record_path(name)))
+    other = next(i for i, s in enumerate(rec.sig_name) if s != mitdb.LEAD)
+    return rec.p_signal[:, other].astype(np.float32)
+
+
+def _resampled_record(name: str, fs_true: int) -> tuple[np.ndarray, np.ndarray]:
+    """MLII recorded at ``fs_true`` (resampled from 360 Hz) and its beat samples at that rate."""
+    rec = mitdb.load_record(name)
+    sig = resample_poly(rec.signal.astype(np.float64), fs_true, mitdb.FS).astype(np.float32)
+    return sig, np.rint(rec.beat_samples * fs_true / mitdb.FS).astype(np.int64)
+
+
+def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str, Arrays]]:
+    """(in-distribution reference, {shift: windows}) of ``n`` DS2 beats drawn once; see the module docstring."""
+    rng = np.random.default_rng(seed)
+    beats = mitdb.load_beats(mitdb.DS2)
+    idx = np.sort(rng.choice(len(beats), size=min(n, len(beats)), replace=False))
+    b = beats.subset(idx)
+    ref = Arrays(b.x, b.rr, b.y)
+    shifts: dict[str, Arrays] = {}
+    lead2 = np.empty_like(b.x)
+    for name in np.unique(b.record):
+        m = b.record == name
+        lead2[m] = mitdb.beat_windows(_other_lead(str(name)), b.sample[m])[0]
+    shifts["lead2"] = Arrays(lead2, b.rr, b.y)
+    length = b.x.shape[1]
+    for kind, make in (("baseline_wander", baseline_wander), ("muscle", muscle),
+                       ("electrode_motion", electrode_motion)):
+        for snr in SNRS_DB:
+            noise = make(rng, len(b), length, float(mitdb.FS))
+            shifts[f"{kind}_{snr}db"] = Arrays(add_at_snr(b.x, noise, snr), b.rr, b.y)
+    shifts["gain_x0.25"] = Arrays(b.x * np.float32(0.25), b.rr, b.y)
+    shifts["gain_x4"] = Arrays(b.x * np.float32(4.0), b.rr, b.y)
+    shifts["polarity"] = Arrays(-b.x, b.rr, b.y)
+    for fs_true in (250, 500):
+        xs, rrs, ys = [], [], []
+        for name in np.unique(b.record):
+            m = b.record == name
+            sig, peaks_all = _resampled_record(str(name), fs_true)
+            rr_all = mitdb.rr_features(peaks_all, mitdb.FS)  # announced as 360 Hz
+            rec_beats = mitdb.load_record(str(name)).beat_samples
+            pos = np.searchsorted(rec_beats, b.sample[m])
+            x, kept = mitdb.beat_windows(sig, peaks_all[pos])
+            xs.append(x)
+            rrs.append(rr_all[pos][kept])
+            ys.append(b.y[m][kept])
+        shifts[f"resampled_{fs_true}hz"] = Arrays(np.concatenate(xs), np.concatenate(rrs), np.concatenate(ys))
+    return ref, shifts
+
+
+def _test_block_frames(signal: np.ndarray, label: int) -> Arrays:
+    start, stop = cwru.split_blocks(signal.size)["test"]
+    starts = cwru.frame_starts(start, stop, cwru.FRAME)
+    x = np.stack([signal[s : s + cwru.FRAME] for s in starts]).astype(np.float32)
+    return Arrays(x, None, np.full(len(starts), label, np.int64))
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
+    return Arrays(np.concatenate([p.x for p in parts]), None, np.concatenate([p.y for p in parts]))
+
+
+def vibration_shifts() -> tuple[Arrays, dict[str, Arrays]]:
+    """(in-distribution reference = the cwru test frames, {shift: frames}); see the module docstring."""
+    test = cwru.load_frames("test")
+    ref = Arrays(test.x, None, test.y)
+    shifts = {"gain_x0.25": Arrays(test.x * np.float32(0.25), None, test.y),
+              "gain_x4": Arrays(test.x * np.float32(4.0), None, test.y)}
+    recs = cwru.list_recordings(read_rpms=False)
+    for fs_true in (8000, 16000):
+        parts = []
+        for rec in recs:
+            sig = resample_poly(cwru.load_signal(rec).astype(np.float64), fs_true, cwru.FS)
+            parts.append(_test_block_frames(sig, rec.label))
+        shifts[f"resampled_{fs_true // 1000}khz"] = _concat(parts)
+    shifts["normal_wrong_rate"] = normal_at_wrong_rate(recs)
+    return ref, shifts
+
+
+def normal_at_wrong_rate(recs: list[cwru.CwruRecording] | None = None) -> Arrays:
+    """Test-block frames of the 48 kHz normal baseline read as if it were 12 kHz (no resampling)."""
+    parts = []
+    for rec in recs or cwru.list_recordings(read_rpms=False):
+        if rec.fault != "normal":
+            continue
+        var = next(v for v in scipy.io.whosmat(str(rec.path)) if v[0].endswith("_DE_time"))[0]
+        raw = np.asarray(scipy.io.loadmat(str(rec.path), variable_names=[var])[var], np.float32).ravel()
+        parts.append(_test_block_frames(raw, rec.label))
+    return _concat(parts)
+
+
+def load_shift_frames() -> tuple[Arrays, Arrays]:
+    """(reference: test time blocks of loads 0–2, shifted: load-3 fault frames) for the cwru-loadshift model."""
+    ref = cwru.load_frames("test", loads=(0, 1, 2))
+    shifted = cwru.load_shift_frames(train_loads=(0, 1, 2), test_load=3).test
+    shifted = shifted.subset(shifted.load == 3)
+    return Arrays(ref.x, None, ref.y), Arrays(shifted.x, None, shifted.y)

@@ -1,0 +1,61 @@
+"""`sci-monitor replay`: publish recordings as live sensor streams."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from sci_monitor import options
+
+NAME = "replay"
+HELP = "publish real recordings as live sensor streams"
+
+
+def _datasets() -> list[str]:
+    from streams.modalities import replay_datasets
+
+    return list(replay_datasets())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_settings(p, influx=False)
+    p.add_argument("--dataset", choices=options.LazyChoices(_datasets), required=True, metavar="NAME",
+                   help="a replay dataset of the modality registry (mitdb, cwru)")
+    p.add_argument("--records", nargs="+", help="MIT-BIH record names or CWRU file ids (default: a few test ones)")
+    p.add_argument("--speed", type=options.non_negative_float, default=1.0,
+                   help="× real time; 0 = as fast as possible (default 1)")
+    p.add_argument("--max-windows", type=options.positive_int, help="stop after this many windows")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--replay-id", help="repeat an earlier replay with the same time stamps (its points are "
+                   "overwritten, not added); printed at the end of every replay")
+    options.add_json(p, "the summary")
+
+
+def render(summary) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"replay to {summary.topic}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("windows sent / acknowledged", f"{summary.sent} / {summary.produced}")
+    t.add_row("failed sends", str(summary.failed))
+    t.add_row("replay id", str(summary.replay_id))
+    t.add_row("time", f"{summary.elapsed_s:.1f} s ({summary.windows_per_s:.0f} windows/s)")
+    labels = ", ".join(f"{k} {v}" for k, v in sorted(summary.labels.items()))
+    t.add_row("with ground truth", f"{summary.labelled} ({labels or 'none'})")
+    for stream, n in sorted(summary.per_stream.items()):
+        t.add_row(f"  {stream}", str(n))
+    for e in summary.errors:
+        t.add_row("error", e)
+    options.console().print(t)
+
+
+def run(a: argparse.Namespace) -> int:
+    from streams.replay import replay_command
+
+    summary = replay_command(options.settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
+                             max_windows=a.max_windows, progress=not a.no_progress and a.json != "-",
+                             replay=a.replay_id)
+    options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s},
+                 lambda: render(summary))
+    return 0

@@ -1,0 +1,294 @@
+"""`sci-monitor bench pipeline`: the full worker against bare Faust pass-through on the real local stack (JSON out).
+
+One run, one private local stack (tansu broker + influxd on free ports, state in a temporary directory):
+
+1. Throughput. ``windows`` real sensor windows (DS2 MIT-BIH beats and CWRU frames, interleaved in time) are produced
+   up front to an input topic. A bare Faust agent (same broker URL, serializers, offsets reset and
+   ``take_events(batch_size, within=batch_timeout_s)`` as the worker, decoding nothing) counts them:
+   ``passthrough_windows_per_s``. Then a real ``sci-monitor worker`` (another consumer group) processes the same
+   backlog (decode, controller, four output topics, InfluxDB): ``pipeline_windows_per_s``, from the broker
+   timestamps of its first and last label records. Both rates are sustained rates of draining a backlog.
+2. Latency. A fresh worker on fresh topics gets windows paced at half the pipeline's sustained rate for
+   ``latency_s`` seconds; per window, produce → stored latency = the label record's timestamp minus the input
+   record's timestamp (both set by producers on this host). The worker publishes a batch's labels and writes its
+   InfluxDB points concurrently and acks the batch only after both, so a label exists no earlier than the stored
+   point's batch began and the point count is checked: ``latency_ms {p50, p95, p99}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import heapq
+import itertools
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from models.data import mitdb
+from streams.contracts import encode_window, window_key
+from streams.replay import ecg_windows, vibration_windows
+from streams.settings import Settings, load_settings
+from streams.stack import LocalStack, free_ports
+
+CWRU_IDS = (97, 121, 108, 133)  # one recording per class: normal, ball, inner race, outer race
+Log = Callable[[str], None]
+
+
+def bench_messages(n: int, start_ns: int) -> list[tuple[bytes, bytes]]:
+    """``n`` encoded (key, value) windows: DS2 (test-split) beats of every DS2 record and CWRU frames, by time."""
+    streams = [ecg_windows(r, start_ns=start_ns) for r in mitdb.DS2]
+    streams += [vibration_windows(i, start_ns=start_ns) for i in CWRU_IDS]
+    merged = itertools.islice(heapq.merge(*streams, key=lambda w: w.t0_ns), n)
+    msgs = [(window_key(w.stream, w.seq), encode_window(w)) for w in merged]
+    if len(msgs) < n:
+        raise ValueError(f"only {len(msgs)} windows available, {n} asked")
+    return msgs
+
+
+# ------------------------------------------------------------------------------------------------ Kafka helpers
+def _producer(bootstrap: str):
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, batch_size=256 * 1024,
+                         max_request_size=4 * 1024 * 1024, client_id="sci-monitor-bench")
+
+
+def _create_topics(s: Settings) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(t, n, 1) for t, n in s.topic_partitions.items()])
+    finally:
+        admin.close()
+
+
+def _influx(s: Settings, q: str, method: str = "GET") -> dict:
+    r = requests.request(method, f"{s.influx_url}/query", params={"db": s.influx_db, "q": q}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def _influx_count(s: Settings) -> int:
+    series = _influx(s, "SELECT count(sp) FROM sci_window")["results"][0].get("series", [])
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def _records(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:
+    """The first ``expected`` records of ``topic``, read from the beginning (counted: the local broker's end
+    offsets are unreliable, see the local-stack notes)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             consumer_timeout_ms=1000, max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {len(out)} of {expected} records after {timeout_s:.0f} s")
+            out.extend(consumer)  # returns after 1 s without records
+        return out
+    finally:
+        consumer.close()
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def _env(s: Settings) -> dict[str, str]:
+    return {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
+            "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
+            "SCI_DEVICE": s.device, "SCI_STATE_DIR": str(s.state_dir), "SCI_BATCH_SIZE": str(s.batch_size),
+            "SCI_BATCH_TIMEOUT_S": str(s.batch_timeout_s), "SCI_HEALTH_PORT": str(free_ports(1)[0])}
+
+
+def _spawn(args: list[str], s: Settings, log_path: Path) -> subprocess.Popen:
+    with log_path.open("w") as log:
+        return subprocess.Popen([sys.executable, *args], env=_env(s), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode}: {log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no result after {timeout_s:.0f} s; see {log_path}")
+        time.sleep(0.2)
+    time.sleep(0.1)  # written in one call; let it land
+    return json.loads(path.read_text())
+
+
+def _worker_rate(s: Settings, work: Path, n: int, timeout_s: float) -> tuple[float, int]:
+    """Sustained windows/s of a real worker draining ``n`` produced windows, and the InfluxDB point count."""
+    from streams.demo import wait_worker_ready
+
+    log_path = work / f"{s.app_id}.log"
+    worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
+    try:
+        wait_worker_ready(worker, log_path, timeout_s=timeout_s)
+        labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
+    finally:
+        _stop(worker)
+    ts = np.sort([r.timestamp for r in labels]) / 1000.0
+    return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-3), _influx_count(s)
+
+
+# ------------------------------------------------------------------------------------------------ phases
+def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeout_s: float, log: Log
+                ) -> dict[str, Any]:
+    _create_topics(s)
+    producer = _producer(s.kafka_bootstrap)
+    for k, v in msgs:
+        producer.send(s.topics["windows"], key=k, value=v)
+    producer.flush(timeout=120)
+    producer.close()
+    n = len(msgs)
+    log(f"[bench] {n} windows produced to {s.topics['windows']}; bare Faust pass-through ...")
+    result_path = work / "passthrough.json"
+    pt = dataclasses.replace(s, app_id=f"{s.app_id}-passthrough")
+    log_path = work / "passthrough.log"
+    proc = _spawn(["-m", "streams.bench", "passthrough", "--windows", str(n), "--result", str(result_path)], pt,
+                  log_path)
+    try:
+        passthrough = _wait_for(result_path, proc, log_path, timeout_s)
+    finally:
+        _stop(proc)
+    log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline (worker) ...")
+    rate, stored = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, timeout_s)
+    log(f"[bench] pipeline {rate:.0f} windows/s, {stored} points stored")
+    return {"passthrough_windows_per_s": passthrough["windows_per_s"], "pipeline_windows_per_s": rate,
+            "pipeline_over_passthrough": rate / passthrough["windows_per_s"], "influx_points_throughput": stored}
+
+
+def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float,
+             timeout_s: float, log: Log) -> dict[str, Any]:
+    from streams.demo import wait_worker_ready
+
+    _create_topics(s)
+    _influx(s, f'CREATE DATABASE "{s.influx_db}"', method="POST")
+    n = max(1, min(len(msgs), round(rate * seconds)))
+    log_path = work / "latency-worker.log"
+    worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
+    try:
+        wait_worker_ready(worker, log_path, timeout_s=timeout_s)
+        log(f"[bench] latency: {n} windows at {rate:.0f} windows/s ...")
+        producer = _producer(s.kafka_bootstrap)
+        start = time.monotonic()
+        for i, (k, v) in enumerate(msgs[:n]):
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            producer.send(s.topics["windows"], key=k, value=v)
+        producer.flush(timeout=60)
+        producer.close()
+        labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
+    finally:
+        _stop(worker)
+    inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topics["windows"], n, timeout_s)}
+    lat = np.array([r.timestamp - inputs[r.key] for r in labels if r.key in inputs], dtype=np.float64)
+    p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
+    return {"latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "latency_windows": int(lat.size),
+            "latency_rate_windows_per_s": rate, "influx_points_latency": _influx_count(s)}
+
+
+def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: int | None = None,
+                   timeout_s: float = 600.0, log: Log = lambda _: None) -> dict[str, Any]:
+    """The whole pipeline benchmark on a private local stack; returns the JSON-able result."""
+    base = load_settings(env={})
+    if batch_size is not None:
+        base = dataclasses.replace(base, batch_size=batch_size)
+    base = dataclasses.replace(base, device="cpu" if base.device == "auto" else base.device)
+    log(f"[bench] encoding {windows} windows ...")
+    msgs = bench_messages(windows, time.time_ns())
+    with tempfile.TemporaryDirectory(prefix="sci-bench-") as tmp:
+        work = Path(tmp)
+        kafka_port, influx_port, rpc_port = free_ports(3)
+        stack = LocalStack(base, state_dir=work / "stack", kafka_port=kafka_port, influx_port=influx_port,
+                           influx_rpc_port=rpc_port)
+        try:
+            stack.up(timeout=60)
+            s = stack.settings
+            tag = uuid.uuid4().hex[:6]
+            tp = _throughput(dataclasses.replace(s, topic_prefix=f"bt{tag}", app_id=f"bench-{tag}"), work, msgs,
+                             timeout_s, log)
+            lat_settings = dataclasses.replace(s, topic_prefix=f"bl{tag}", app_id=f"bench-lat-{tag}",
+                                               influx_db=f"lat_{tag}", influx_bucket=f"lat_{tag}")
+            lat = _latency(lat_settings, work, msgs, tp["pipeline_windows_per_s"] / 2, latency_s, timeout_s, log)
+        finally:
+            stack.down()
+    return {
+        "benchmark": "pipeline",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": base.device},
+        "settings": {"windows": windows, "latency_s": latency_s, "batch_size": base.batch_size,
+                     "batch_timeout_s": base.batch_timeout_s, "input_partitions": base.input_partitions,
+                     "data": "DS2 MIT-BIH beats (all 22 records) + CWRU frames (files 97, 121, 108, 133), by time"},
+        **tp, **lat,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ pass-through
+def passthrough_main(windows: int, result: Path) -> None:
+    """Run a bare Faust agent on ``settings.topics["windows"]`` (env settings) until it has seen ``windows`` events;
+    writes {"windows", "seconds", "windows_per_s"} to ``result`` (timed from its first batch to the last)."""
+    import faust
+
+    s = load_settings()
+    app = faust.App(  # the worker's consumer settings (streams/app.py create_worker), minus everything else
+        s.app_id, broker=";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()),
+        value_serializer="raw", key_serializer="raw", store="memory://", web_enabled=False,
+        topic_partitions=s.input_partitions, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
+        broker_commit_every=s.batch_size, broker_commit_interval=1.0)
+    topic = app.topic(s.topics["windows"], key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw")
+    state = {"seen": 0, "first": None, "first_batch": 0}
+
+    @app.agent(topic, name="passthrough")
+    async def count(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_size, within=s.batch_timeout_s):
+            now = time.monotonic()
+            if state["first"] is None:
+                state["first"], state["first_batch"] = now, len(events)
+            state["seen"] += len(events)
+            if state["seen"] >= windows and not result.exists():
+                secs = max(now - state["first"], 1e-6)
+                result.write_text(json.dumps({"windows": state["seen"], "seconds": secs,
+                                              "windows_per_s": (state["seen"] - state["first_batch"]) / secs}))
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="bare Faust pass-through agent of `sci-monitor bench pipeline`")
+    parser.add_argument("mode", choices=["passthrough"])
+    parser.add_argument("--windows", type=int, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    a = parser.parse_args()
+    passthrough_main(a.windows, a.result)

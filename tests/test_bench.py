@@ -1,0 +1,50 @@
+"""Smoke runs of the benchmarks with tiny sizes: they run and write their keys (how fast is the benchmarks' job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sci_monitor", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_controller_bench_writes_its_keys(tmp_path):
+    out = tmp_path / "controller.json"
+    r = cli("bench", "controller", "--models", "paper-bearings", "--batch-sizes", "1", "4", "--windows", "8",
+            "--loop-windows", "3", "--repeats", "1", "--threads", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["machine"]["device"] == "cpu" and result["machine"]["torch_threads"] == 1
+    m = result["models"]["paper-bearings"]
+    methods = {"deterministic", "fixed_t", "sci_controller", "sci_paper", "sci_threshold", "sci_bound"}
+    assert set(m["windows_per_s"]) == methods | {"per_window_loop"}
+    for method in methods:
+        assert set(m["windows_per_s"][method]) == {"1", "4"}
+        assert all(v > 0 for v in m["windows_per_s"][method].values())
+    assert m["windows_per_s"]["per_window_loop"] > 0
+    for ratios in m["ratios"].values():
+        assert {"sci_cost_over_deterministic", "fixed_t_cost_over_sci",
+                "sci_speedup_over_per_window_loop"} <= set(ratios)
+    assert m["controller"] == "sci_controller" and m["card_policy"] == "sci_paper"  # the paper recipe pins it
+    assert all(0 <= v <= 25 for v in m["mean_passes"].values())  # gated windows spend no pass
+
+
+@pytest.mark.integration
+def test_pipeline_bench_writes_its_keys(tmp_path):
+    out = tmp_path / "pipeline.json"
+    r = cli("bench", "pipeline", "--windows", "200", "--latency-seconds", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["passthrough_windows_per_s"] > 0 and result["pipeline_windows_per_s"] > 0
+    assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
+    assert 0 <= result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
+    # every window of both phases was stored
+    assert result["influx_points_throughput"] == 200
+    assert result["influx_points_latency"] == result["latency_windows"] > 0

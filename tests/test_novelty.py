@@ -1,0 +1,75 @@
+"""Novelty density models against scikit-learn, and the conformal threshold's promise."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.neighbors import NearestNeighbors
+
+from controller.novelty import conformal_threshold, fit_gaussian, fit_knn, from_state
+
+
+def _clusters(n: int = 600, d: int = 6, k: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    mix = rng.normal(size=(d, d))
+    h = rng.normal(size=(n, d)) @ mix + 4.0 * rng.normal(size=(k, d))[y]
+    return h, y
+
+
+def test_gaussian_score_is_min_class_mahalanobis_of_sklearn_pooled_covariance():
+    h, y = _clusters()
+    model = fit_gaussian(torch.tensor(h), torch.tensor(y), 3)
+    means = np.stack([h[y == c].mean(0) for c in range(3)])
+    pooled = EmpiricalCovariance(assume_centered=True).fit(h - means[y])
+    q = np.random.default_rng(1).normal(size=(50, h.shape[1])) * 3
+    expected = np.min([pooled.mahalanobis(q - means[c]) for c in range(3)], axis=0)
+    got = model.score(torch.tensor(q, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=2e-3)
+
+
+def test_gaussian_ranks_far_points_above_training_points_and_survives_a_dead_unit():
+    h, y = _clusters()
+    h[:, 2] = 0.0  # a dead ReLU unit: singular covariance without the ridge
+    model = fit_gaussian(torch.tensor(h), torch.tensor(y), 3)
+    near = model.score(torch.tensor(h[:100], dtype=torch.float32))
+    far = model.score(torch.tensor(h[:100] + 50.0, dtype=torch.float32))
+    assert torch.isfinite(near).all() and (far.min() > near.max())
+
+
+def test_knn_score_is_kth_neighbour_distance_of_normalised_features():
+    h, _ = _clusters()
+    model = fit_knn(torch.tensor(h), k=5, bank=10_000)
+    bank = h / np.linalg.norm(h, axis=1, keepdims=True)
+    q = np.random.default_rng(2).normal(size=(40, h.shape[1]))
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    expected = NearestNeighbors(n_neighbors=5).fit(bank).kneighbors(qn)[0][:, -1]
+    np.testing.assert_allclose(model.score(torch.tensor(q, dtype=torch.float32)).numpy(), expected, atol=1e-5)
+
+
+def test_state_round_trip_gives_the_same_scores():
+    h, y = _clusters()
+    q = torch.tensor(h[:30] + 1.0, dtype=torch.float32)
+    for m in (fit_gaussian(torch.tensor(h), torch.tensor(y), 3), fit_knn(torch.tensor(h), k=3)):
+        assert torch.equal(from_state(m.state()).score(q), m.score(q))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(5, 400), rate=st.floats(0.005, 0.5))
+def test_conformal_threshold_flags_at_most_rate_of_the_calibration_scores(n, rate):
+    s = torch.tensor(np.random.default_rng(n).normal(size=n))
+    thr = conformal_threshold(s, rate)
+    # rank ⌈(n+1)(1−rate)⌉ of n leaves at most n − rank ≤ (n+1)·rate − 1 scores above it
+    assert (s > thr).float().mean().item() <= rate + 1e-12
+
+
+def test_conformal_threshold_keeps_its_promise_on_new_windows():
+    rng = np.random.default_rng(0)
+    flagged = []
+    for _ in range(300):
+        cal, new = rng.normal(size=200), rng.normal(size=2000)
+        flagged.append(np.mean(new > conformal_threshold(torch.tensor(cal), 0.05)))
+    assert np.mean(flagged) <= 0.05 + 0.003  # the marginal guarantee (Monte-Carlo slack)
+    assert np.mean(flagged) == pytest.approx(0.05, abs=0.01)
