@@ -21,6 +21,7 @@ from controller.engine import SciResult
 from controller.reasons import Reason
 from controller.sci import SciController
 from models.checkpoint import ModelCard, checkpoint_dir_of, load_checkpoint
+from models.device import worker_threads
 from models.keyed_dropout import window_keys
 from streams import modalities
 from streams.contracts import SensorWindow
@@ -88,6 +89,8 @@ class ModelRuntime:
 
     def __init__(self, device: torch.device | str, models: Mapping[ModelKey, str] | None = None) -> None:
         self.device = torch.device(device)
+        if self.device.type == "cpu":  # call from the thread that will classify (OpenMP settings are per thread)
+            torch.set_num_threads(worker_threads())
         self.models: dict[ModelKey, ServedModel] = {}
         loaded: dict[str, ServedModel] = {}  # one controller per checkpoint, shared by the leads it serves
         for (modality, lead), name in (modalities.default_models() if models is None else models).items():

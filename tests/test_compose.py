@@ -734,5 +734,6 @@ def test_gpu_profile_worker_reserves_a_gpu_and_runs_cuda_torch():
     # same Kafka, topics and consumer group as the CPU workers, same InfluxDB credentials
     for var, value in environment(services["worker"]).items():
         if var != "SCI_DEVICE":
-            assert environment(gpu)[var] == value, var
+            assert environment(gpu).get(var) == value, var
+    assert gpu["healthcheck"] == services["worker"]["healthcheck"]
     assert 'ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu' in (REPO / "Dockerfile").read_text()
