@@ -41,7 +41,6 @@ MEASUREMENT = "sci_window"
 TAGS = ("decision", "lead", "modality", "model", "predicted", "quality", "reason", "stream")  # sorted, as Point
 OPTIONAL_TAGS = ("lead", "quality", "reason")
 FLOAT_FIELDS = ("delta_sp", "latency_ms", "max_prob", "sp")
-OPTIONAL_FLOAT_FIELDS = ("confidence", "novelty")  # NaN (or absent) where the card has no such rule
 INT_FIELDS = ("passes", "seq")
 REQUIRED_COLUMNS = (*(t for t in TAGS if t not in OPTIONAL_TAGS), *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
 _SD = np.dtypes.StringDType()
