@@ -60,41 +60,48 @@ class MlpHead(nn.Module):
 
 
 class EcgBeatNet(McModel):
-    """AAMI beat classifier: 256-sample MLII window at 360 Hz (R-peak at index 96) plus 4 RR features.
+    """AAMI beat classifier: 256-sample window at 360 Hz (R-peak at index 96) plus the per-stream beat features.
 
-    x: float32[B, 256] in mV; aux: float32[B, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr/local_rr).
-    The window is baseline-corrected (minus its median) inside the model, so raw stream samples go straight in;
-    with ``standardize`` it is also scaled to unit RMS (amplitude differs between patients and leads) and the log
-    RMS joins the side features.
+    x: float32[B, 256] in mV (raw stream samples); aux: float32[B, 267] = features["beat"]
+    (:data:`models.data.mitdb.BEAT_FEATURES`): 8 RR features normalised by the stream's running average RR, 3
+    morphology features against the stream's running template, then that template (256 samples, median-removed).
+    Per-patient adaptation: the convolutions see the beat and the beat minus the patient's usual beat, both divided
+    by the template's RMS, so the patient's gain, baseline and usual morphology are factored out (with ``template``
+    False the beat alone, divided by its own RMS). Side features: log of the RR intervals over the stream average
+    (pre, post, local), of pre/local and of post/pre, and the 3 template features; RR in seconds is left out on
+    purpose (it does not transfer between patients).
     """
 
     arch = "ecg_beat_net"
     input_length = 256
-    aux_dim = 4
+    aux_dim = 267
 
-    def __init__(self, n_classes: int = 4, p: float = 0.5, standardize: bool = False) -> None:
+    def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True) -> None:
         super().__init__()
-        self.arch_params = {"n_classes": n_classes, "p": p, "standardize": standardize}
-        self.standardize = standardize
+        self.arch_params = {"n_classes": n_classes, "p": p, "width": width, "template": template}
+        self.template = template
+        w = width
         self.features = nn.Sequential(
-            _conv_block(1, 16, 7), _conv_block(16, 32, 5), _conv_block(32, 32, 5), nn.Flatten()
+            _conv_block(2 if template else 1, w // 2, 7), _conv_block(w // 2, w, 5), _conv_block(w, w, 5),
+            nn.Flatten(),
         )
-        self.embed = nn.Sequential(nn.Linear(32 * 32, 64), nn.ReLU(inplace=True))
-        n_side = 5 if standardize else 4
-        self.side_norm = nn.BatchNorm1d(n_side)
-        self.mlp = MlpHead(64 + n_side, 64, n_classes, p_in=p, p_hidden=p)
+        self.embed = nn.Sequential(nn.Linear(w * 32, 64), nn.ReLU(inplace=True))
+        self.side_norm = nn.BatchNorm1d(8)
+        self.mlp = MlpHead(64 + 8, 64, n_classes, p_in=p, p_hidden=p)
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
-        assert aux is not None, "EcgBeatNet needs RR features (aux: float32[B, 4])"
+        assert aux is not None, "EcgBeatNet needs the beat features (aux: float32[B, 267])"
         x = x - x.median(dim=1, keepdim=True).values
-        pre, post, local = aux[:, 0:1], aux[:, 1:2], aux[:, 2:3].clamp_min(1e-3)
-        side = [pre / local, post / local, post / pre.clamp_min(1e-3), local]
-        if self.standardize:
-            rms = x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)
-            x = x / rms
-            side.append(rms.log())
-        h = self.embed(self.features(x.unsqueeze(1)))
-        return torch.cat([h, self.side_norm(torch.cat(side, dim=1))], dim=1)
+        if self.template:
+            tpl = aux[:, 11:]
+            scale = tpl.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-2)
+            chans = torch.stack([x / scale, (x - tpl) / scale], dim=1)
+        else:
+            chans = (x / x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)).unsqueeze(1)
+        pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
+        ratios = torch.cat([aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
+        h = self.embed(self.features(chans))
+        return torch.cat([h, self.side_norm(torch.cat([ratios, aux[:, 8:11]], dim=1))], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
         return self.mlp(h, noise)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
 from models.architectures import McModel
 
@@ -23,6 +23,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     class_weighted: bool = True  # class weights (inverse frequency ** class_weight_power) in the cross-entropy
     class_weight_power: float = 1.0  # 1 = inverse frequency, 0.5 = its square root (tempered)
+    augment: str | None = None  # "ecg": see ecg_augment
+    sample_power: float = 0.0  # > 0: epochs of epoch_size draws with replacement, P(window) ∝ count(class)^-power
+    epoch_size: int | None = None  # windows per epoch when sampling (default: the training set size)
     seed: int = 42
 
 
@@ -46,6 +49,58 @@ def class_weights(y: np.ndarray, n_classes: int, power: float = 1.0) -> Tensor:
     return torch.tensor(w / w[present].mean(), dtype=torch.float32)
 
 
+def ecg_augment(x: Tensor, fs: float = 360.0, max_shift: int = 4, wander: float = 0.3, noise: float = 0.05,
+                stretch: float = 0.0, max_gain: float = 2.0, centre: int = 96) -> Tensor:
+    """Randomly perturbed copy of ECG beat windows x: float32[B, L] at ``fs`` Hz (draws from torch's global RNG).
+
+    Per window: gain × exp(U(−ln g, ln g)) with g = ``max_gain``; baseline wander = offset + slope + a sinusoid of
+    0.1–0.6 Hz, each with amplitude up to ``wander`` × the window's RMS; white noise with std U(0, ``noise``) × RMS;
+    a circular time shift of up to ``max_shift`` samples (the live detector places R a few samples off the
+    annotation); with ``stretch`` > 0 a time scaling about the R peak (index ``centre``) by a factor in
+    [1 − stretch, 1 + stretch] (linear interpolation, edges held), for QRS widths and heart rates unlike the
+    training patients'.
+    """
+    b, n = x.shape
+    dev = x.device
+    rms = (x - x.median(dim=1, keepdim=True).values).pow(2).mean(dim=1, keepdim=True).sqrt()
+    u = torch.rand(b, 7, device=dev)
+    t = torch.arange(n, device=dev, dtype=x.dtype)[None, :] / fs
+    gain = torch.exp((2 * u[:, 0:1] - 1) * float(np.log(max_gain)))
+    f = 0.1 + 0.5 * u[:, 1:2]
+    base = wander * rms * ((2 * u[:, 2:3] - 1) + (2 * u[:, 3:4] - 1) * t / t[:, -1:]
+                           + (2 * u[:, 4:5] - 1) * torch.sin(2 * np.pi * f * t + 2 * np.pi * u[:, 5:6]))
+    out = gain * (x + base + noise * u[:, 6:7] * rms * torch.randn(b, n, device=dev))
+    if stretch:
+        s = 1.0 + stretch * (2 * torch.rand(b, 1, device=dev) - 1)
+        pos = (centre + (torch.arange(n, device=dev)[None, :] - centre) * s).clamp(0, n - 1)
+        lo = pos.floor().long().clamp(max=n - 2)
+        frac = pos - lo
+        out = out.gather(1, lo) * (1 - frac) + out.gather(1, lo + 1) * frac
+    if max_shift:
+        shifts = torch.randint(-max_shift, max_shift + 1, (b,), device=dev)
+        idx = (torch.arange(n, device=dev)[None, :] - shifts[:, None]) % n
+        out = out.gather(1, idx)
+    return out
+
+
+# the ECG model measures the beat against the stream's template (not augmented): a gain of the beat alone is a change
+# of its relative amplitude, so it stays within ±10 %
+AUGMENTATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "ecg": lambda x: ecg_augment(x, max_gain=1.1),
+    "ecg-stretch": lambda x: ecg_augment(x, max_gain=1.1, stretch=0.15),
+}
+
+
+def epoch_sampler(y: np.ndarray, n_classes: int, cfg: TrainConfig) -> Sampler[int]:
+    """Indices of one epoch: a plain shuffle, or with ``cfg.sample_power`` > 0 class-balanced draws with replacement
+    (``cfg.epoch_size`` of them, P(window) ∝ count(its class)^−power: power 1 gives every class the same share)."""
+    if cfg.sample_power <= 0:
+        return RandomSampler(range(len(y)))
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    w = torch.as_tensor(counts[y] ** -cfg.sample_power, dtype=torch.float64)
+    return WeightedRandomSampler(w, cfg.epoch_size or len(y), replacement=True)
+
+
 def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int, cfg: TrainConfig,
                 device: str | torch.device = "cpu", on_epoch: Callable[[int, float], None] | None = None
                 ) -> tuple[McModel, dict[str, float]]:
@@ -62,7 +117,8 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
         tensors.insert(1, torch.as_tensor(data.aux, dtype=torch.float32))
     dataset = TensorDataset(*tensors)
     # whole batches are indexed at once (batch_size=None + a BatchSampler): same sampling as DataLoader(shuffle=True)
-    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(RandomSampler(dataset), cfg.batch_size, False))
+    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(epoch_sampler(data.y, n_classes, cfg),
+                                                                       cfg.batch_size, False))
     weight = class_weights(data.y, n_classes, cfg.class_weight_power).to(device) if cfg.class_weighted else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, loss_value = time.perf_counter(), float("nan")
@@ -71,6 +127,8 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
         total, seen = 0.0, 0
         for batch in loader:
             xb, *ab, yb = (t.to(device) for t in batch)
+            if cfg.augment:
+                xb = AUGMENTATIONS[cfg.augment](xb)
             if len(yb) < 2:  # BatchNorm needs two samples
                 continue
             loss = F.cross_entropy(model(xb, ab[0] if ab else None), yb, weight=weight)

@@ -1,6 +1,7 @@
 """The `sci-monitor` command line.
 
-Offline: train, evaluate, reproduce-paper, data. Online: stack, worker, replay, config, demo, alerts, grafana, report.
+Offline: train, calibrate, evaluate, evaluate-shift, reproduce-paper, rpeaks, data, bench.
+Online: stack, worker, replay, config, demo, alerts, grafana, report.
 Misuse and failures print one line (``sci-monitor: error: ...``) and exit 2; ``--debug`` shows the traceback.
 
 Adding a command: write ``sci_monitor/commands/<name>.py`` with ``NAME`` (the command word), ``HELP`` (one line),
@@ -17,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-COMMANDS = ("train", "calibrate", "evaluate", "evaluate_shift", "reproduce_paper", "stack", "worker", "replay", "demo",
-            "config", "data", "alerts", "grafana", "report", "bench")
+COMMANDS = ("train", "calibrate", "evaluate", "evaluate_shift", "reproduce_paper", "rpeaks", "bench", "stack", "worker",
+            "replay", "demo", "config", "data", "alerts", "grafana", "report")
 
 
 class Parser(argparse.ArgumentParser):

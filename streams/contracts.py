@@ -81,7 +81,7 @@ MAX_LABEL_CHARS = 64
 MAX_LEAD_CHARS = 16
 MAX_QUALITY_CHARS = 64  # the input-check verdict: "ok" or check names joined by "+"
 MAX_META_ITEMS, MAX_META_KEY_CHARS, MAX_META_VALUE_CHARS = 32, 64, 1024
-MAX_FEATURES, MAX_FEATURE_VALUES = 16, 256
+MAX_FEATURES, MAX_FEATURE_VALUES = 16, 1024  # the ECG beat features carry a 256-sample template
 MAX_FS_HZ = 1e7
 # |sample| and |feature|: float32 holds 3.4e38, so a model multiplying such values overflows to inf (NaN SP);
 # 1e9 leaves 1e29 of headroom for a layer's sums and squares and is far above any physical unit (mV, g) or
@@ -297,7 +297,7 @@ class SensorWindow:
     ``samples``: float32[L] at ``fs`` Hz (validated: 1-D, non-empty, finite, |x| <= ``MAX_ABS_SAMPLE``);
     ``t0_ns``: UTC ns of samples[0], within InfluxDB's time range; ``seq``: per-stream counter from 0 (int64);
     ``stream``: 1..128 letters, digits or ``_ . : / @ -``; ``label``: ground truth when the replay knows it;
-    ``features``: e.g. ``{"rr": [pre_rr_s, post_rr_s, local_rr_s, pre/local]}`` for ECG; ``lead``: the sensor
+    ``features``: e.g. ``{"beat": [...]}`` for ECG (``models.data.mitdb.BEAT_FEATURES``); ``lead``: the sensor
     channel (ECG "MLII", "V1", ...; vibration "DE", "FE"; at most 16 letters, digits or ``_ . -``), None = the
     modality's default lead (:mod:`streams.modalities`). Construction validates the same rules as
     :func:`decode_window` (raises :class:`ContractError`).

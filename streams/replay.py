@@ -1,11 +1,13 @@
 """Publish real recordings as live sensor streams on Kafka (topic ``sci.windows``).
 
 - :func:`ecg_windows`: an MIT-BIH record streamed through :class:`~streams.rpeaks.StreamingRPeakDetector` in
-  ~1 s chunks; one window of ``BEFORE + AFTER = 256`` samples of raw MLII (mV, 360 Hz) per detected beat, with
-  the detected R peak at index ``BEFORE = 96``. A beat is emitted when the next beat has been detected (its
-  post-RR is then known; the last beat of the record at the end, with post-RR := pre-RR as in
-  :func:`models.data.mitdb.rr_features`). Ground truth: the AAMI class of the reference annotation within
-  50 ms of the detected peak (None when there is none or it is Q).
+  ~1 s chunks; one window of ``BEFORE + AFTER = 256`` samples of the raw lead (MLII when the record has it, else
+  its first lead, named in ``meta["lead"]``; mV, 360 Hz) per detected beat, with the detected R peak at index
+  ``BEFORE = 96``, and the per-stream beat features (RR of :func:`models.data.rr.rr_features` on the detected
+  peaks, morphology against the stream's running template of :func:`models.data.morph.morph_features`; the same
+  functions as the offline data). A beat is emitted when the next beat has been detected (its post-RR
+  is then known; the last beat of the record at the end, with post-RR := pre-RR). Ground truth: the AAMI class
+  of the reference annotation within 50 ms of the detected peak (None when there is none or it is Q).
 - :func:`vibration_windows`: a CWRU recording cut into ``FRAME = 1024``-sample frames at 12 kHz.
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
@@ -42,6 +44,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from models.data import cwru, mitdb
+from models.data.morph import TEMPLATE_BEATS, morph_features, running_template
+from models.data.rr import rr_features
 from streams.contracts import SensorWindow, encode_window, window_key
 from streams.rpeaks import StreamingRPeakDetector
 
@@ -94,16 +98,19 @@ def ecg_windows(
 ) -> Iterator[SensorWindow]:
     """Beat windows of MIT-BIH record ``record_name`` as they become available in a live stream.
 
-    Each window: ``samples`` float32[256] raw MLII mV at 360 Hz around the detected peak (index 96),
-    ``features["rr"]`` = 4 RR features (s) of :func:`models.data.mitdb.rr_features` on the detected peaks,
+    Each window: ``samples`` float32[256] raw mV at 360 Hz around the detected peak (index 96) of lead MLII, or of
+    the record's first lead when it has no MLII (``meta["lead"]`` names it), ``features["beat"]`` = the per-stream
+    beat features (:data:`models.data.mitdb.BEAT_AUX` numbers): RR features of :func:`models.data.rr.rr_features` on
+    the peaks detected so far, then :func:`models.data.morph.morph_features` and
+    :func:`models.data.morph.running_template` over the stream's windows so far,
     ``t0_ns = start_ns + (peak − 96)·1e9/fs`` (``start_ns`` defaults to now), ``seq`` from 0, stream
     ``"mitdb-<record>"``. Beats whose window would cross the record start or end are skipped.
     """
-    rec = mitdb.load_record(record_name, root)
+    rec = mitdb.load_record(record_name, root, lead=None)
     fs = float(rec.fs)
     start_ns = time.time_ns() if start_ns is None else int(start_ns)
     stream = f"mitdb-{rec.name}"
-    meta_base = {"source": "mitdb", "record": rec.name, "lead": mitdb.LEAD, "peak_index": str(mitdb.BEFORE)}
+    meta_base = {"source": "mitdb", "record": rec.name, "lead": rec.lead, "peak_index": str(mitdb.BEFORE)}
     tol = round(LABEL_TOLERANCE_S * fs)
     sig = rec.signal
     windows = sliding_window_view(sig, mitdb.BEFORE + mitdb.AFTER)
@@ -111,6 +118,7 @@ def ecg_windows(
     step = max(1, round(chunk_s * fs))
     peaks = np.zeros(0, np.int64)
     emitted = 0  # beats (detected peaks) already handled
+    history = np.zeros((0, mitdb.WINDOW), np.float32)  # the stream's last windows, for the running template
     seq = 0
     for start in [*range(0, sig.size, step), None]:
         final = start is None
@@ -122,21 +130,24 @@ def ecg_windows(
             continue
         idx = np.arange(emitted, ready)
         p = peaks[idx]
-        rr = mitdb.rr_features(peaks, fs)[idx]
+        rr = rr_features(peaks, fs)[idx]
         labels = _reference_labels(p, rec, tol)
         t0 = _ns(start_ns, p - mitdb.BEFORE, fs)
-        inside = (p - mitdb.BEFORE >= 0) & (p + mitdb.AFTER <= sig.size) & np.isfinite(rr).all(axis=1)
-        for k in np.flatnonzero(inside).tolist():
+        inside = np.flatnonzero((p - mitdb.BEFORE >= 0) & (p + mitdb.AFTER <= sig.size) & np.isfinite(rr).all(axis=1))
+        x_new = windows[p[inside] - mitdb.BEFORE]
+        morph, template = morph_features(x_new, history), running_template(x_new, history)
+        history = np.concatenate((history, x_new))[-(TEMPLATE_BEATS - 1) :]
+        for n, k in enumerate(inside.tolist()):
             yield SensorWindow(
                 stream=stream,
                 modality="ecg",
-                lead=mitdb.LEAD,
+                lead=rec.lead,
                 fs=fs,
                 t0_ns=int(t0[k]),
                 seq=seq,
-                samples=windows[p[k] - mitdb.BEFORE],
+                samples=x_new[n],
                 label=labels[k],
-                features={"rr": rr[k].tolist()},
+                features={"beat": [*rr[k].tolist(), *morph[n].tolist(), *template[n].tolist()]},
                 meta={**meta_base, "sample": str(int(p[k]))},
             )
             seq += 1

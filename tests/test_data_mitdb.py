@@ -7,6 +7,7 @@ import pytest
 from data_marks import needs_data
 
 from models.data import mitdb, paper_mitdb
+from models.data.rr import rr_features
 
 needs_mitdb = needs_data("mitdb")
 
@@ -30,46 +31,6 @@ def test_ds1_annotation_counts_match_readme():
 @needs_mitdb
 def test_ds2_annotation_counts_match_readme():
     assert mitdb.class_counts(mitdb.DS2) == {"N": 44259, "S": 1837, "V": 3221, "F": 388, "Q": 7}
-
-
-# ------------------------------------------------------------------------------------------------ RR features
-def test_rr_features_hand_computed():
-    fs = 360
-    peaks = np.array([100, 460, 820, 1000, 1540])  # RR = 1.0, 1.0, 0.5, 1.5 s
-    f = mitdb.rr_features(peaks, fs)
-    assert f.dtype == np.float32 and f.shape == (5, 4)
-    np.testing.assert_allclose(f[:, 0], [1.0, 1.0, 1.0, 0.5, 1.5], rtol=1e-6)  # pre (first := post)
-    np.testing.assert_allclose(f[:, 1], [1.0, 1.0, 0.5, 1.5, 1.5], rtol=1e-6)  # post (last := pre)
-    np.testing.assert_allclose(f[:, 2], [1.0, 1.0, 1.0, 0.875, 1.0], rtol=1e-6)  # causal running mean
-    np.testing.assert_allclose(f[:, 3], [1.0, 1.0, 1.0, 0.5 / 0.875, 1.5], rtol=1e-6)
-
-
-def test_rr_features_local_mean_uses_last_ten_intervals():
-    rr_samples = 36 * np.arange(1, 12)  # 0.1 s, 0.2 s, ..., 1.1 s at 360 Hz
-    peaks = np.concatenate(([0], np.cumsum(rr_samples)))  # 12 beats
-    f = mitdb.rr_features(peaks, 360)
-    pre = np.concatenate(([0.1], 0.1 * np.arange(1, 12)))
-    np.testing.assert_allclose(f[:, 0], pre, rtol=1e-6)
-    np.testing.assert_allclose(f[9, 2], np.mean(pre[0:10]), rtol=1e-6)  # 0.46: all ten so far
-    np.testing.assert_allclose(f[10, 2], np.mean(pre[1:11]), rtol=1e-6)  # 0.55
-    np.testing.assert_allclose(f[11, 2], 0.65, rtol=1e-6)  # mean(0.2 .. 1.1)
-
-
-def test_rr_features_online_prefix_equals_offline():
-    rng = np.random.default_rng(0)
-    peaks = np.cumsum(rng.integers(150, 500, size=60))
-    full = mitdb.rr_features(peaks)
-    for k in range(2, peaks.size + 1):
-        online = mitdb.rr_features(peaks[:k])
-        np.testing.assert_allclose(online[: k - 1], full[: k - 1], rtol=1e-6)  # all but the newest are final
-        assert online[k - 1, 1] == online[k - 1, 0]  # newest: provisional post_rr := pre_rr
-
-
-def test_rr_features_degenerate_inputs():
-    assert mitdb.rr_features(np.array([], dtype=np.int64)).shape == (0, 4)
-    assert np.isnan(mitdb.rr_features(np.array([5]))).all()
-    with pytest.raises(ValueError, match="strictly increasing"):
-        mitdb.rr_features(np.array([10, 10, 20]))
 
 
 # ----------------------------------------------------------------------------------------------- beat windows
@@ -110,7 +71,7 @@ def test_load_beats_windows_labels_and_cache(tmp_path, monkeypatch):
     for c in mitdb.CLASSES:  # only beats at the record edges are dropped
         assert counts[c] - 2 <= got[c] <= counts[c]
     assert beats.x.shape == (len(beats), 256) and beats.x.dtype == np.float32
-    assert beats.rr.shape == (len(beats), 4) and beats.rr.dtype == np.float32
+    assert beats.rr.shape == (len(beats), 8) and beats.rr.dtype == np.float32
     assert beats.y.dtype == np.int64 and beats.sample.dtype == np.int64
     assert list(np.unique(beats.record)) == ["114", "208"]
     rec = mitdb.load_record("114")
@@ -118,7 +79,7 @@ def test_load_beats_windows_labels_and_cache(tmp_path, monkeypatch):
     s = beats.sample[i]
     np.testing.assert_array_equal(beats.x[i], rec.signal[s - 96 : s + 160])
     j = np.searchsorted(rec.beat_samples, s)
-    np.testing.assert_allclose(beats.rr[i], mitdb.rr_features(rec.beat_samples)[j])
+    np.testing.assert_allclose(beats.rr[i], rr_features(rec.beat_samples, 360.0)[j])
 
     files = sorted((tmp_path / "mitdb_beats").glob("*.npz"))
     assert len(files) == 2

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from models.data import cwru, mitdb
+from models.data.morph import morph_features
+from models.data.rr import rr_features
 from streams.contracts import ContractError, SensorWindow, decode_window, encode_window
 from streams.replay import (
     Replayer,
@@ -83,10 +85,13 @@ def test_ecg_windows_labels_and_rr_features() -> None:
     assert counts["S"] >= 30 and counts["V"] == 1  # record 100: 33 A beats, 1 V beat
     # RR features equal the offline features of all detected peaks (streamed rows are final, not provisional)
     detected = detect_rpeaks(rec.signal, 360)
-    rr_offline = mitdb.rr_features(detected, 360)[np.searchsorted(detected, peaks)]
-    rr_stream = np.array([w.features["rr"] for w in ws], dtype=np.float32)
+    rr_offline = rr_features(detected, 360.0)[np.searchsorted(detected, peaks)]
+    rr_stream = np.array([w.features["beat"][:8] for w in ws], dtype=np.float32)
     np.testing.assert_array_equal(rr_stream, rr_offline)
     assert np.all(rr_stream[:, :3] > 0.2) and np.all(rr_stream[:, :3] < 3.0)
+    # template features equal the offline function on the whole sequence of the stream's windows
+    morph_stream = np.array([w.features["beat"][8:] for w in ws], dtype=np.float32)
+    np.testing.assert_allclose(morph_stream, morph_features(np.stack([w.samples for w in ws])), atol=1e-5)
 
 
 def test_ecg_windows_centre_ventricular_beats() -> None:
@@ -351,3 +356,36 @@ def test_replay_survives_a_broker_restart_with_a_new_producer_session(private_st
     # everything sent after the restart (and what the old session could not land) is in the new broker
     seqs = {decode_window(r.value).seq for r in _consume(bootstrap, topic, n - sent_after_restart)}
     assert set(range(sent_after_restart, n)) <= seqs, sorted(set(range(sent_after_restart, n)) - seqs)[:10]
+
+
+def _copy_records(tmp_path, names, drop_mlii=()):
+    """A data root with copies of MIT-BIH records; in ``drop_mlii`` the header's MLII lead is renamed V1."""
+    src = mitdb.record_path("100").parent
+    dst = tmp_path / "mitdb"
+    dst.mkdir()
+    for name in names:
+        for ext in (".dat", ".atr"):
+            (dst / f"{name}{ext}").symlink_to(src / f"{name}{ext}")
+        hea = (src / f"{name}.hea").read_text()
+        (dst / f"{name}.hea").write_text(hea.replace(" MLII", " V1") if name in drop_mlii else hea)
+    return tmp_path
+
+
+def test_record_without_mlii_streams_with_its_own_lead(tmp_path) -> None:
+    rec100()  # skips without data
+    root = _copy_records(tmp_path, ("100", "119"), drop_mlii=("100",))
+    with pytest.raises(ValueError, match="no MLII lead"):
+        mitdb.load_record("100", root)
+    from streams.modalities import replay_datasets
+
+    streams = [replay_datasets()["mitdb"].replay_windows(r, start_ns=0, root=root) for r in ("100", "119")]
+    merged = list(itertools.islice(heapq.merge(*streams, key=lambda w: w.t0_ns), 400))
+    leads = {w.stream: w.lead for w in merged}
+    assert leads == {w.stream: w.meta["lead"] for w in merged}
+    assert leads == {"mitdb-100": "V1", "mitdb-119": "MLII"}
+    # the first lead of the copy is the signal that was MLII: same windows, same RR, another lead name
+    original = ecg100()[:50]
+    renamed = [w for w in merged if w.stream == "mitdb-100"][:50]
+    assert [w.meta["sample"] for w in renamed] == [w.meta["sample"] for w in original]
+    assert all(np.array_equal(a.samples, b.samples) and a.features == b.features
+               for a, b in zip(renamed, original, strict=True))

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from models.data.morph import MORPH_FEATURES, morph_features, running_template
 from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
+from models.data.rr import RR_FEATURES, rr_features
 
 # wfdb 4.3 calls DataFrame.set_index(inplace=True), deprecated in pandas: silence it at import and read time
 _WFDB_NOISE = {"message": ".*inplace keyword.*", "module": "wfdb"}
@@ -36,10 +38,13 @@ FS = 360
 BEFORE = 96
 AFTER = 160
 WINDOW = BEFORE + AFTER
+BEAT_AUX = 8 + 3 + WINDOW  # len(features["beat"])
 CLASSES = ("N", "S", "V", "F")
+# the per-beat side features of the ECG contract (features["beat"]): per-stream RR, template morphology, then the
+# stream's running template (WINDOW samples, models.data.morph.running_template)
+BEAT_FEATURES = RR_FEATURES + MORPH_FEATURES
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 LEAD = "MLII"
-RR_LOCAL_BEATS = 10
 
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
        "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230")  # fmt: skip
@@ -63,16 +68,16 @@ SYMBOL_TO_AAMI = {
     **dict.fromkeys("/fQ", "Q"),
 }
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 4
 _SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
 _SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
 
 @dataclass(frozen=True)
 class EcgRecord:
-    """One record: ``signal`` float32[L] lead MLII in mV at ``fs`` Hz; beat annotations (all AAMI classes
-    incl. Q): ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols`` str[n] (MIT-BIH symbol),
-    ``aami`` str[n]."""
+    """One record: ``signal`` float32[L] of lead ``lead`` (MLII when the record has it) in mV at ``fs`` Hz; beat
+    annotations (all AAMI classes incl. Q): ``beat_samples`` int64[n] (R-peak sample index), ``beat_symbols``
+    str[n] (MIT-BIH symbol), ``aami`` str[n]."""
 
     name: str
     signal: np.ndarray
@@ -80,22 +85,32 @@ class EcgRecord:
     beat_samples: np.ndarray
     beat_symbols: np.ndarray
     aami: np.ndarray
+    lead: str = LEAD
 
 
 @dataclass(frozen=True)
 class BeatSet:
-    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 4]
-    (see :func:`rr_features`), ``y`` int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample``
-    int64[N] (R-peak sample at 360 Hz in its record)."""
+    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 8]
+    (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``morph``
+    float32[N, 3] (:data:`models.data.morph.MORPH_FEATURES`, against the record's causal running template), ``y``
+    int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (R-peak sample at 360 Hz in its
+    record), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
+    ``aux`` = the side features of the ECG contract, float32[N, :data:`BEAT_AUX`] (rr, morph, template)."""
 
     x: np.ndarray
     rr: np.ndarray
+    morph: np.ndarray
+    template: np.ndarray
     y: np.ndarray
     record: np.ndarray
     sample: np.ndarray
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def aux(self) -> np.ndarray:
+        return np.concatenate((self.rr, self.morph, self.template), axis=1)
 
     def subset(self, index: np.ndarray) -> BeatSet:
         """Rows selected by a boolean mask or an integer index array."""
@@ -136,17 +151,23 @@ def _beat_annotations(base: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return samples, symbols, aami
 
 
-def load_record(name: str | int, root: str | Path | None = None) -> EcgRecord:
-    """Read record ``name`` (e.g. ``"114"``): lead MLII located by name (it is channel 1 in record 114)."""
+def load_record(name: str | int, root: str | Path | None = None, lead: str | None = LEAD) -> EcgRecord:
+    """Read record ``name`` (e.g. ``"114"``), lead ``lead`` located by name (MLII is channel 1 in record 114).
+
+    ``lead=None``: MLII when the record has it, else its first lead (a live stream carries whatever lead it has;
+    the lead name is kept in :attr:`EcgRecord.lead`). Raises ``ValueError`` when a named lead is missing.
+    """
     base = record_path(name, root)
     rec = wfdb.rdrecord(str(base))
-    if LEAD not in rec.sig_name:
-        raise ValueError(f"record {name} has no {LEAD} lead (leads: {rec.sig_name})")
+    if lead is None:
+        lead = LEAD if LEAD in rec.sig_name else rec.sig_name[0]
+    if lead not in rec.sig_name:
+        raise ValueError(f"record {name} has no {lead} lead (leads: {rec.sig_name})")
     if rec.fs != FS:
         raise ValueError(f"record {name} is sampled at {rec.fs} Hz, expected {FS}")
-    signal = rec.p_signal[:, rec.sig_name.index(LEAD)].astype(np.float32)
+    signal = rec.p_signal[:, rec.sig_name.index(lead)].astype(np.float32)
     samples, symbols, aami = _beat_annotations(base)
-    return EcgRecord(str(name), signal, FS, samples, symbols, aami)
+    return EcgRecord(str(name), signal, FS, samples, symbols, aami, lead)
 
 
 def class_counts(records: Iterable[str | int], root: str | Path | None = None) -> dict[str, int]:
@@ -154,39 +175,6 @@ def class_counts(records: Iterable[str | int], root: str | Path | None = None) -
     windowing)."""
     aami = np.concatenate([_beat_annotations(record_path(r, root))[2] for r in records])
     return {c: int(np.count_nonzero(aami == c)) for c in AAMI_CLASSES}
-
-
-def rr_features(peaks: np.ndarray, fs: float = FS) -> np.ndarray:
-    """RR features float32[n, 4] = (pre_rr_s, post_rr_s, local_rr_s, pre_rr / local_rr) of R-peaks int64[n].
-
-    - pre_rr[i] = (p[i] - p[i-1]) / fs; first beat: pre_rr[0] := post_rr[0].
-    - post_rr[i] = (p[i+1] - p[i]) / fs; last beat: post_rr[n-1] := pre_rr[n-1].
-    - local_rr[i] = mean(pre_rr[max(0, i-9) .. i]): up to 10 most recent pre-RR intervals, current one
-      included.
-
-    Pure function of the peak array, so a streaming replayer computes the same values online by calling it on
-    the peaks detected so far, ``f = rr_features(peaks[:k])``: rows ``0 .. k-2`` are final (equal to the
-    offline rows); the newest row ``k-1`` is provisional because its post-RR is not known yet (it is set to
-    its pre-RR). Emit beat ``i`` once beat ``i+1`` has been detected (or accept the provisional post-RR).
-    Equivalent O(1) update per new peak: keep the last 10 pre-RR values; ``local_rr`` is their mean. With
-    fewer than 2 peaks no interval exists: rows are NaN. Peaks must be strictly increasing.
-    """
-    p = np.asarray(peaks, dtype=np.int64).ravel()
-    n = p.size
-    out = np.full((n, 4), np.nan, dtype=np.float32)
-    if n < 2:
-        return out
-    d = np.diff(p).astype(np.float64) / fs
-    if np.any(d <= 0):
-        raise ValueError("peaks must be strictly increasing sample indices")
-    pre = np.concatenate(([d[0]], d))
-    post = np.concatenate((d, [d[-1]]))
-    csum = np.concatenate(([0.0], np.cumsum(pre)))
-    i = np.arange(n)
-    lo = np.maximum(0, i - (RR_LOCAL_BEATS - 1))
-    local = (csum[i + 1] - csum[lo]) / (i + 1 - lo)
-    out[:] = np.stack([pre, post, local, pre / local], axis=1)
-    return out
 
 
 def beat_windows(
@@ -211,14 +199,15 @@ def _record_beats(name: str, root: str | Path | None, before: int, after: int) -
 
     def build() -> dict[str, np.ndarray]:
         rec = load_record(name, root)
-        rr = rr_features(
-            rec.beat_samples, rec.fs
-        )  # over all beats (Q included): RR is a property of the rhythm
+        # over all beats (Q included): RR and the running template are properties of the stream
+        rr = rr_features(rec.beat_samples, rec.fs)
         x, kept = beat_windows(rec.signal, rec.beat_samples, before, after)
+        morph, template = morph_features(x), running_template(x)
         aami = rec.aami[kept]
         keep4 = aami != "Q"
         y = _class_index(aami[keep4])
-        return {"x": x[keep4], "rr": rr[kept][keep4], "y": y, "sample": rec.beat_samples[kept][keep4]}
+        return {"x": x[keep4], "rr": rr[kept][keep4], "morph": morph[keep4], "template": template[keep4], "y": y,
+                "sample": rec.beat_samples[kept][keep4]}
 
     params = {"version": _CACHE_VERSION, "record": str(name), "before": before, "after": after, "fs": FS}
     sources = [base.with_suffix(ext) for ext in (".hea", ".dat", ".atr")]
@@ -242,7 +231,8 @@ def load_beats(
     for name in map(str, records):
         a = _record_beats(name, root, before, after)
         record = np.full(a["y"].shape[0], name, dtype="<U3")
-        parts.append(BeatSet(a["x"], a["rr"], a["y"].astype(np.int64), record, a["sample"].astype(np.int64)))
+        parts.append(BeatSet(a["x"], a["rr"], a["morph"], a["template"], a["y"].astype(np.int64), record,
+                             a["sample"].astype(np.int64)))
     if not parts:
         raise ValueError("no records given")
     return BeatSet.concat(parts)
