@@ -4,7 +4,7 @@
 and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
 
 - ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``,
-  ``alert_rate`` (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``;
+  ``alert_rate`` (windows that raised a ΔSP alert at their card's levels), ``mean_passes``, ``sp_mean``;
 - where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
   AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
   (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
@@ -245,12 +245,12 @@ def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: 
             .time(t_ns, WritePrecision.NS).to_line_protocol())
 
 
-def observation(d: WindowDecision, alert_threshold: float, t_s: float) -> Observation:
+def observation(d: WindowDecision, t_s: float) -> Observation:
     """The trust view of one served decision (``t_s``: when it was decided, worker clock)."""
     r = d.result
     novelty = getattr(r, "novelty", None)  # the model's novelty score, where the runtime reports one
     return Observation(d.window.stream, d.window.modality, d.window.seq, t_s, float(r.sp), int(r.passes),
-                       bool(r.abstained), r.delta_sp >= alert_threshold, d.max_prob, d.correct,
+                       bool(r.abstained), d.alert >= 1, d.max_prob, d.correct,
                        None if novelty is None else float(novelty))
 
 
@@ -280,7 +280,7 @@ class TrustService(faust.Service):
     def observe(self, decisions: Sequence[WindowDecision], controller_ms: float) -> None:
         """Called on the event loop after a batch was stored: hands it to the trust thread."""
         now = self.clock()
-        obs = [observation(d, self.s.alert_threshold, now) for d in decisions if d.result.served]
+        obs = [observation(d, now) for d in decisions if d.result.served]
         batch = batch_line(self.pipeline.worker_id, len(decisions), controller_ms,
                            sum(d.result.passes for d in decisions), int(now * 1e9))
         self._thread.submit(self._ingest, obs, batch)
