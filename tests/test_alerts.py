@@ -196,12 +196,28 @@ def test_command_destination_gets_the_json_on_stdin(tmp_path):
 
 
 # ---- end to end ------------------------------------------------------------------------------------------
+_SUBSCRIBERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_subscribers():
+    """A failed test must not leave subscriber processes behind."""
+    yield
+    while _SUBSCRIBERS:
+        proc = _SUBSCRIBERS.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def _subscribe(s, name: str, out_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_TOPIC_PREFIX": s.topic_prefix,
            "PYTHONPATH": str(REPO), **(env or {})}
     with out_path.open("ab") as out, (out_path.with_suffix(".log")).open("ab") as err:
-        return subprocess.Popen([sys.executable, "-m", "sci_monitor", "alerts", "subscribe", "--name", name,
+        proc = subprocess.Popen([sys.executable, "-m", "sci_monitor", "alerts", "subscribe", "--name", name,
                                  "--from-beginning", *args], env=env, stdout=out, stderr=err)
+    _SUBSCRIBERS.append(proc)
+    return proc
 
 
 def _stop(proc: subprocess.Popen, log: Path) -> None:
