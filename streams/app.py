@@ -46,7 +46,15 @@ from streams.isolation import bisect, non_finite, withhold
 from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
-from streams.sinks import RetryPolicy, SinkClosed, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.sinks import (
+    RetryPolicy,
+    SinkClosed,
+    SinkRejected,
+    SinkUnavailable,
+    WindowDecision,
+    WindowSink,
+    alert_levels,
+)
 from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
@@ -72,19 +80,6 @@ class Tally:
         return (f"windows {self.windows} ({self.windows / dt:.1f}/s), batches {self.batches}, "
                 f"escalations {self.escalations}, alerts {self.alerts}, dead letters {self.dead_letters}, "
                 f"sink retries {self.sink_retries}, mean latency {mean_lat:.0f} ms, labels {dict(self.labels)}")
-
-
-def severity(delta_sp: float, warning: float, critical: float) -> str | None:
-    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None.
-
-    >>> severity(0.29, 0.3, 0.5) is None, severity(0.3, 0.3, 0.5), severity(0.5, 0.3, 0.5)
-    (True, 'warning', 'critical')
-    """
-    if delta_sp >= critical:
-        return "critical"
-    if delta_sp >= warning:
-        return "warning"
-    return None
 
 
 class OutputsUnavailable(RuntimeError):
@@ -148,11 +143,23 @@ class Pipeline(faust.Service):
         self.health.start(self.settings.health_port)
         self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
         log.info("models loaded on %s: %s", self.runtime.device, self.runtime.describe())
+        self._log_alert_levels()
         self.health.set_flag("models", True, f"{len(self.runtime.models)} served on {self.runtime.device}")
         self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
         log.info("storage: %s", self.sink.health()[1])
         self.health.add_check("sink", self.sink.health)
         self.health.recheck()
+
+    def _log_alert_levels(self) -> None:
+        """Say where the ΔSP alert levels come from: each card's, or the settings' overrides."""
+        s = self.settings
+        if s.alert_threshold is not None or s.alert_critical is not None:
+            log.info("ΔSP alert levels overridden for every model: warning %s, critical %s (None: the card's)",
+                     s.alert_threshold, s.alert_critical)
+        if s.alert_threshold is None or s.alert_critical is None:
+            for name in sorted({m.card.name for m in self.runtime.models.values() if m.card.controller.alerts is None}):
+                log.warning("checkpoint %s has no ΔSP alert levels on its card: its windows raise only the alerts "
+                            "the settings alert_threshold / alert_critical give (recalibrate it)", name)
 
     async def on_stop(self) -> None:
         self._stopping.set()
@@ -289,7 +296,8 @@ class Pipeline(faust.Service):
     def _build(self, it: _Item, now: float) -> None:
         try:
             latency_ms = max(0.0, (now - it.msg.timestamp) * 1000.0)
-            d = WindowDecision(it.window, it.result, latency_ms, self.worker_id)
+            levels = alert_levels(it.result, self.settings.alert_threshold, self.settings.alert_critical)
+            d = WindowDecision(it.window, it.result, latency_ms, self.worker_id, levels)
             it.decision, it.outputs = d, self._outputs(d)
         except Exception as exc:
             it.kill(f"outputs could not be built: {type(exc).__name__}: {exc}", type(exc).__name__, "output")
@@ -362,22 +370,20 @@ class Pipeline(faust.Service):
         await asyncio.gather(*futs)
 
     def _outputs(self, d: WindowDecision) -> list[tuple[str, bytes, bytes]]:
-        s, r = self.settings, d.result
         label = d.label_message()
         key = label.key
         out = [("labels", key, label.to_json())]
-        if r.abstained:
+        if d.result.abstained:
             out.append(("escalations", key, EscalationMessage.from_label(label).to_json()))
-        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
+        level = d.severity
         if level is not None:
-            threshold = s.alert_critical if level == "critical" else s.alert_threshold
-            out.append(("alerts", key, AlertMessage.from_label(label, level, threshold).to_json()))
+            out.append(("alerts", key, AlertMessage.from_label(label, level, d.alert_threshold).to_json()))
         return out
 
     def _count(self, d: WindowDecision) -> None:
         """After the label was delivered: the tally and the metrics."""
-        t, s, r = self.tally, self.settings, d.result
-        level = severity(r.delta_sp, s.alert_threshold, s.alert_critical) if r.served else None
+        t, r = self.tally, d.result
+        level = d.severity
         t.windows += 1
         t.escalations += r.abstained
         t.alerts += level is not None

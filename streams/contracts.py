@@ -79,6 +79,7 @@ MAX_HEADER_DEPTH = 8  # nesting of the JSON header ({"features": {"rr": [...]}} 
 MAX_STREAM_CHARS = 128
 MAX_LABEL_CHARS = 64
 MAX_LEAD_CHARS = 16
+MAX_QUALITY_CHARS = 64  # the input-check verdict: "ok" or check names joined by "+"
 MAX_META_ITEMS, MAX_META_KEY_CHARS, MAX_META_VALUE_CHARS = 32, 64, 1024
 MAX_FEATURES, MAX_FEATURE_VALUES = 16, 1024  # the ECG beat features carry a 256-sample template
 MAX_FS_HZ = 1e7
@@ -454,10 +455,15 @@ class LabelMessage:
 
     ``probs``: class -> softmax(z̄/T) of the mean logits of the MC-dropout passes; ``sp``: interpretive state
     SP = 1 − H(probs)/log K after ``passes`` passes; ``delta_sp``: |SP* − SP|; ``decision``: "stopped" |
-    "abstained" (an escalation); ``reason``: the stop rule that fired or why it abstained; ``truth``/``correct``:
-    null when the replay does not know the label; ``latency_ms``: Kafka produce time of the window -> decision;
-    ``lead``: the lead the window was routed by. A window no model serves (reason ``unsupported_lead``) is
-    abstained with ``passes`` 0, empty ``model``, ``label`` and ``probs``.
+    "abstained" (an escalation); ``reason``: the stop rule that fired or why it abstained; ``novelty``: the
+    novelty gate's score (> 1: unfamiliar, reason ``unfamiliar``); ``quality``: the input-check verdict (``ok`` or
+    the failed checks joined by ``+``, e.g. ``flat``, ``clipped+amplitude``; reason ``signal_quality``);
+    ``confidence``: the risk rule's score (answered only at or above its certified threshold); each null when the
+    model's card has no such check or no model ran; ``truth``/``correct``: null when the replay does not know the
+    label; ``latency_ms``: Kafka produce time of the window -> decision; ``lead``: the lead the window was routed
+    by. A window no model serves (reason ``unsupported_lead``) is abstained with ``passes`` 0, empty ``model``,
+    ``label`` and ``probs``; a window the controller's gate stops (``unfamiliar``, ``signal_quality``) also has
+    ``passes`` 0, with the plain pass's label and probs.
     """
 
     stream: str
@@ -472,6 +478,9 @@ class LabelMessage:
     passes: int
     decision: Decision
     reason: str
+    novelty: float | None = None
+    quality: str | None = None
+    confidence: float | None = None
     truth: str | None = None
     correct: bool | None = None
     latency_ms: float
@@ -506,7 +515,7 @@ class LabelMessage:
             raise ContractError(f"unknown version {v!r} of {cls.__name__}, expected {OUTPUT_VERSION}")
         names = _field_names(cls)
         for name in names:
-            if name not in obj and name not in ("truth", "correct", "lead"):
+            if name not in obj and name not in _OPTIONAL_LABEL_FIELDS:
                 raise ContractError(f"missing field {name!r}")
         return cls(**{k: obj[k] for k in names if k in obj})
 
@@ -538,6 +547,7 @@ class AlertMessage(LabelMessage):
         return cls(**_label_fields(m), severity=severity, threshold=threshold)
 
 
+_OPTIONAL_LABEL_FIELDS = ("truth", "correct", "lead", "novelty", "quality", "confidence")  # may be absent: None
 _FIELD_CACHE: dict[type, tuple[str, ...]] = {}
 
 
@@ -569,6 +579,10 @@ def _validate_output(m: LabelMessage) -> None:
     if not isinstance(m.probs, dict) or not (m.probs or unserved):
         raise ContractError("field 'probs' must be a non-empty object of class -> probability")
     s(m, "probs", {_check_str("probs key", k): _check_float(f"probs[{k!r}]", p) for k, p in m.probs.items()})
+    for name in ("novelty", "confidence"):
+        if getattr(m, name) is not None:
+            s(m, name, _check_float(name, getattr(m, name)))
+    s(m, "quality", _check_opt_str("quality", m.quality, MAX_QUALITY_CHARS))
     s(m, "truth", _check_opt_str("truth", m.truth))
     if m.correct is not None and not isinstance(m.correct, bool | np.bool_):
         raise ContractError(f"field 'correct' must be true, false or null, got {m.correct!r}")

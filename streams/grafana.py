@@ -1,10 +1,11 @@
 """Grafana as code: dashboards and unified-alerting provisioning generated from :class:`Settings`.
 
-Every threshold drawn on a panel or used by an alert rule is read from the same settings the worker uses
-(``alert_threshold``/``alert_critical`` for ΔSP, the ``[monitor]`` section for rates, latency and silence):
-``sci-monitor grafana render --out grafana`` writes them, and the committed files are that output for the default
-settings, which are also docker compose's defaults (tests check both). Whoever changes a threshold re-renders
-with the same environment (``.env.example`` says how).
+Every threshold used by an alert rule is read from the same settings the worker uses (the ``[monitor]`` section for
+rates, latency and silence); ΔSP alerts are counted from the ``alert`` field the worker stores with each window
+(0 none, 1 warning, 2 critical, decided at the serving card's levels or the settings' overrides), so no ΔSP level
+is restated here and the files cannot drift from the worker: ``sci-monitor grafana render --out grafana`` writes
+them, the committed files are that output for the default settings (a test checks it); whoever changes a
+threshold re-renders with the same environment (``.env.example`` says how).
 
 Outputs (paths relative to ``--out``):
 
@@ -214,15 +215,14 @@ def overview(s: Settings) -> dict[str, Any]:
 
 def _delta_sp_panel(g: _Grid, s: Settings, where: str, w: int) -> dict[str, Any]:
     return _series(
-        g, "ΔSP per stream vs alert levels",
-        f"Max ΔSP = |SP* − SP| per stream and interval. Dashed lines: the worker's alert levels "
-        f"{s.alert_threshold:g} (warning, setting alert_threshold) and {s.alert_critical:g} (critical, "
-        "alert_critical).",
+        g, "ΔSP per stream and ΔSP alerts",
+        "Max ΔSP = |SP* − SP| per stream and interval; points: windows that raised a ΔSP alert (the worker decides "
+        "at the serving model's card levels, or the settings' alert_threshold / alert_critical overrides).",
         [_q("A", f'SELECT max("delta_sp") FROM "sci_window" WHERE $timeFilter AND {where} '
-            'GROUP BY time($__interval), "stream" fill(none)', alias="$tag_stream")],
-        w=w, h=9, points="auto", extra={"min": 0, "decimals": 3, "thresholds": _thresholds(
-            [("orange", s.alert_threshold), ("red", s.alert_critical)])},
-        custom={"thresholdsStyle": {"mode": "dashed"}})
+            'GROUP BY time($__interval), "stream" fill(none)', alias="$tag_stream"),
+         _q("B", f'SELECT max("delta_sp") FROM "sci_window" WHERE $timeFilter AND {where} AND "alert" >= 1 '
+            'GROUP BY time($__interval), "stream" fill(none)', alias="alert $tag_stream")],
+        w=w, h=9, points="auto", extra={"min": 0, "decimals": 3})
 
 
 def _annotation(name: str, color: str, query: str, text: str) -> dict[str, Any]:
@@ -236,13 +236,13 @@ def drill_down(s: Settings) -> dict[str, Any]:
     g = _Grid()
     win = f'FROM "sci_window" WHERE $timeFilter AND {S}'
     panels = [
-        _series(g, "SP and ΔSP", "SP (1 = certain) and ΔSP = |SP* − SP| of every window of the stream; dashed: "
-                f"the ΔSP alert levels {s.alert_threshold:g} / {s.alert_critical:g}. Annotations: red = "
-                "escalation (abstained), orange = ΔSP alert, purple = drift.",
-                [_q("A", f'SELECT "sp" {win}', alias="SP"), _q("B", f'SELECT "delta_sp" {win}', alias="ΔSP")],
-                w=24, h=9, points="always", extra={"min": 0, "max": 1, "thresholds": _thresholds(
-                    [("orange", s.alert_threshold), ("red", s.alert_critical)])},
-                custom={"thresholdsStyle": {"mode": "dashed"}, "lineWidth": 0, "pointSize": 3}),
+        _series(g, "SP and ΔSP", "SP (1 = certain) and ΔSP = |SP* − SP| of every window of the stream; ΔSP alert: "
+                "the windows that raised one (at the serving model's card levels). Annotations: red = escalation "
+                "(abstained), orange = ΔSP alert, purple = drift.",
+                [_q("A", f'SELECT "sp" {win}', alias="SP"), _q("B", f'SELECT "delta_sp" {win}', alias="ΔSP"),
+                 _q("C", f'SELECT "delta_sp" {win} AND "alert" >= 1', alias="ΔSP alert")],
+                w=24, h=9, points="always", extra={"min": 0, "max": 1},
+                custom={"lineWidth": 0, "pointSize": 3}),
         _series(g, "Passes per window", "MC-dropout passes spent on each window.",
                 [_q("A", f'SELECT "passes" {win}', alias="passes")], w=12, points="always",
                 custom={"lineWidth": 0, "pointSize": 3}),
@@ -259,8 +259,7 @@ def drill_down(s: Settings) -> dict[str, Any]:
     ]
     annotations = [
         _annotation("Escalations", "red", f"SELECT \"sp\", \"passes\" {win} AND \"decision\" = 'abstained'", "sp"),
-        _annotation("ΔSP alerts", "orange", f'SELECT "delta_sp" {win} AND "delta_sp" >= {s.alert_threshold!r}',
-                    "delta_sp"),
+        _annotation("ΔSP alerts", "orange", f'SELECT "delta_sp" {win} AND "alert" >= 1', "delta_sp"),
         _annotation("Drift", "purple", f'SELECT "drift", "mean_before", "mean_after" FROM "sci_drift" '
                     f'WHERE $timeFilter AND {S}', "mean_after"),
     ]
@@ -412,12 +411,12 @@ def alert_rules(s: Settings) -> list[dict[str, Any]]:
             f"{{{{ $labels.stream }}}}: more than {s.escalation_rate_max:.0%} of windows abstained (escalated) "
             f"over {win:g} s (setting escalation_rate_max)."),
         _rule("sci-alert-rate", "ΔSP alert rate high", [
-            _rule_query("A", f'{count} AND "delta_sp" >= {s.alert_threshold!r} GROUP BY "stream"', win),
+            _rule_query("A", f'{count} AND "alert" >= 1 GROUP BY "stream"', win),
             _rule_query("B", f'{count} GROUP BY "stream"', win),
             _reduce("C", "A"), _reduce("D", "B"), _expr("E", "math", "$C / $D"),
             _threshold("F", "E", "gt", s.alert_rate_max)],
-            f"{{{{ $labels.stream }}}}: more than {s.alert_rate_max:.0%} of windows with ΔSP ≥ "
-            f"{s.alert_threshold:g} over {win:g} s (settings alert_rate_max, alert_threshold)."),
+            f"{{{{ $labels.stream }}}}: more than {s.alert_rate_max:.0%} of windows raised a ΔSP alert over "
+            f"{win:g} s (setting alert_rate_max; ΔSP levels from each model's card)."),
         _rule("sci-worker-silence", "Workers silent", [
             _rule_query("A", count, s.silence_s), _reduce("B", "A"), _threshold("C", "B", "lt", 1)],
             f"No window was stored for {s.silence_s:g} s: workers down, input stopped or storage failing "

@@ -1,10 +1,13 @@
 """InfluxDB storage of per-window decisions: measurement ``sci_window``, line protocol, InfluxDB 1.x and 2.x.
 
-Schema: tags ``stream, modality, lead, model, decision (stopped|abstained), predicted, reason``; fields ``sp``
-(float), ``delta_sp`` (float), ``passes`` (int), ``max_prob`` (float), ``latency_ms`` (float), ``seq`` (int),
-``truth`` (string) when the truth is known and ``correct`` (bool) when a model also predicted; time = window
-start in ns, so a replayed window (same tags + time) overwrites its earlier point instead of adding one. Empty
-tags (no lead, no model) and non-finite floats are left out.
+Schema: tags ``stream, modality, lead, model, decision (stopped|abstained), predicted, reason, quality`` (the
+input-check verdict: ``ok`` or the failed checks joined by ``+``); fields ``sp`` (float), ``delta_sp`` (float),
+``passes`` (int), ``max_prob`` (float), ``latency_ms`` (float), ``seq`` (int), ``alert`` (int: 0 none, 1 warning,
+2 critical, by the ΔSP levels in force for the window), ``novelty`` (float, the gate's score, > 1 unfamiliar) and
+``confidence`` (float, the risk rule's score) where the card has them, ``truth`` (string) when the truth is known
+and ``correct`` (bool) when a model also predicted; time = window start in ns, so a replayed window (same tags +
+time) overwrites its earlier point instead of adding one. Empty tags (no lead, no model, no input checks) and
+non-finite floats are left out.
 
 Line protocol lives only here. :func:`window_point` builds one ``influxdb_client.Point``; :func:`window_points`
 builds the identical lines for a whole batch with numpy string ufuncs (the hot path, several times faster than
@@ -23,6 +26,7 @@ tried once: connection errors, timeouts, 429 and 5xx raise :class:`~streams.sink
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,8 +38,8 @@ from streams.settings import Settings
 from streams.sinks import RetryPolicy, SinkError, SinkRejected, SinkUnavailable, WindowDecision
 
 MEASUREMENT = "sci_window"
-TAGS = ("decision", "lead", "modality", "model", "predicted", "reason", "stream")  # sorted, as Point writes them
-OPTIONAL_TAGS = ("lead", "reason")
+TAGS = ("decision", "lead", "modality", "model", "predicted", "quality", "reason", "stream")  # sorted, as Point
+OPTIONAL_TAGS = ("lead", "quality", "reason")
 FLOAT_FIELDS = ("delta_sp", "latency_ms", "max_prob", "sp")
 INT_FIELDS = ("passes", "seq")
 REQUIRED_COLUMNS = (*(t for t in TAGS if t not in OPTIONAL_TAGS), *FLOAT_FIELDS, *INT_FIELDS, "t0_ns")
@@ -46,15 +50,21 @@ _ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\
 # ------------------------------------------------------------------------------------------------ points
 def window_point(stream: str, modality: str, model: str, decision: str, predicted: str, sp: float,
                  delta_sp: float, passes: int, max_prob: float, latency_ms: float, seq: int, t0_ns: int,
-                 truth: str | None = None, lead: str | None = None, reason: str | None = None) -> Point:
+                 truth: str | None = None, lead: str | None = None, reason: str | None = None,
+                 quality: str | None = None, novelty: float = math.nan, confidence: float = math.nan,
+                 alert: int = 0) -> Point:
     """One ``sci_window`` point; ``t0_ns`` = window start (ns since epoch). NaN floats and empty tags are left
     out."""
     p = Point(MEASUREMENT)
-    for key, value in zip(TAGS, (decision, lead, modality, model, predicted, reason, stream), strict=True):
+    for key, value in zip(TAGS, (decision, lead, modality, model, predicted, quality, reason, stream), strict=True):
         if value:
             p.tag(key, value)
     p.field("sp", float(sp)).field("delta_sp", float(delta_sp)).field("passes", int(passes))
     p.field("max_prob", float(max_prob)).field("latency_ms", float(latency_ms)).field("seq", int(seq))
+    p.field("alert", int(alert))
+    for key, value in (("novelty", novelty), ("confidence", confidence)):
+        if value is not None and math.isfinite(value):
+            p.field(key, float(value))
     if truth is not None and truth != "":
         p.field("truth", str(truth))
         if predicted:
@@ -68,9 +78,11 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
     ``rows``: parallel 1-D arrays/lists of length n with the keys of :func:`window_point` (``stream``,
     ``modality``, ``model``, ``decision``, ``predicted``: str; ``sp``, ``delta_sp``, ``max_prob``,
     ``latency_ms``: float; ``passes``, ``seq``, ``t0_ns``: int) and optionally ``truth`` (str, ``None`` or
-    ``""`` where unknown), ``lead`` and ``reason`` (str, ``None`` or ``""`` for no tag). Scalars broadcast
+    ``""`` where unknown), ``lead``, ``reason`` and ``quality`` (str, ``None`` or ``""`` for no tag),
+    ``novelty`` and ``confidence`` (float, NaN for none) and ``alert`` (int, 0 when absent). Scalars broadcast
     (e.g. one ``model`` for the whole batch). Built column-wise with numpy StringDType ufuncs; every row has
-    ``passes`` and ``seq``, so fields before them carry a trailing comma and fields after them a leading one.
+    ``alert`` (the first field), ``passes`` and ``seq``, so fields before ``passes`` carry a trailing comma and
+    fields after ``seq`` a leading one.
     """
     missing = [k for k in REQUIRED_COLUMNS if k not in rows]
     if missing:
@@ -84,6 +96,9 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
         return []
 
     pieces: list[str | np.ndarray] = [MEASUREMENT, *(_tag_piece(key, cols[key]) for key in TAGS if key in cols), " "]
+    pieces += ["alert=", _int_text(cols.get("alert", np.asarray(0))), "i,"]  # fields in Point's (sorted) order
+    if "confidence" in cols:
+        pieces.append(_float_piece("confidence", cols["confidence"], trailing=True))
     truth = cols.get("truth")
     if truth is not None:
         if truth.dtype == object:  # None marks unknown
@@ -96,7 +111,8 @@ def window_points(rows: Mapping[str, Any]) -> list[str]:
             pieces.append(np.where(known & (predicted != ""), correct, ""))
         else:
             truth = None
-    pieces += [_float_piece(k, cols[k], trailing=True) for k in ("delta_sp", "latency_ms", "max_prob")]
+    pieces += [_float_piece(k, cols[k], trailing=True) for k in ("delta_sp", "latency_ms", "max_prob", "novelty")
+               if k in cols]
     pieces += ["passes=", _int_text(cols["passes"]), "i,seq=", _int_text(cols["seq"]), "i"]
     pieces.append(_float_piece("sp", cols["sp"], trailing=False))
     if truth is not None:
@@ -154,6 +170,8 @@ def decision_columns(decisions: Sequence[WindowDecision]) -> dict[str, list[Any]
         "delta_sp": [r.delta_sp for r in rs], "passes": [r.passes for r in rs],
         "max_prob": [d.max_prob for d in decisions], "latency_ms": [d.latency_ms for d in decisions],
         "seq": [w.seq for w in ws], "t0_ns": [w.t0_ns for w in ws], "truth": [w.label for w in ws],
+        "quality": np.array([r.quality for r in rs], dtype=object), "novelty": [r.novelty for r in rs],
+        "confidence": [r.confidence for r in rs], "alert": [d.alert for d in decisions],
     }
 
 

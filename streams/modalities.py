@@ -133,7 +133,7 @@ def parse_models(text: str) -> dict[ModelKey, str]:
 
 
 register(ModalitySpec(
-    name="ecg", default_lead="MLII", checkpoints={"MLII": "mitdb"}, feature_key="rr",
+    name="ecg", default_lead="MLII", checkpoints={"MLII": "mitdb"}, feature_key="beat",
     replay_dataset="mitdb", replay_source="streams.replay:ecg_windows",
     replay_recordings=("100", "200", "210", "233"),  # DS2 (test) records with N/S/V beats
 ))

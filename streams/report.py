@@ -137,7 +137,7 @@ class Report:
         """The stream asked for, else the one with the most ΔSP alerts, else the busiest."""
         if self.stream:
             return self.stream
-        for cond in (f' AND "delta_sp" >= {self.s.alert_threshold!r}', ""):
+        for cond in (' AND "alert" >= 1', ""):
             rows = self._q(f'SELECT count("seq") FROM "sci_window" WHERE {self.where}{cond} GROUP BY "stream"')
             if rows:
                 return max(rows, key=lambda r: (r["count"], r["stream"]))["stream"]
@@ -148,19 +148,16 @@ class Report:
         if stream is None:
             return False
         esc = stream.replace("\\", "\\\\").replace("'", "\\'")
-        rows = self._q(f'SELECT "sp", "delta_sp", "decision" FROM "sci_window" WHERE {self.where} '
+        rows = self._q(f'SELECT "sp", "delta_sp", "decision", "alert" FROM "sci_window" WHERE {self.where} '
                        f"AND \"stream\" = '{esc}'")
         if not rows:
             return False
         t = _times(rows)
         ax.plot(t, [r["sp"] for r in rows], ".", ms=2.5, color="#1f77b4", label="SP")
         ax.plot(t, [r["delta_sp"] for r in rows], ".", ms=2.5, color="#7f7f7f", label="ΔSP")
-        warn, crit = self.s.alert_threshold, self.s.alert_critical
-        ax.axhline(warn, ls="--", lw=1, color="#ff7f0e", label=f"warning {warn:g}")
-        ax.axhline(crit, ls="--", lw=1, color="#d62728", label=f"critical {crit:g}")
-        for lo, hi, color, label in ((warn, crit, "#ff7f0e", "ΔSP alert (warning)"),
-                                     (crit, math.inf, "#d62728", "ΔSP alert (critical)")):
-            hits = [(ti, r["delta_sp"]) for ti, r in zip(t, rows, strict=True) if lo <= r["delta_sp"] < hi]
+        # the alert each window raised, as the worker decided it (the serving card's levels, or the overrides)
+        for code, color, label in ((1, "#ff7f0e", "ΔSP alert (warning)"), (2, "#d62728", "ΔSP alert (critical)")):
+            hits = [(ti, r["delta_sp"]) for ti, r in zip(t, rows, strict=True) if r.get("alert") == code]
             if hits:
                 ax.plot(*zip(*hits, strict=True), "o", ms=5, mfc="none", color=color, label=label)
         abst = [(ti, r["sp"]) for ti, r in zip(t, rows, strict=True) if r["decision"] == "abstained"]
@@ -215,9 +212,9 @@ class Report:
             ("throughput", "Throughput", "Windows per second per modality.", self.throughput),
             ("decisions", "Decisions and escalations", "Windows answered (stopped) and abstained (escalated to a "
              "person) per interval.", self.decisions),
-            ("stream", "SP and ΔSP of one stream", f"Every window of the stream: SP and ΔSP = |SP* − SP|, ΔSP "
-             f"alerts circled by severity (levels {self.s.alert_threshold:g} / {self.s.alert_critical:g} from the "
-             "settings), escalations crossed.", self.stream_panel),
+            ("stream", "SP and ΔSP of one stream", "Every window of the stream: SP and ΔSP = |SP* − SP|, ΔSP "
+             "alerts circled by the severity the worker gave them (each model's card levels, unless "
+             "overridden in the settings), escalations crossed.", self.stream_panel),
             ("trust", "Online accuracy and AUROC", f"Fleet metrics over the last {self.s.trust_window} windows "
              "with ground truth: accuracy, misclassification AUROC of 1 − SP, ECE.", self.trust_panel),
             ("drift", "Drift", "Rolling mean SP per stream; dotted lines: drift detections (ADWIN on SP and on "

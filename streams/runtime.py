@@ -6,7 +6,8 @@ the defaults of :mod:`streams.modalities`) whose SciController lives on the devi
 into one tensor batch and returns one result per window. A window whose (modality, lead) no model serves gets an
 abstained result with reason ``unsupported_lead`` (an escalation, not an error); a window a model cannot take
 (wrong length or sampling rate, missing features) gets a rejection reason (a dead letter). It is blocking work
-and runs off the event loop.
+and runs off the event loop. Each result carries what the controller's decision says beside the reason (novelty
+score, input-check verdict, risk confidence) and the serving card's ΔSP alert levels.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import numpy as np
 import torch
 
 from controller.engine import SciResult
+from controller.quality import QualityFlag
 from controller.reasons import Reason
 from controller.sci import SciController
 from models.checkpoint import ModelCard, checkpoint_dir_of, load_checkpoint
+from models.controller_card import AlertLevels
+from models.device import worker_threads
 from models.keyed_dropout import window_keys
 from streams import modalities
 from streams.contracts import SensorWindow
@@ -29,9 +33,25 @@ from streams.contracts import SensorWindow
 ModelKey = tuple[str, str]  # (modality, lead)
 
 
+def quality_name(code: int) -> str:
+    """The input-check verdict as messages and storage carry it: ``"ok"`` (0) or the failed checks of the
+    :class:`~controller.quality.QualityFlag` bits joined by ``+``.
+
+    >>> quality_name(0), quality_name(1), quality_name(6)
+    ('ok', 'flat', 'clipped+amplitude')
+    """
+    return "+".join(QualityFlag(int(code)).names()) or "ok"
+
+
 @dataclass(frozen=True)
 class WindowResult:
-    """The controller's decision for one window (probs float32[K] over ``classes``), routed by ``lead``."""
+    """The controller's decision for one window (probs float32[K] over ``classes``), routed by ``lead``.
+
+    ``novelty``: the gate's score (> 1: unfamiliar; NaN without a novelty model); ``quality``: the input-check
+    verdict (:func:`quality_name`; None when the card has no input checks or no model ran); ``confidence``: the
+    risk rule's score (NaN without a risk rule); ``alerts``: the serving card's ΔSP alert levels (None: the card
+    has none, or no model ran).
+    """
 
     model: str
     classes: tuple[str, ...]
@@ -43,7 +63,10 @@ class WindowResult:
     abstained: bool
     reason: str
     lead: str
-    novelty: float = math.nan  # the gate's novelty score (> 1 = unfamiliar); NaN without a novelty model
+    novelty: float = math.nan
+    quality: str | None = None
+    confidence: float = math.nan
+    alerts: AlertLevels | None = None
 
     @property
     def served(self) -> bool:
@@ -90,6 +113,8 @@ class ModelRuntime:
 
     def __init__(self, device: torch.device | str, models: Mapping[ModelKey, str] | None = None) -> None:
         self.device = torch.device(device)
+        if self.device.type == "cpu":  # call from the thread that will classify (OpenMP settings are per thread)
+            torch.set_num_threads(worker_threads())
         self.models: dict[ModelKey, ServedModel] = {}
         loaded: dict[str, ServedModel] = {}  # one controller per checkpoint, shared by the leads it serves
         for (modality, lead), name in (modalities.default_models() if models is None else models).items():
@@ -129,12 +154,17 @@ class ModelRuntime:
         for idx in groups.values():
             served = self.models[(windows[idx[0]].modality, leads[idx[0]])]
             r = served.classify([windows[i] for i in idx])
+            card = served.card.controller
             classes = tuple(served.card.classes)
             labels = [classes[k] for k in r.label.tolist()]
             reasons = r.reason_names()
-            novelty = r.novelty.tolist() if r.novelty is not None else [math.nan] * len(idx)
+            n = len(idx)
+            novelty = r.novelty.tolist() if r.novelty is not None else [math.nan] * n
+            confidence = r.confidence.tolist() if r.confidence is not None else [math.nan] * n
+            quality = ([quality_name(q) for q in r.quality.tolist()] if card.quality is not None and
+                       r.quality is not None else [None] * n)
             for j, i in enumerate(idx):
                 out[i] = WindowResult(served.card.name, classes, labels[j], r.probs[j], float(r.sp[j]),
                                       float(r.delta_sp[j]), int(r.passes[j]), bool(r.abstained[j]), reasons[j],
-                                      leads[i], float(novelty[j]))
+                                      leads[i], float(novelty[j]), quality[j], float(confidence[j]), card.alerts)
         return out

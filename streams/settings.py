@@ -33,8 +33,9 @@ empty ``influx_bucket`` becomes ``influx_db``, so setting only ``SCI_KAFKA_PORT`
 its clients. Relative paths from the environment or flags are relative to the working directory; the local
 stack's state defaults to ``./.state`` (never inside the installed package).
 
-The ΔSP alert thresholds (0.3 warning, 0.5 critical) are starting points, not calibrated values: tune them on
-replayed data before relying on the alerts.
+ΔSP alert levels come from each checkpoint's card (derived on its validation split, ``controller.alerts``);
+``alert_threshold`` / ``alert_critical`` are optional overrides (unset = the cards' levels; set, each replaces its
+level for every model). Optional numbers are unset with an empty value (``SCI_ALERT_THRESHOLD=``).
 """
 
 from __future__ import annotations
@@ -141,10 +142,10 @@ class Settings:
     batch_size: int = _opt(64, "worker", "batch_size", "windows per classifier batch", minimum=1)
     batch_timeout_s: float = _opt(0.05, "worker", "batch_timeout_s", "max wait to fill a batch (s)",
                                   minimum=0)
-    alert_threshold: float = _opt(0.3, "worker", "alert_threshold", "ΔSP warning level (starting point)",
-                                  minimum=0)
-    alert_critical: float = _opt(0.5, "worker", "alert_critical", "ΔSP critical level (starting point)",
-                                 minimum=0)
+    alert_threshold: float | None = _opt(None, "worker", "alert_threshold", "ΔSP warning level for every model "
+                                         "(unset: each card's, derived on validation)", minimum=0)
+    alert_critical: float | None = _opt(None, "worker", "alert_critical", "ΔSP critical level for every model "
+                                        "(unset: each card's, derived on validation)", minimum=0)
     device: str = _opt("auto", "worker", "device", "torch device", choices=("auto", "cpu", "cuda"))
     models: str = _opt("", "worker", "models", "modality[:lead]=checkpoint, ... over the registry's defaults",
                        check=_check_models)
@@ -185,7 +186,7 @@ class Settings:
         for f in fields:
             if f.metadata["derive"] is not None and not getattr(self, f.name):
                 object.__setattr__(self, f.name, f.metadata["derive"](self))
-        if self.alert_threshold > self.alert_critical:
+        if None not in (self.alert_threshold, self.alert_critical) and self.alert_threshold > self.alert_critical:
             raise SettingsError(f"alert_threshold ({self.alert_threshold}) must not exceed alert_critical "
                                 f"({self.alert_critical})")
         if self.influx_port == self.influx_rpc_port:
@@ -249,10 +250,12 @@ def _coerce(f: dataclasses.Field, value: Any, source: str, base_dir: Path | None
     def bad(expected: str) -> SettingsError:
         return SettingsError(f"{source}: bad value {value!r} for {f.name} ({expected})")
 
+    if typ.endswith(" | None"):  # an optional setting: None or an empty value leaves it unset
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        typ = typ.removesuffix(" | None")
     if "Path" in typ:
         if value is None or value == "":
-            if "None" in typ:
-                return None
             raise bad("expected a path")
         if not isinstance(value, str | os.PathLike):
             raise bad("expected a path")

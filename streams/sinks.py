@@ -1,8 +1,9 @@
 """Where per-window decisions are stored: the record, the sink interface, its errors and the one retry policy.
 
 - :class:`WindowDecision`: one window's outcome (the window, the model's :class:`~streams.runtime.WindowResult`,
-  latency, worker). Every output is derived from it (the label, escalation and alert messages, storage rows), so
-  a new field (a novelty score, a reason) is added to the window or the result once and read from here.
+  latency, worker, the ΔSP alert levels in force). Every output is derived from it (the label, escalation and
+  alert messages, storage rows), so a new field (a novelty score, a reason) is added to the window or the result
+  once and read from here; :func:`severity` is the one ΔSP alert rule.
 - :class:`WindowSink`: what the worker needs from storage: ``write`` a batch of decisions (one attempt, blocking;
   the worker calls it on its storage thread), ``health`` and ``counters`` to show, ``close``. InfluxDB 1.x/2.x
   implement it in :mod:`streams.influx`; any object with these methods plugs in (``sink_factory`` of
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from streams.contracts import LabelMessage, SensorWindow
     from streams.runtime import WindowResult
 
-__all__ = ["RetryPolicy", "SinkClosed", "SinkError", "SinkRejected", "SinkUnavailable", "WindowDecision",
-           "WindowSink"]
+__all__ = ["ALERT_CODES", "RetryPolicy", "SinkClosed", "SinkError", "SinkRejected", "SinkUnavailable",
+           "WindowDecision", "WindowSink", "alert_levels", "severity"]
 
 log = logging.getLogger("sci_monitor.sink")
 T = TypeVar("T")
@@ -50,18 +51,71 @@ class SinkClosed(SinkError):
     """The retry wait was interrupted because the worker is stopping; the batch was not written."""
 
 
+ALERT_CODES = {None: 0, "warning": 1, "critical": 2}  # the stored ``alert`` field of a window's severity
+
+
+def severity(delta_sp: float, warning: float, critical: float) -> str | None:
+    """ΔSP alert level: "critical" ≥ critical, "warning" ≥ warning, else None (critical is tested first, so equal
+    levels give "critical").
+
+    >>> severity(0.29, 0.3, 0.5) is None, severity(0.3, 0.3, 0.5), severity(0.5, 0.3, 0.5)
+    (True, 'warning', 'critical')
+    >>> severity(0.9, 0.3, math.inf)  # a missing level never fires
+    'warning'
+    """
+    if delta_sp >= critical:
+        return "critical"
+    if delta_sp >= warning:
+        return "warning"
+    return None
+
+
+def alert_levels(result: WindowResult, warning: float | None = None,
+                 critical: float | None = None) -> tuple[float, float] | None:
+    """The ΔSP (warning, critical) levels for a window: the serving card's (``result.alerts``), each replaced by
+    the override when it is not None (the settings ``alert_threshold`` / ``alert_critical``, for every model). A
+    level neither gives is ``inf`` (never fires); None when no level applies (no model ran, or neither the card
+    nor the settings give one)."""
+    if not result.served:
+        return None
+    card = result.alerts
+    w = warning if warning is not None else (card.warning if card is not None else math.inf)
+    c = critical if critical is not None else (card.critical if card is not None else math.inf)
+    return None if math.isinf(w) and math.isinf(c) else (w, c)
+
+
 @dataclass(frozen=True, slots=True)
 class WindowDecision:
-    """The worker's outcome for one window: what went in, what the controller decided, when, where."""
+    """The worker's outcome for one window: what went in, what the controller decided, when, where, and the ΔSP
+    alert levels (warning, critical) in force for it (:func:`alert_levels`; None: it cannot alert)."""
 
     window: SensorWindow
     result: WindowResult
     latency_ms: float  # Kafka produce time of the window -> decision
     worker: str
+    levels: tuple[float, float] | None = None
 
     @property
     def decision(self) -> str:
         return "abstained" if self.result.abstained else "stopped"
+
+    @property
+    def severity(self) -> str | None:
+        """"warning" / "critical" when ΔSP reaches that level, else None."""
+        return None if self.levels is None else severity(self.result.delta_sp, *self.levels)
+
+    @property
+    def alert(self) -> int:
+        """The severity as stored: 0 none, 1 warning, 2 critical."""
+        return ALERT_CODES[self.severity]
+
+    @property
+    def alert_threshold(self) -> float | None:
+        """The level that was crossed (None without an alert)."""
+        level = self.severity
+        if level is None:
+            return None
+        return self.levels[1] if level == "critical" else self.levels[0]
 
     @property
     def correct(self) -> bool | None:
@@ -83,8 +137,17 @@ class WindowDecision:
             stream=w.stream, modality=w.modality, lead=r.lead, seq=w.seq, t0_ns=w.t0_ns, model=r.model,
             label=r.label, probs={c: round(float(p), 6) for c, p in zip(r.classes, r.probs, strict=True)},
             sp=round(r.sp, 6), delta_sp=round(r.delta_sp, 6), passes=r.passes, decision=self.decision,
-            reason=r.reason, truth=w.label, correct=self.correct, latency_ms=round(self.latency_ms, 3),
-            worker=self.worker)
+            reason=r.reason, novelty=_finite(r.novelty), quality=r.quality, confidence=_finite(r.confidence),
+            truth=w.label, correct=self.correct, latency_ms=round(self.latency_ms, 3), worker=self.worker)
+
+
+def _finite(x: float) -> float | None:
+    """``x`` rounded to 6 decimals, None when it is NaN or infinite (messages carry null).
+
+    >>> _finite(1.23456789), _finite(math.nan)
+    (1.234568, None)
+    """
+    return round(float(x), 6) if math.isfinite(x) else None
 
 
 @runtime_checkable

@@ -4,8 +4,8 @@
 and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
 
 - ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``,
-  ``alert_rate`` (ΔSP ≥ ``alert_threshold``), ``mean_passes``, ``sp_mean``, ``novelty_mean`` (where the model
-  has a novelty score);
+  ``alert_rate`` (windows that raised a ΔSP alert at their card's levels), ``mean_passes``, ``sp_mean``,
+  ``novelty_mean`` (where the model has a novelty score);
 - where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
   AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
   (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
@@ -263,11 +263,11 @@ def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: 
             .time(t_ns, WritePrecision.NS).to_line_protocol())
 
 
-def observation(d: WindowDecision, alert_threshold: float, t_s: float) -> Observation:
+def observation(d: WindowDecision, t_s: float) -> Observation:
     """The trust view of one served decision (``t_s``: when it was decided, worker clock)."""
     r = d.result
     return Observation(d.window.stream, d.window.modality, d.window.seq, t_s, float(r.sp), int(r.passes),
-                       bool(r.abstained), r.delta_sp >= alert_threshold, d.max_prob, d.correct,
+                       bool(r.abstained), d.alert >= 1, d.max_prob, d.correct,
                        None if math.isnan(r.novelty) else float(r.novelty))
 
 
@@ -299,8 +299,7 @@ class TrustService(faust.Service):
         now = self.clock()
         # keys are per window, so a stream's windows spread over the input partitions: a batch may hold them out
         # of order (a backlog read partition by partition even more); restore each stream's order within the batch
-        obs = sorted((observation(d, self.s.alert_threshold, now) for d in decisions if d.result.served),
-                     key=lambda o: (o.stream, o.seq))
+        obs = sorted((observation(d, now) for d in decisions if d.result.served), key=lambda o: (o.stream, o.seq))
         batch = batch_line(self.pipeline.worker_id, len(decisions), controller_ms,
                            sum(d.result.passes for d in decisions), int(now * 1e9))
         self._thread.submit(self._ingest, obs, batch)

@@ -16,12 +16,21 @@ import torch
 from controller.reasons import Reason
 from models.architectures import PaperBearingNet
 from models.checkpoint import ModelCard, save_checkpoint
+from models.controller_card import AlertLevels
 from streams import modalities
-from streams.app import _broker_url, create_worker, severity
+from streams.app import _broker_url, create_worker
 from streams.contracts import SensorWindow, decode_dead_letter, encode_window
-from streams.runtime import ModelRuntime
+from streams.runtime import ModelRuntime, WindowResult
 from streams.settings import load_settings
-from streams.sinks import RetryPolicy, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.sinks import (
+    RetryPolicy,
+    SinkRejected,
+    SinkUnavailable,
+    WindowDecision,
+    WindowSink,
+    alert_levels,
+    severity,
+)
 
 OUTPUT_ROLES = ("labels", "escalations", "alerts", "deadletter")
 
@@ -92,7 +101,7 @@ def _cwru_runtime():
 
 
 def test_decode_classify_publish_and_store_one_batch():
-    settings = _settings(alert_threshold=0.0, alert_critical=1.0)  # every served window alerts (warning)
+    settings = _settings(alert_threshold=0.0, alert_critical=1.0)  # overrides: every served window alerts (warning)
     good = [_vibration(i) for i in range(5)]
     fe = _vibration(5, lead="FE")  # no model serves vibration:FE -> escalation, not a dead letter
     wrong_fs = _vibration(6, fs=48000.0)
@@ -126,9 +135,94 @@ def test_decode_classify_publish_and_store_one_batch():
     assert sorted(d.window.seq for d in sink.rows) == [0, 1, 2, 3, 4, 5]
     for d in sink.rows:
         assert d.decision == labels[d.window.seq]["decision"] and d.result.label == labels[d.window.seq]["label"]
+        assert d.alert == (1 if d.result.served else 0)
     t = worker.pipeline.tally
     assert (t.windows, t.dead_letters, t.alerts, t.escalations) == (6, 2, 5, len(abstained))
     assert sink.closed  # on_stop closed the sink
+
+
+def _sine_with_noise(seq: int) -> SensorWindow:
+    """A 1 kHz tone in light noise: passes the input checks, unlike any bearing the cwru model was trained on."""
+    t = np.arange(1024) / 12000.0
+    x = 0.2 * np.sin(2 * np.pi * 1000 * t) + np.random.default_rng(seq).normal(0, 0.02, 1024)
+    return SensorWindow("vib-2", "vibration", 12000.0, 1_700_000_000_000_000_000 + seq, seq, x.astype(np.float32),
+                        label="normal")
+
+
+def test_outputs_say_why_and_alert_by_the_cards_levels():
+    """Default settings: no alert override, so each window alerts by its card's ΔSP levels (derived on validation,
+    not the old 0.3 / 0.5); every output carries the novelty score, the input-check verdict and the confidence."""
+    answered, tone, fe = _vibration(0), _sine_with_noise(1), _vibration(3, lead="FE")
+    flat = SensorWindow("vib-1", "vibration", 12000.0, 1_700_000_000_000_000_002, 2, np.zeros(1024, np.float32))
+    served: list[ModelRuntime] = []
+
+    def runtime():
+        served.append(_cwru_runtime())
+        return served[-1]
+
+    sink = MemorySink()
+    settings = _settings()
+    assert (settings.alert_threshold, settings.alert_critical) == (None, None)
+    payloads = [(w.key, encode_window(w)) for w in (answered, tone, flat, fe)]
+    _, got = _run(settings, runtime, sink, payloads, {"labels": 4, "escalations": 3})
+    levels = served[0].models[("vibration", "DE")].card.controller.alerts
+    assert isinstance(levels, AlertLevels) and (levels.warning, levels.critical) != (0.3, 0.5)
+
+    labels = {(m["stream"], m["seq"]): m for m in (json.loads(e.value) for e in got["labels"])}
+    m = labels[("vib-1", 0)]  # answered by the policy: input checks passed, familiar, confident
+    assert (m["decision"], m["quality"]) == ("stopped", "ok") and m["passes"] > 0
+    assert 0 <= m["novelty"] <= 1 and 0 <= m["confidence"] <= 1
+    m = labels[("vib-2", 1)]  # an unknown signal, stopped by the gate before any MC pass
+    assert (m["decision"], m["reason"], m["passes"], m["quality"]) == ("abstained", "unfamiliar", 0, "ok")
+    assert m["novelty"] > 1 and 0 <= m["confidence"] <= 1
+    m = labels[("vib-1", 2)]  # a flat line: bad signal, not an unknown one
+    assert (m["decision"], m["reason"], m["passes"], m["quality"]) == ("abstained", "signal_quality", 0, "flat")
+    m = labels[("vib-1", 3)]  # no model: nothing to say
+    assert (m["reason"], m["novelty"], m["quality"], m["confidence"]) == ("unsupported_lead", None, None, None)
+
+    escalations = {(e["stream"], e["seq"]): e for e in (json.loads(x.value) for x in got["escalations"])}
+    assert {k: (e["reason"], e["quality"]) for k, e in escalations.items()} == {
+        ("vib-2", 1): ("unfamiliar", "ok"), ("vib-1", 2): ("signal_quality", "flat"),
+        ("vib-1", 3): ("unsupported_lead", None)}
+    assert escalations[("vib-2", 1)]["novelty"] == labels[("vib-2", 1)]["novelty"]
+
+    # alerts: exactly the served windows whose ΔSP reaches the card's levels, with the level crossed
+    expected = {k: severity(m["delta_sp"], levels.warning, levels.critical) for k, m in labels.items()
+                if m["model"]}
+    alerts = {(a["stream"], a["seq"]): a for a in (json.loads(e.value) for e in got["alerts"])}
+    assert {k: a["severity"] for k, a in alerts.items()} == {k: v for k, v in expected.items() if v}
+    for a in alerts.values():
+        assert a["threshold"] == (levels.critical if a["severity"] == "critical" else levels.warning)
+        assert a["novelty"] == labels[(a["stream"], a["seq"])]["novelty"]
+    # the tone alerts by the card's levels, not as the old fixed 0.3 / 0.5 would have said
+    tone_dsp = labels[("vib-2", 1)]["delta_sp"]
+    assert alerts[("vib-2", 1)]["severity"] != severity(tone_dsp, 0.3, 0.5)
+    # storage carries the same severity as a number
+    stored = {(d.window.stream, d.window.seq): d for d in sink.rows}
+    assert {k: d.alert for k, d in stored.items()} == {k: {None: 0, "warning": 1, "critical": 2}[expected.get(k)]
+                                                       for k in labels}
+    assert stored[("vib-2", 1)].result.quality == "ok" and stored[("vib-2", 1)].result.novelty > 1
+
+
+def test_alert_levels_come_from_the_card_unless_overridden():
+    card = AlertLevels(warning=0.12, critical=0.2, rates=(0.05, 0.01))
+    r = WindowResult("cwru", ("a", "b"), "a", np.array([0.6, 0.4], np.float32), 0.7, 0.15, 3, False, "threshold",
+                     "DE", alerts=card)
+    assert alert_levels(r) == (0.12, 0.2)
+    assert alert_levels(r, warning=0.3) == (0.3, 0.2)  # each level is overridden on its own
+    assert alert_levels(r, 0.3, 0.5) == (0.3, 0.5)
+    no_card = dataclasses.replace(r, alerts=None)
+    assert alert_levels(no_card) is None  # a card without levels: no ΔSP alerts ...
+    assert alert_levels(no_card, warning=0.1) == (0.1, float("inf"))  # ... unless the settings give one
+    assert alert_levels(WindowResult.unserved("FE"), 0.0, 0.0) is None  # no model ran: never an alert
+    w = _vibration(0)
+    d = WindowDecision(w, r, 1.0, "w", alert_levels(r))
+    assert (d.severity, d.alert, d.alert_threshold) == ("warning", 1, 0.12)
+    d = WindowDecision(w, r, 1.0, "w", alert_levels(r, 0.3, 0.5))
+    assert (d.severity, d.alert, d.alert_threshold) == (None, 0, None)
+    d = WindowDecision(w, dataclasses.replace(r, delta_sp=0.2), 1.0, "w", alert_levels(r))
+    assert (d.severity, d.alert, d.alert_threshold) == ("critical", 2, 0.2)
+    assert WindowDecision(w, no_card, 1.0, "w", None).alert == 0
 
 
 def test_storage_retries_then_dead_letters_when_the_sink_rejects():

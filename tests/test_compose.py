@@ -31,8 +31,9 @@ DASHBOARD_PROVIDER = REPO / "grafana" / "provisioning" / "dashboards" / "sci-mon
 
 # InfluxDB schema from the project conventions: measurement -> (tags, fields)
 MEASUREMENT = "sci_window"
-TAGS = {"stream", "modality", "model", "decision", "predicted"}
-FIELDS = {"sp", "delta_sp", "passes", "max_prob", "latency_ms", "seq", "truth", "correct"}
+TAGS = {"stream", "modality", "lead", "model", "decision", "predicted", "reason", "quality"}
+FIELDS = {"sp", "delta_sp", "passes", "max_prob", "latency_ms", "seq", "alert", "novelty", "confidence", "truth",
+          "correct"}
 SCHEMA = {
     MEASUREMENT: (TAGS, FIELDS),
     "sci_trust": ({"scope", "stream", "modality"},
@@ -543,16 +544,17 @@ def test_dashboard_thresholds_match_the_worker_settings():
 
     s = load_settings(env={})
     worker = environment(resolved()["services"]["worker"])
-    assert [s.alert_threshold, s.alert_critical] == [float(worker["SCI_ALERT_THRESHOLD"]),
-                                                    float(worker["SCI_ALERT_CRITICAL"])]
-    for name in ("sci-monitor.json", "sci-stream.json"):
+    # ΔSP levels come from each model's card unless the operator overrides them: compose passes no default
+    assert (s.alert_threshold, s.alert_critical) == (None, None)
+    assert not worker.get("SCI_ALERT_THRESHOLD") and not worker.get("SCI_ALERT_CRITICAL")  # empty: the cards
+    for name in ("sci-monitor.json", "sci-stream.json"):  # alerts counted from the stored field, no level restated
         (panel,) = [p for p in all_panels(_dashboard(name)) if "ΔSP" in p["title"]]
-        steps = [st["value"] for st in panel["fieldConfig"]["defaults"]["thresholds"]["steps"][1:]]
-        assert steps == [s.alert_threshold, s.alert_critical]
+        assert any('"alert" >= 1' in t["query"] for t in panel["targets"])
+        assert "thresholds" not in panel["fieldConfig"]["defaults"]
     (latency,) = [p for p in all_panels(_dashboard("sci-monitor.json")) if p["title"] == "Latency p95 by modality"]
     assert latency["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] == s.latency_p95_max_ms
     (alerts,) = [a for a in _dashboard("sci-stream.json")["annotations"]["list"] if a["name"] == "ΔSP alerts"]
-    assert f'"delta_sp" >= {s.alert_threshold!r}' in alerts["query"]
+    assert '"alert" >= 1' in alerts["query"]
 
 
 # ---- Grafana alerting --------------------------------------------------------------------------------------
@@ -614,7 +616,7 @@ def test_alert_rule_thresholds_equal_the_settings():
     assert set(rules) == {"sci-escalation-rate", "sci-alert-rate", "sci-worker-silence", "sci-latency", "sci-drift"}
     assert _threshold_of(rules["sci-escalation-rate"]) == ("gt", s.escalation_rate_max)
     assert _threshold_of(rules["sci-alert-rate"]) == ("gt", s.alert_rate_max)
-    assert f'"delta_sp" >= {s.alert_threshold!r}' in rules["sci-alert-rate"]["data"][0]["model"]["query"]
+    assert '"alert" >= 1' in rules["sci-alert-rate"]["data"][0]["model"]["query"]
     assert _threshold_of(rules["sci-latency"]) == ("gt", s.latency_p95_max_ms)
     assert _threshold_of(rules["sci-worker-silence"]) == ("lt", 1)
     assert rules["sci-worker-silence"]["data"][0]["relativeTimeRange"]["from"] == s.silence_s
@@ -625,10 +627,10 @@ def test_alert_rule_thresholds_equal_the_settings():
     # a different configuration renders different rules: the thresholds are not copies
     from streams.grafana import alert_rules
 
-    other = load_settings(env={"SCI_ALERT_THRESHOLD": "0.25", "SCI_ESCALATION_RATE_MAX": "0.2"})
+    other = load_settings(env={"SCI_ALERT_RATE_MAX": "0.25", "SCI_ESCALATION_RATE_MAX": "0.2"})
     changed = {r["uid"]: r for r in alert_rules(other)}
     assert _threshold_of(changed["sci-escalation-rate"]) == ("gt", 0.2)
-    assert '"delta_sp" >= 0.25' in changed["sci-alert-rate"]["data"][0]["model"]["query"]
+    assert _threshold_of(changed["sci-alert-rate"]) == ("gt", 0.25)
 
 
 # ---- image --------------------------------------------------------------------------------------------
@@ -734,5 +736,6 @@ def test_gpu_profile_worker_reserves_a_gpu_and_runs_cuda_torch():
     # same Kafka, topics and consumer group as the CPU workers, same InfluxDB credentials
     for var, value in environment(services["worker"]).items():
         if var != "SCI_DEVICE":
-            assert environment(gpu)[var] == value, var
+            assert environment(gpu).get(var) == value, var
+    assert gpu["healthcheck"] == services["worker"]["healthcheck"]
     assert 'ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu' in (REPO / "Dockerfile").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import struct
 
@@ -248,6 +249,9 @@ def random_label(rng: np.random.Generator) -> LabelMessage:
         passes=int(rng.integers(1, 64)),
         decision=str(rng.choice(["stopped", "abstained"])),
         reason=str(rng.choice(["", "sp<threshold", "max_passes"])),
+        novelty=None if rng.random() < 0.3 else float(rng.exponential()),
+        quality=[None, "ok", "flat", "clipped+amplitude"][int(rng.integers(4))],
+        confidence=None if rng.random() < 0.3 else float(rng.random()),
         truth=truth,
         correct=None if truth is None else truth == label,
         latency_ms=float(rng.uniform(0, 500)),
@@ -280,8 +284,22 @@ def test_label_message_json_by_hand() -> None:
     assert m.to_json() == (
         b'{"v":1,"stream":"mitdb-100","modality":"ecg","seq":3,"t0_ns":10,"model":"m","label":"N",'
         b'"probs":{"N":0.75,"V":0.25},"sp":0.5,"delta_sp":-0.125,"passes":8,"decision":"stopped","reason":"",'
-        b'"truth":"N","correct":true,"latency_ms":12.5,"worker":"w"}'
+        b'"novelty":null,"quality":null,"confidence":null,"truth":"N","correct":true,"latency_ms":12.5,"worker":"w"}'
     )
+    # a window the gate stopped before any pass: unfamiliar (novelty > 1), its input checks passed, no confidence
+    gated = LabelMessage(
+        stream="mitdb-100", modality="ecg", seq=4, t0_ns=11, model="m", label="N", probs={"N": 0.5, "V": 0.5},
+        sp=0.0, delta_sp=0.85, passes=0, decision="abstained", reason="unfamiliar", novelty=3.25, quality="ok",
+        confidence=None, latency_ms=1.0, worker="w", lead="MLII",
+    )  # fmt: skip
+    obj = json.loads(gated.to_json())
+    assert (obj["reason"], obj["passes"], obj["novelty"], obj["quality"], obj["confidence"]) == (
+        "unfamiliar", 0, 3.25, "ok", None)
+    alert = json.loads(AlertMessage.from_label(gated, "critical", 0.45).to_json())
+    assert (alert["novelty"], alert["quality"], alert["severity"], alert["threshold"]) == (3.25, "ok", "critical", 0.45)
+    # messages written before these fields existed still decode (as null)
+    old = {k: v for k, v in obj.items() if k not in ("novelty", "quality", "confidence")}
+    assert LabelMessage.from_json(json.dumps(old)) == dataclasses.replace(gated, novelty=None, quality=None)
 
 
 @pytest.mark.parametrize(
@@ -295,6 +313,10 @@ def test_label_message_json_by_hand() -> None:
         ({"correct": "yes"}, "field 'correct' must be true, false or null"),
         ({"modality": "eeg"}, "unknown modality 'eeg'"),
         ({"stream": _DROP}, "missing field 'stream'"),
+        ({"novelty": "high"}, "field 'novelty' must be a number"),
+        ({"confidence": True}, "field 'confidence' must be a number"),
+        ({"quality": 8}, "field 'quality' must be a string"),
+        ({"quality": "x" * 65}, "field 'quality' has 65 characters"),
     ],
 )
 def test_label_message_invalid(change: dict, reason: str) -> None:
@@ -320,6 +342,8 @@ def test_alert_and_escalation_invalid() -> None:
     del fields["v"]
     with pytest.raises(ContractError, match="field 'sp' must be finite"):
         LabelMessage(**{**fields, "sp": float("inf")})
+    with pytest.raises(ContractError, match="field 'novelty' must be finite"):  # NaN is sent as null, never NaN
+        LabelMessage(**{**fields, "novelty": float("nan")})
 
 
 def test_dead_letter_round_trip() -> None:

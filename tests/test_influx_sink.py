@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 
+from models.controller_card import AlertLevels
 from streams.contracts import SensorWindow
 from streams.influx import (
     InfluxV1Sink,
@@ -19,20 +20,33 @@ from streams.influx import (
     window_points,
 )
 from streams.runtime import WindowResult
-from streams.sinks import RetryPolicy, SinkError, SinkRejected, SinkUnavailable, WindowDecision, WindowSink
+from streams.sinks import (
+    RetryPolicy,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
+    WindowDecision,
+    WindowSink,
+    alert_levels,
+)
 from streams.stack import free_ports
 
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z in ns
 
-ROWS = {  # three windows: truth known and right, unknown, known and wrong (with a NaN ΔSP)
+ROWS = {  # three windows: truth known and right, unknown (gated: unfamiliar, 0 passes), known and wrong (NaN ΔSP)
     "stream": ["mitdb 100", "mitdb,101", "a=b"],
     "modality": "ecg",
     "model": "ecg_cnn",
     "decision": ["stopped", "abstained", "stopped"],
     "predicted": ["N", "V", "S"],
+    "reason": ["threshold", "unfamiliar", "confident"],
+    "quality": ["ok", "ok", None],
     "sp": [0.91, 0.42, 1.0],
     "delta_sp": [0.01, 0.35, float("nan")],
-    "passes": [3, 20, 5],
+    "novelty": [0.4, 3.5, float("nan")],
+    "confidence": [0.97, float("nan"), 0.66],
+    "alert": [0, 2, 0],
+    "passes": [3, 0, 5],
     "max_prob": [0.97, 0.51, 0.66],
     "latency_ms": [4.25, 12.5, 6.0],
     "seq": [0, 1, 2],
@@ -63,8 +77,14 @@ def test_window_point_line_protocol_by_hand():
     line = window_point("rec 1,a", "ecg", "m=1", "stopped", "N", sp=0.5, delta_sp=2.0, passes=3,
                         max_prob=0.25, latency_ms=float("nan"), seq=7, t0_ns=T0, truth="N").to_line_protocol()
     assert line == (r"sci_window,decision=stopped,modality=ecg,model=m\=1,predicted=N,stream=rec\ 1\,a "
-                    'correct=true,delta_sp=2,max_prob=0.25,passes=3i,seq=7i,sp=0.5,truth="N" '
+                    'alert=0i,correct=true,delta_sp=2,max_prob=0.25,passes=3i,seq=7i,sp=0.5,truth="N" '
                     "1700000000000000000")
+    gated = window_point("s", "ecg", "m", "abstained", "N", sp=0.5, delta_sp=0.35, passes=0, max_prob=0.75,
+                         latency_ms=1.0, seq=8, t0_ns=T0, reason="unfamiliar", quality="ok", novelty=2.5,
+                         confidence=float("nan"), alert=1).to_line_protocol()
+    assert gated == ("sci_window,decision=abstained,modality=ecg,model=m,predicted=N,quality=ok,reason=unfamiliar,"
+                     "stream=s alert=1i,delta_sp=0.35,latency_ms=1,max_prob=0.75,novelty=2.5,passes=0i,seq=8i,sp=0.5 "
+                     "1700000000000000000")
 
 
 def test_batch_builder_matches_point_builder():
@@ -86,11 +106,16 @@ def test_batch_builder_matches_point_builder():
         "t0_ns": T0 + np.arange(n, dtype=np.int64) * 711_111_111,
         "truth": np.array(rng.choice(["normal", "ball", None, "", 'q"\\x'], n), dtype=object),
         "lead": np.array(rng.choice(["DE", "FE x", None, ""], n), dtype=object),
-        "reason": rng.choice(["budget", "threshold", "unsupported_lead"], n),
+        "reason": rng.choice(["budget", "threshold", "unsupported_lead", "unfamiliar"], n),
+        "quality": np.array(rng.choice(["ok", "flat", "clipped+amplitude", None, ""], n), dtype=object),
+        "novelty": np.where(rng.random(n) < 0.3, np.nan, rng.random(n) * 3),
+        "confidence": np.where(rng.random(n) < 0.3, np.nan, rng.random(n)),
+        "alert": rng.integers(0, 3, n),
     }
     expected = [window_point(**row).to_line_protocol() for row in rows_as_dicts(rows)]
     assert window_points(rows) == expected
-    del rows["truth"], rows["lead"], rows["reason"]
+    del rows["truth"], rows["lead"], rows["reason"], rows["quality"], rows["novelty"], rows["confidence"]
+    del rows["alert"]
     assert window_points(rows) == [window_point(**row).to_line_protocol() for row in rows_as_dicts(rows)]
 
 
@@ -110,21 +135,29 @@ def test_written_windows_read_back_exactly(sink):
     got = sink.query("SELECT * FROM sci_window ORDER BY time")
     assert got == [
         {"time": T0, "stream": "mitdb 100", "modality": "ecg", "model": "ecg_cnn", "decision": "stopped",
-         "predicted": "N", "sp": 0.91, "delta_sp": 0.01, "passes": 3, "max_prob": 0.97, "latency_ms": 4.25,
-         "seq": 0, "truth": "N", "correct": True},
+         "predicted": "N", "reason": "threshold", "quality": "ok", "sp": 0.91, "delta_sp": 0.01, "novelty": 0.4,
+         "confidence": 0.97, "alert": 0, "passes": 3, "max_prob": 0.97, "latency_ms": 4.25, "seq": 0,
+         "truth": "N", "correct": True},
         {"time": T0 + 1_000_000, "stream": "mitdb,101", "modality": "ecg", "model": "ecg_cnn",
-         "decision": "abstained", "predicted": "V", "sp": 0.42, "delta_sp": 0.35, "passes": 20,
-         "max_prob": 0.51, "latency_ms": 12.5, "seq": 1, "truth": None, "correct": None},
+         "decision": "abstained", "predicted": "V", "reason": "unfamiliar", "quality": "ok", "sp": 0.42,
+         "delta_sp": 0.35, "novelty": 3.5, "confidence": None, "alert": 2, "passes": 0, "max_prob": 0.51,
+         "latency_ms": 12.5, "seq": 1, "truth": None, "correct": None},
         {"time": T0 + 2_000_000, "stream": "a=b", "modality": "ecg", "model": "ecg_cnn",
-         "decision": "stopped", "predicted": "S", "sp": 1.0, "delta_sp": None, "passes": 5, "max_prob": 0.66,
+         "decision": "stopped", "predicted": "S", "reason": "confident", "quality": None, "sp": 1.0,
+         "delta_sp": None, "novelty": None, "confidence": 0.66, "alert": 0, "passes": 5, "max_prob": 0.66,
          "latency_ms": 6.0, "seq": 2, "truth": 'V "x"', "correct": False},
     ]
     # tags are tags (groupable), fields have the schema's types
     assert {r["tagKey"] for r in sink.query("SHOW TAG KEYS FROM sci_window")} == {
-        "stream", "modality", "model", "decision", "predicted"}
+        "stream", "modality", "model", "decision", "predicted", "reason", "quality"}
     assert {r["fieldKey"]: r["fieldType"] for r in sink.query("SHOW FIELD KEYS FROM sci_window")} == {
         "sp": "float", "delta_sp": "float", "passes": "integer", "max_prob": "float", "latency_ms": "float",
-        "seq": "integer", "truth": "string", "correct": "boolean"}
+        "seq": "integer", "truth": "string", "correct": "boolean", "novelty": "float", "confidence": "float",
+        "alert": "integer"}
+    # dashboards count alerts and tell "unknown signal" from "ambiguous beat" without restating any threshold
+    assert sink.query('SELECT count("alert") FROM sci_window WHERE "alert" >= 1')[0]["count"] == 1
+    by_reason = sink.query('SELECT count("sp") FROM sci_window GROUP BY "reason"')
+    assert {r["reason"]: r["count"] for r in by_reason} == {"threshold": 1, "unfamiliar": 1, "confident": 1}
     assert {r["value"] for r in sink.query('SHOW TAG VALUES FROM sci_window WITH KEY = "stream"')} == {
         "mitdb 100", "mitdb,101", "a=b"}
 
@@ -199,30 +232,53 @@ def test_query_errors_carry_the_server_message(sink):
     assert sink.query("SELECT * FROM sci_window") == []
 
 
+LEVELS = AlertLevels(warning=0.12, critical=0.2, rates=(0.05, 0.01))  # a card's, unlike the old 0.3 / 0.5
+
+
 def _decision(seq: int, lead: str, result: WindowResult) -> WindowDecision:
     w = SensorWindow("vib-1", "vibration", 12000.0, T0 + seq, seq, np.zeros(4, np.float32), label="ball", lead=lead)
-    return WindowDecision(w, result, latency_ms=2.5, worker="w")
+    return WindowDecision(w, result, latency_ms=2.5, worker="w", levels=alert_levels(result))
+
+
+def _results() -> list[WindowResult]:
+    """Answered (ΔSP over the card's critical level), gated as unfamiliar before any pass (ΔSP over its warning
+    level only), and no model for the lead."""
+    probs = np.array([0.2, 0.8], np.float32)
+    served = WindowResult("cwru", ("normal", "ball"), "ball", probs, 0.3, 0.55, 7, False, "threshold", "DE",
+                          novelty=0.5, quality="ok", confidence=0.875, alerts=LEVELS)
+    gated = WindowResult("cwru", ("normal", "ball"), "ball", probs, 0.7, 0.15, 0, True, "unfamiliar", "DE",
+                         novelty=2.75, quality="ok", confidence=float("nan"), alerts=LEVELS)
+    return [served, gated, WindowResult.unserved("FE")]
 
 
 def test_decisions_become_the_documented_columns():
-    served = WindowResult("cwru", ("normal", "ball"), "ball", np.array([0.2, 0.8], np.float32), 0.3, 0.55, 7,
-                          False, "threshold", "DE")
-    rows = decision_columns([_decision(0, "DE", served), _decision(1, "FE", WindowResult.unserved("FE"))])
+    rows = decision_columns([_decision(i, r.lead, r) for i, r in enumerate(_results())])
     lines = window_points(rows)
     assert lines[0] == (r"sci_window,decision=stopped,lead=DE,modality=vibration,model=cwru,predicted=ball,"
-                        r"reason=threshold,stream=vib-1 correct=true,delta_sp=0.55,latency_ms=2.5,"
-                        f'max_prob=0.800000011920929,passes=7i,seq=0i,sp=0.3,truth="ball" {T0}')
-    # no model: no model or predicted tag, no max_prob, no correct; abstained with its reason
-    assert lines[1] == (r"sci_window,decision=abstained,lead=FE,modality=vibration,reason=unsupported_lead,"
-                        r"stream=vib-1 delta_sp=0,latency_ms=2.5,passes=0i,seq=1i,sp=0,"
+                        r"quality=ok,reason=threshold,stream=vib-1 alert=2i,confidence=0.875,correct=true,"
+                        r"delta_sp=0.55,latency_ms=2.5,max_prob=0.800000011920929,novelty=0.5,passes=7i,seq=0i,"
+                        f'sp=0.3,truth="ball" {T0}')
+    # gated: 0 passes, the novelty that stopped it, no confidence (the risk rule never saw it), a warning alert
+    # by the card's level 0.12 (none by the old 0.3)
+    assert lines[1] == (r"sci_window,decision=abstained,lead=DE,modality=vibration,model=cwru,predicted=ball,"
+                        r"quality=ok,reason=unfamiliar,stream=vib-1 alert=1i,correct=true,delta_sp=0.15,"
+                        r"latency_ms=2.5,max_prob=0.800000011920929,novelty=2.75,passes=0i,seq=1i,sp=0.7,"
                         f'truth="ball" {T0 + 1}')
+    # no model: no model, predicted or quality tag, no max_prob, novelty, confidence or correct; never an alert
+    assert lines[2] == (r"sci_window,decision=abstained,lead=FE,modality=vibration,reason=unsupported_lead,"
+                        r"stream=vib-1 alert=0i,delta_sp=0,latency_ms=2.5,passes=0i,seq=2i,sp=0,"
+                        f'truth="ball" {T0 + 2}')
 
 
 @pytest.mark.integration
-def test_decisions_are_stored_with_lead_and_reason_tags(sink):
-    served = WindowResult("cwru", ("normal", "ball"), "ball", np.array([0.2, 0.8], np.float32), 0.3, 0.55, 7,
-                          False, "threshold", "DE")
-    sink.write([_decision(0, "DE", served), _decision(1, "FE", WindowResult.unserved("FE"))])
-    got = sink.query("SELECT lead, reason, decision, passes FROM sci_window ORDER BY time")
-    assert [(r["lead"], r["reason"], r["decision"], r["passes"]) for r in got] == [
-        ("DE", "threshold", "stopped", 7), ("FE", "unsupported_lead", "abstained", 0)]
+def test_decisions_are_stored_with_lead_reason_quality_and_alert(sink):
+    sink.write([_decision(i, r.lead, r) for i, r in enumerate(_results())])
+    got = sink.query("SELECT lead, reason, quality, decision, passes, novelty, confidence, alert FROM sci_window "
+                     "ORDER BY time")
+    assert [tuple(r[k] for k in ("lead", "reason", "quality", "decision", "passes", "novelty", "confidence",
+                                 "alert")) for r in got] == [
+        ("DE", "threshold", "ok", "stopped", 7, 0.5, 0.875, 2),
+        ("DE", "unfamiliar", "ok", "abstained", 0, 2.75, None, 1),
+        ("FE", "unsupported_lead", None, "abstained", 0, None, None, 0)]
+    unfamiliar = sink.query("""SELECT count("passes") FROM sci_window WHERE "reason" = 'unfamiliar'""")
+    assert unfamiliar[0]["count"] == 1

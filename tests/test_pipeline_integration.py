@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.checkpoint import load_checkpoint
 from models.data import cwru
 from streams.contracts import SensorWindow, decode_dead_letter, encode_window
 from streams.demo import wait_worker_ready
 from streams.influx import InfluxV1Sink
 from streams.replay import Replayer, ecg_windows, publish_raw, vibration_windows
+from streams.sinks import severity
 from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
@@ -131,10 +133,24 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         # no MC pass only where the controller's gate decided before sampling
         assert all(m["passes"] > 0 or m["reason"] in ("unfamiliar", "signal_quality") for m in msgs)
 
-        # escalations = exactly the abstained windows; alerts = exactly the windows over the ΔSP threshold
+        # every label says why beside the reason, where the serving card has the check: novelty score,
+        # input-check verdict, risk confidence (null where it has none)
+        cards = {name: load_checkpoint(name)[1].controller for name in {m["model"] for m in msgs}}
+        for m in msgs:
+            c = cards[m["model"]]
+            assert ((m["novelty"] is None), (m["quality"] is None), (m["confidence"] is None)) == (
+                c.novelty is None, c.quality is None, c.risk is None), (m, m["model"])
+        assert all((m["novelty"] > 1) == (m["reason"] == "unfamiliar") for m in msgs
+                   if m["quality"] == "ok" and m["novelty"] is not None)
+        assert all(m["quality"] not in ("ok", None) for m in msgs if m["reason"] == "signal_quality")
+
+        # escalations = exactly the abstained windows; alerts = exactly the windows over their card's ΔSP levels
+        # (no override in the settings; a card without levels raises none)
+        assert (s.alert_threshold, s.alert_critical) == (None, None)
+        levels = {name: c.alerts for name, c in cards.items()}
         abstained = {(m["stream"], m["seq"]) for m in msgs if m["decision"] == "abstained"}
-        alerting = {(m["stream"], m["seq"]): ("critical" if m["delta_sp"] >= s.alert_critical else "warning")
-                    for m in msgs if m["delta_sp"] >= s.alert_threshold}
+        alerting = {(m["stream"], m["seq"]): level for m in msgs if levels[m["model"]] is not None
+                    and (level := severity(m["delta_sp"], levels[m["model"]].warning, levels[m["model"]].critical))}
         esc = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["escalations"],
                                                            len(abstained), timeout_s=30)]
         alerts = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["alerts"], len(alerting),
@@ -142,6 +158,9 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
         assert {(m["stream"], m["seq"]) for m in esc} == abstained and len(esc) == len(abstained)
         assert {(m["stream"], m["seq"]): m["severity"] for m in alerts} == alerting
         assert len(alerts) == len(alerting)
+        for a in alerts:
+            lv = levels[a["model"]]
+            assert a["threshold"] == (lv.critical if a["severity"] == "critical" else lv.warning)
 
         # malformed inputs: dead letters with the reason and the original bytes
         dead = [decode_dead_letter(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["deadletter"],
@@ -164,6 +183,10 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
             assert p["sp"] == pytest.approx(m["sp"], abs=1e-5)
             assert p["delta_sp"] == pytest.approx(m["delta_sp"], abs=1e-5)
             assert p["latency_ms"] >= 0 and 0 < p["max_prob"] <= 1
+            assert (p["reason"], p["quality"]) == (m["reason"], m["quality"])
+            assert p["novelty"] == (None if m["novelty"] is None else pytest.approx(m["novelty"], abs=1e-5))
+            assert p["confidence"] == (None if m["confidence"] is None else pytest.approx(m["confidence"], abs=1e-5))
+            assert p["alert"] == {None: 0, "warning": 1, "critical": 2}[alerting.get((m["stream"], m["seq"]))]
             if m["truth"] is not None:
                 assert p["truth"] == m["truth"] and p["correct"] == (m["truth"] == m["label"])
         # the models do their job on these (test-split) recordings
@@ -220,11 +243,15 @@ def test_a_shifted_stream_escalates_as_unfamiliar_in_the_topic_and_in_influxdb(l
         unfamiliar = {m["seq"] for m in labels if m["reason"] == "unfamiliar"}
         assert len(unfamiliar) >= 0.9 * n  # the benchmark: 100 % of these frames
         assert all(m["passes"] == 0 and m["decision"] == "abstained" for m in labels if m["seq"] in unfamiliar)
+        # an unknown signal, not a bad one: the input checks passed and the novelty score says how unfamiliar
+        assert all(m["novelty"] > 1 and m["quality"] == "ok" for m in labels if m["seq"] in unfamiliar)
         esc = [json.loads(r.value) for r in _consume_all(s.kafka_bootstrap, s.topics["escalations"],
                                                            len(unfamiliar), timeout_s=30)]
         assert {m["seq"] for m in esc if m["reason"] == "unfamiliar"} == unfamiliar
+        assert all(m["novelty"] > 1 for m in esc if m["reason"] == "unfamiliar")
         points = sink.query("SELECT * FROM sci_window WHERE \"reason\" = 'unfamiliar'")
         assert {p["seq"] for p in points} == unfamiliar
         assert all(p["decision"] == "abstained" and p["passes"] == 0 for p in points)
+        assert all(p["novelty"] > 1 and p["quality"] == "ok" for p in points)
     finally:
         _stop_worker(worker, log_path)

@@ -285,6 +285,8 @@ def test_fuzz_10000_hostile_and_valid_messages_exact_counts(local_stack, tmp_pat
         # the numbers the worker reports agree
         assert worker.total("sci_windows_total") == n_label
         assert worker.total("sci_dead_letters_total") == n_dead
+        lag = {dict(labels)["partition"] for (name, labels) in worker.metrics() if name == "sci_consumer_lag"}
+        assert lag == {"0", "1", "2", "3"}  # one gauge per input partition (values: see README, tansu)
 
         # still consuming
         more = _real_windows(0, 10, "after", time.time_ns() + 10**12)

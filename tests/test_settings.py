@@ -22,7 +22,7 @@ def test_defaults_talk_to_the_local_stack():
     assert s.influx_url == "http://127.0.0.1:18086"
     assert (s.influx_version, s.influx_db, s.influx_rp, s.influx_bucket) == ("auto", "sci", "autogen", "sci")
     assert (s.batch_size, s.batch_timeout_s) == (64, 0.05)
-    assert (s.alert_threshold, s.alert_critical) == (0.3, 0.5)
+    assert (s.alert_threshold, s.alert_critical) == (None, None)  # unset: each card's ΔSP alert levels
     assert s.state_dir == Path.cwd() / ".state"  # the working directory, never the installed package
     assert s.sink_max_attempts == 0  # hold a batch until it is written
     assert s.served_models == {("ecg", "MLII"): "mitdb", ("vibration", "DE"): "cwru"}
@@ -48,7 +48,7 @@ db = "from_toml"
     assert s.influx_db == "from_env"  # None override is "not given"; env beats TOML
     assert s.batch_timeout_s == 0.2  # TOML (flat key) beats default
     assert s.alert_threshold == 0.1  # TOML section key
-    assert s.alert_critical == 0.5  # default
+    assert s.alert_critical is None  # default: the cards' level
     assert s.influx_bucket == "from_env"  # derived from the db when unset
 
 
@@ -98,7 +98,9 @@ def test_masked_hides_set_secrets_only():
     ({"influx_url": "127.0.0.1:8086"}, "expected an http:// or https:// URL"),
     ({"kafka_bootstrap": "localhost"}, "expected host:port[,host:port]"),
     ({"topic_prefix": "a b"}, "expected letters, digits"),
-    ({"alert_threshold": 0.6}, "alert_threshold (0.6) must not exceed alert_critical (0.5)"),
+    ({"alert_threshold": 0.6, "alert_critical": "0.5"}, "alert_threshold (0.6) must not exceed alert_critical (0.5)"),
+    ({"alert_critical": "-1"}, "bad value -1.0 for alert_critical (must be >= 0)"),
+    ({"alert_threshold": "high"}, "bad value 'high' for alert_threshold (expected a number)"),
     ({"influx_rpc_port": 18086}, "influx_port and influx_rpc_port must differ"),
     ({"batch_sise": 3}, "unknown setting 'batch_sise'"),
     ({"models": "eeg=x"}, "bad models entry 'eeg=x'"),
@@ -110,6 +112,16 @@ def test_bad_overrides_raise_one_line_errors(overrides, message):
         load_settings(overrides=overrides, env={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_alert_levels_are_optional_overrides():
+    assert load_settings(overrides={"alert_threshold": 0.6}, env={}).alert_threshold == 0.6  # one level alone
+    s = load_settings(env={"SCI_ALERT_THRESHOLD": "0.2", "SCI_ALERT_CRITICAL": "0.4"})
+    assert (s.alert_threshold, s.alert_critical) == (0.2, 0.4)
+    s = load_settings(env={"SCI_ALERT_THRESHOLD": "", "SCI_ALERT_CRITICAL": " "})  # empty: unset, the cards' levels
+    assert (s.alert_threshold, s.alert_critical) == (None, None)
+    assert Settings(alert_critical=0.25).masked()["alert_critical"] == 0.25
+    assert Settings().masked()["alert_threshold"] is None
 
 
 def test_bad_env_names_the_variable():

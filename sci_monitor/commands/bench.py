@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--loop-windows", type=options.positive_int, default=128,
                    help="windows at batch 1 and in the per-window loop (default 128)")
     c.add_argument("--repeats", type=options.positive_int, default=3, help="timed runs per method (best is kept)")
-    c.add_argument("--threads", type=options.positive_int, help="torch intra-op threads (default: torch's)")
+    c.add_argument("--threads", type=options.positive_int,
+                   help="torch intra-op threads (default: the worker's, OMP_NUM_THREADS or half the cores)")
     options.add_device(c, default="cpu")
     p_ = sub.add_parser("pipeline", help="full worker vs bare Faust pass-through on a private local stack")
     options.add_json(p_, "the result")
@@ -39,9 +40,9 @@ def run(a: argparse.Namespace) -> int:
         import torch
 
         from controller.bench import bench_controller
+        from models.device import worker_threads
 
-        if a.threads:
-            torch.set_num_threads(a.threads)
+        torch.set_num_threads(a.threads or worker_threads())
         options.prepare_output(a.json)
         result = bench_controller(a.models, a.batch_sizes, a.windows, a.loop_windows, a.repeats,
                                   options.resolve_device(a.device), log=options.log)

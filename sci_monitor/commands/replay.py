@@ -39,6 +39,8 @@ def render(summary) -> None:
     t.add_column()
     t.add_row("windows sent / acknowledged", f"{summary.sent} / {summary.produced}")
     t.add_row("failed sends", str(summary.failed))
+    if summary.new_sessions:
+        t.add_row("new producer sessions", str(summary.new_sessions))
     t.add_row("replay id", str(summary.replay_id))
     t.add_row("time", f"{summary.elapsed_s:.1f} s ({summary.windows_per_s:.0f} windows/s)")
     labels = ", ".join(f"{k} {v}" for k, v in sorted(summary.labels.items()))
@@ -56,6 +58,10 @@ def run(a: argparse.Namespace) -> int:
     summary = replay_command(options.settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
                              max_windows=a.max_windows, progress=not a.no_progress and a.json != "-",
                              replay=a.replay_id)
-    options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s},
+    options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s, "ok": summary.ok},
                  lambda: render(summary))
+    if not summary.ok:  # a window the broker never acknowledged is a lost window: say so in the exit code
+        options.console(stderr=True).print(f"sci-monitor: error: {summary.sent - summary.produced} of "
+                                           f"{summary.sent} windows were not acknowledged by the broker")
+        return 1
     return 0
