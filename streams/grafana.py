@@ -4,8 +4,8 @@ Every threshold used by an alert rule is read from the same settings the worker 
 rates, latency and silence); ΔSP alerts are counted from the ``alert`` field the worker stores with each window
 (0 none, 1 warning, 2 critical, decided at the serving card's levels or the settings' overrides), so no ΔSP level
 is restated here and the files cannot drift from the worker: ``sci-monitor grafana render --out grafana`` writes
-them, the committed files are that output for the default settings (a test checks it), and docker compose renders
-them again with the worker's environment before Grafana starts.
+them, the committed files are that output for the default settings (a test checks it); whoever changes a
+threshold re-renders with the same environment (``.env.example`` says how).
 
 Outputs (paths relative to ``--out``):
 
@@ -316,6 +316,10 @@ def trust(s: Settings) -> dict[str, Any]:
                 "SP and the novelty score window by window.",
                 [_q("A", f'SELECT mean("sp_mean") {per} GROUP BY time($__interval), "stream" fill(none)',
                     alias="$tag_stream")], extra={"min": 0, "max": 1}),
+        _series(g, "Mean novelty per stream (drift input)", "Rolling mean novelty score per stream (the gate's "
+                "score: above 1 = unfamiliar); the second input of the drift detector.",
+                [_q("A", f'SELECT mean("novelty_mean") {per} GROUP BY time($__interval), "stream" fill(none)',
+                    alias="$tag_stream")], extra={"min": 0}),
         _series(g, "Drift events", "Drift detections per stream and signal (sp | novelty).",
                 [_q("A", 'SELECT count("drift") FROM "sci_drift" WHERE $timeFilter AND "stream" =~ /^$stream$/ '
                     'GROUP BY time($__interval), "stream", "signal" fill(none)', alias="$tag_stream $tag_signal")],

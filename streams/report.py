@@ -86,18 +86,22 @@ class Report:
         self.span = ""
 
     def zoom(self) -> None:
-        """Narrow the range to where windows were stored (a short replay in a long range would be a spike at the
-        edge of an empty plot), keeping about 120 buckets over it."""
-        rows = self._q(f'SELECT first("seq") FROM "sci_window" WHERE {self.where}')
-        last = self._q(f'SELECT last("seq") FROM "sci_window" WHERE {self.where}')
-        if not rows or not last:
+        """Narrow the range to where windows and metrics were stored (a short replay in a long range would be a
+        spike at the edge of an empty plot), keeping about 120 buckets over it. The metric points are timed by the
+        worker's clock, after the windows they describe."""
+        ends = []
+        for measurement, field in (("sci_window", "seq"), ("sci_trust", "n")):
+            for fn in ("first", "last"):
+                rows = self._q(f'SELECT {fn}("{field}") FROM "{measurement}" WHERE {self.where}')
+                ends += [r["time"] for r in rows]
+        if not ends:
             return
-        t0, t1 = rows[0]["time"], last[0]["time"]
+        t0, t1 = min(ends), max(ends)
         self.bucket = bucket_s(max((t1 - t0) / 1e9, 60.0))
         pad = self.bucket * 1_000_000_000
-        self.where = f"time >= {t0 - pad} AND time <= {t1 + 4 * pad}"  # the trust points come a little later
+        self.where = f"time >= {t0 - pad} AND time <= {t1 + pad}"
         fmt = "%Y-%m-%d %H:%M:%S"
-        self.span = (f"windows stored from {datetime.fromtimestamp(t0 / 1e9, UTC).strftime(fmt)} to "
+        self.span = (f"data stored from {datetime.fromtimestamp(t0 / 1e9, UTC).strftime(fmt)} to "
                      f"{datetime.fromtimestamp(t1 / 1e9, UTC).strftime(fmt)} UTC")
 
     def _q(self, influxql: str) -> list[dict[str, Any]]:
@@ -250,7 +254,7 @@ class Report:
         return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sci-monitor report"
                 f"</title><style>body{{font-family:sans-serif;max-width:940px;margin:2em auto}}figure{{margin:0 0 "
                 f"2em}}figcaption{{color:#555}}</style></head><body>\n<h1>sci-monitor report</h1>\n<p>Last "
-                f"{self.since_s:g} s of stored data ({self.span or 'no windows'}), generated {now}, InfluxQL "
+                f"{self.since_s:g} s of stored data ({self.span or 'none'}), generated {now}, InfluxQL "
                 f"buckets of {self.bucket} s.</p>\n"
                 f"{items}\n</body></html>\n")
 

@@ -4,7 +4,8 @@
 and, when asked for a snapshot, computes over the last ``trust_window`` windows of the fleet and of each stream:
 
 - ``windows_per_s`` (decision rate over the rolling window's span of worker clock time), ``abstain_rate``,
-  ``alert_rate`` (windows that raised a ΔSP alert at their card's levels), ``mean_passes``, ``sp_mean``;
+  ``alert_rate`` (windows that raised a ΔSP alert at their card's levels), ``mean_passes``, ``sp_mean``,
+  ``novelty_mean`` (where the model has a novelty score);
 - where ground truth is present (replays of annotated recordings): ``accuracy``, ``auroc`` (misclassification
   AUROC of 1 − SP, :func:`controller.metrics.auroc`; absent while all windows are right or all wrong), ``ece``
   (top-class probability, ``ece_bins`` equal-width bins, :func:`controller.metrics.ece`), ``passes_right`` /
@@ -15,6 +16,8 @@ Drift: one ADWIN detector (River, Bifet & Gavaldà 2007; confidence ``drift_delt
 the novelty score when the model reports one. ADWIN keeps an adaptive window and cuts it when two sub-windows have
 means that differ beyond a Hoeffding-style bound, so it needs no fixed reference period and adapts to slow
 streams; a detection becomes a :class:`DriftEvent` (JSON on ``<prefix>.drift`` and a ``sci_drift`` point).
+ADWIN sees the windows in decision order, which is the time order while the worker keeps up (and within each
+batch), but only roughly so when it works through a backlog: window keys spread a stream over the partitions.
 
 In the worker, :class:`TrustService` (a ``faust.Service`` next to the pipeline) receives each stored batch of
 decisions, feeds the monitor on its own thread (never on the event loop), and every ``trust_interval_s`` writes
@@ -119,6 +122,9 @@ def window_metrics(obs: Sequence[Observation], ece_bins: int = 10) -> dict[str, 
         "mean_passes": float(cols["passes"].mean()), "sp_mean": float(cols["sp"].mean())}
     if n > 1 and span > 0:
         out["windows_per_s"] = (n - 1) / span  # n arrivals span n - 1 inter-arrival gaps
+    novelty = [o.novelty for o in obs if o.novelty is not None]
+    if novelty:
+        out["novelty_mean"] = float(np.mean(novelty))
     known = np.fromiter((o.correct is not None for o in obs), bool, n)
     if known.any():
         ok = np.fromiter((bool(o.correct) for o in obs), bool, n)[known]
@@ -164,17 +170,23 @@ def calibration_bins(obs: Sequence[Observation], n_bins: int = 10) -> list[dict[
 class _StreamState:
     modality: str
     recent: deque = field(default_factory=deque)
+    seqs: set[int] = field(default_factory=set)  # the seqs in ``recent``: a redelivered window is seen once
     detectors: dict[str, Any] = field(default_factory=dict)
 
 
 class TrustMonitor:
-    """Rolling trust metrics and drift detectors of one worker (not thread-safe: feed it from one thread)."""
+    """Rolling trust metrics and drift detectors of one worker (not thread-safe: feed it from one thread).
+
+    A window seen again (same stream and seq among the stream's last ``trust_window``, e.g. redelivered after a
+    rebalance) is ignored and counted in ``duplicates``, so redeliveries shift neither the metrics nor ADWIN.
+    """
 
     def __init__(self, settings: Settings, clock=time.time) -> None:
         self.s, self.clock = settings, clock
         self.fleet: deque[Observation] = deque(maxlen=settings.trust_window)
         self.streams: dict[str, _StreamState] = {}
         self.drifts = 0
+        self.duplicates = 0
         self._dirty: set[str] = set()  # streams with new windows since the last snapshot
 
     def _detector(self):
@@ -186,11 +198,17 @@ class TrustMonitor:
         """Add decided windows (in decision order); returns the drifts they revealed."""
         events = []
         for o in observations:
-            self.fleet.append(o)
             st = self.streams.get(o.stream)
             if st is None:
                 st = self.streams[o.stream] = _StreamState(o.modality, deque(maxlen=self.s.trust_window))
+            if o.seq in st.seqs:  # at-least-once delivery: a window decided again must not count twice
+                self.duplicates += 1
+                continue
+            if len(st.recent) == st.recent.maxlen:
+                st.seqs.discard(st.recent[0].seq)
             st.recent.append(o)
+            st.seqs.add(o.seq)
+            self.fleet.append(o)
             self._dirty.add(o.stream)
             for signal, value in (("sp", o.sp), ("novelty", o.novelty)):
                 if value is None or not math.isfinite(value):
@@ -248,10 +266,9 @@ def batch_line(worker: str, size: int, controller_ms: float, passes: int, t_ns: 
 def observation(d: WindowDecision, t_s: float) -> Observation:
     """The trust view of one served decision (``t_s``: when it was decided, worker clock)."""
     r = d.result
-    novelty = getattr(r, "novelty", None)  # the model's novelty score, where the runtime reports one
     return Observation(d.window.stream, d.window.modality, d.window.seq, t_s, float(r.sp), int(r.passes),
                        bool(r.abstained), d.alert >= 1, d.max_prob, d.correct,
-                       None if novelty is None else float(novelty))
+                       None if math.isnan(r.novelty) else float(r.novelty))
 
 
 class TrustService(faust.Service):
@@ -280,7 +297,9 @@ class TrustService(faust.Service):
     def observe(self, decisions: Sequence[WindowDecision], controller_ms: float) -> None:
         """Called on the event loop after a batch was stored: hands it to the trust thread."""
         now = self.clock()
-        obs = [observation(d, now) for d in decisions if d.result.served]
+        # keys are per window, so a stream's windows spread over the input partitions: a batch may hold them out
+        # of order (a backlog read partition by partition even more); restore each stream's order within the batch
+        obs = sorted((observation(d, now) for d in decisions if d.result.served), key=lambda o: (o.stream, o.seq))
         batch = batch_line(self.pipeline.worker_id, len(decisions), controller_ms,
                            sum(d.result.passes for d in decisions), int(now * 1e9))
         self._thread.submit(self._ingest, obs, batch)

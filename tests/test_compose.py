@@ -31,13 +31,14 @@ DASHBOARD_PROVIDER = REPO / "grafana" / "provisioning" / "dashboards" / "sci-mon
 
 # InfluxDB schema from the project conventions: measurement -> (tags, fields)
 MEASUREMENT = "sci_window"
-TAGS = {"stream", "modality", "model", "decision", "predicted"}
-FIELDS = {"sp", "delta_sp", "passes", "max_prob", "latency_ms", "seq", "truth", "correct"}
+TAGS = {"stream", "modality", "lead", "model", "decision", "predicted", "reason", "quality"}
+FIELDS = {"sp", "delta_sp", "passes", "max_prob", "latency_ms", "seq", "alert", "novelty", "confidence", "truth",
+          "correct"}
 SCHEMA = {
     MEASUREMENT: (TAGS, FIELDS),
     "sci_trust": ({"scope", "stream", "modality"},
                   {"windows_per_s", "abstain_rate", "alert_rate", "mean_passes", "n", "n_truth", "accuracy", "auroc",
-                   "ece", "passes_right", "passes_wrong", "sp_mean"}),
+                   "ece", "passes_right", "passes_wrong", "sp_mean", "novelty_mean"}),
     "sci_calibration": ({"bin"}, {"confidence", "accuracy", "n"}),
     "sci_drift": ({"stream", "modality", "signal"}, {"drift", "mean_before", "mean_after", "width", "seq"}),
     "sci_batch": ({"worker"}, {"size", "controller_ms", "passes"}),
@@ -545,7 +546,7 @@ def test_dashboard_thresholds_match_the_worker_settings():
     worker = environment(resolved()["services"]["worker"])
     # ΔSP levels come from each model's card unless the operator overrides them: compose passes no default
     assert (s.alert_threshold, s.alert_critical) == (None, None)
-    assert worker.get("SCI_ALERT_THRESHOLD", "") == "" and worker.get("SCI_ALERT_CRITICAL", "") == ""
+    assert not worker.get("SCI_ALERT_THRESHOLD") and not worker.get("SCI_ALERT_CRITICAL")  # empty: the cards
     for name in ("sci-monitor.json", "sci-stream.json"):  # alerts counted from the stored field, no level restated
         (panel,) = [p for p in all_panels(_dashboard(name)) if "ΔSP" in p["title"]]
         assert any('"alert" >= 1' in t["query"] for t in panel["targets"])

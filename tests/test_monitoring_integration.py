@@ -21,7 +21,6 @@ import pytest
 from test_pipeline_integration import _consume_all, _private_pipeline, _start_worker, _stop_worker
 
 from models.data import cwru
-from streams.demo import wait_worker_ready
 from streams.grafana import alerting, dashboards, queries
 from streams.replay import Replayer, ecg_windows, vibration_windows
 
@@ -65,13 +64,18 @@ def monitored(local_stack, tmp_path_factory):
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
-        wait_worker_ready(worker, log)
+        # one warm-up window first: the replay starts once the worker decides, so windows are classified about
+        # in time order as in live use (a backlog read partition by partition would reorder each stream: keys
+        # are per window)
+        warmup = (dataclasses.replace(w, stream="warmup") for w in ecg_windows("119", start_ns=time.time_ns()))
+        Replayer(s.kafka_bootstrap, s.topics["windows"], progress=False).run([warmup], max_windows=1)
+        assert len(_consume_all(s.kafka_bootstrap, s.topics["labels"], 1, timeout_s=180)) == 1, log.read_text()[-3000:]
         replayer = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=SPEED, progress=False)
         summary = replayer.run(_streams(time.time_ns()))
         n = summary.produced
         assert n == N_MAIN + N_SHIFT and summary.failed == 0
-        labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], n, timeout_s=300)
-        assert len(labels) == n, log.read_text()[-3000:]
+        labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], n + 1, timeout_s=300)
+        assert len(labels) == n + 1, log.read_text()[-3000:]
         time.sleep(3)  # a few trust-metric flushes after the last window
         yield s, sink, summary.replay_id, n, tmp, (worker, log)
     finally:
@@ -111,6 +115,10 @@ def test_drift_event_on_the_topic_and_in_storage(monitored):
     assert mine, f"no SP drift on {DRIFT_STREAM}: {events}"
     first = min(mine, key=lambda e: e["seq"])
     assert SHIFT_AT <= first["seq"] < SHIFT_AT + 100, "detected after the shift, within 100 windows"
+    assert not [e for e in events if e["stream"] == DRIFT_STREAM and e["seq"] < SHIFT_AT], "no false alarm"
+    novelty = [e for e in events if e["stream"] == DRIFT_STREAM and e["signal"] == "novelty"]
+    assert novelty and min(e["seq"] for e in novelty) >= SHIFT_AT, "the novelty score drifts too"
+    assert max(e["mean_after"] for e in novelty) > min(e["mean_before"] for e in novelty)
     assert first["mean_after"] < first["mean_before"]
     stored = sink.query(f"SELECT * FROM \"sci_drift\" WHERE \"stream\" = '{DRIFT_STREAM}' AND \"signal\" = 'sp'")
     assert {r["seq"] for r in stored} == {e["seq"] for e in mine}
@@ -156,17 +164,19 @@ def test_rerunning_the_replay_overwrites_and_nothing_lies_in_the_future(monitore
     s, sink, rid, n, _tmp, _ = monitored
     count = "SELECT count(\"seq\") FROM \"sci_window\""
     before = sink.query(count)[0]["count"]
-    assert before == n
+    assert before == n + 1  # and the warm-up window
     again = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=SPEED, progress=False, replay=rid)
     t = time.monotonic()
     summary = again.run(_streams(time.time_ns()))
     assert summary.produced == n and summary.replay_id == rid
     assert time.monotonic() - t < 10, "the stamps lie in the past: a rerun publishes without pacing"
-    labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], 2 * n, timeout_s=300)
-    assert len(labels) == 2 * n
+    labels = _consume_all(s.kafka_bootstrap, s.topics["labels"], 2 * n + 1, timeout_s=300)
+    assert len(labels) == 2 * n + 1
     time.sleep(2)
-    assert sink.query(count)[0]["count"] == n, "a rerun must overwrite its points"
+    assert sink.query(count)[0]["count"] == before, "a rerun must overwrite its points"
     for measurement in ("sci_window", "sci_trust", "sci_drift", "sci_batch", "sci_calibration"):
         assert sink.query(f'SELECT count(*) FROM "{measurement}" WHERE time > now()') == [], measurement
-    first = {json.loads(r.value)["t0_ns"] for r in labels[:n]}
-    assert first == {json.loads(r.value)["t0_ns"] for r in labels[n:]}
+    stamps: dict[bytes, set[int]] = {}
+    for r in labels:
+        stamps.setdefault(r.key, set()).add(json.loads(r.value)["t0_ns"])
+    assert len(stamps) == n + 1 and all(len(t0s) == 1 for t0s in stamps.values()), "same stamps on the rerun"

@@ -4,6 +4,7 @@ drift on a stream that shifts mid-way, and the line protocol the worker stores."
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -77,19 +78,32 @@ def test_adwin_flags_a_stream_whose_inputs_shift_mid_way_and_only_that_stream():
     assert f"seq={sp.seq}i" in line
 
 
+def test_redelivered_windows_count_once():
+    s = dataclasses.replace(load_settings(env={}), trust_window=50)
+    mon = TrustMonitor(s, clock=lambda: 0.0)
+    obs = _obs(np.random.default_rng(4), 80)
+    mon.observe(obs[:60])
+    mon.observe(obs[40:70])  # 40..59 again (a redelivered batch), then 60..69
+    assert mon.duplicates == 20 and [o.seq for o in mon.streams["s1"].recent] == list(range(20, 70))
+    assert len(mon.fleet) == 50 and window_metrics(mon.fleet)["n"] == 50
+
+
 def test_snapshot_lines_cover_fleet_streams_and_calibration():
     s = dataclasses.replace(load_settings(env={}), trust_window=100)
     mon = TrustMonitor(s, clock=lambda: 1234.5)
     rng = np.random.default_rng(3)
-    mon.observe(_obs(rng, 150, "a") + _obs(rng, 30, "b", truth=False))
+    mon.observe(_obs(rng, 150, "a", novelty=2.0) + _obs(rng, 30, "b", truth=False))
     lines = mon.snapshot_lines()
     fleet = [line for line in lines if line.startswith("sci_trust,modality=all,scope=fleet,stream=all ")]
     per = [line for line in lines if line.startswith("sci_trust,modality=ecg,scope=stream,stream=")]
     assert len(fleet) == 1 and len(per) == 2
     assert "n=100i" in fleet[0] and "accuracy=" in fleet[0] and all(line.endswith(" 1234500000000") for line in lines)
-    assert "accuracy=" not in next(line for line in per if "stream=b " in line)  # b has no ground truth
+    b_line = next(line for line in per if "stream=b " in line)
+    assert "accuracy=" not in b_line and "novelty_mean=" not in b_line  # b: no ground truth, no novelty score
+    a_mean = float(re.search(r"novelty_mean=([0-9.]+)", next(line for line in per if "stream=a " in line))[1])
+    assert a_mean == pytest.approx(2.0, abs=0.05)
     assert any(line.startswith("sci_calibration,bin=") for line in lines)
     assert mon.snapshot_lines() == []  # nothing new: no repeated points
-    mon.observe(_obs(rng, 5, "b", truth=False))
+    mon.observe([dataclasses.replace(o, seq=100 + o.seq) for o in _obs(rng, 5, "b", truth=False)])
     again = [line for line in mon.snapshot_lines() if line.startswith("sci_trust,")]
     assert len(again) == 2 and {line.split(" ")[0].split("stream=")[1] for line in again} == {"all", "b"}
