@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models.data import cwru, mitdb
-from models.data.morph import morph_features
+from models.data.morph import morph_features, running_template
 from models.data.rr import rr_features
 from streams.contracts import ContractError, SensorWindow, decode_window, encode_window
 from streams.replay import (
@@ -90,8 +90,11 @@ def test_ecg_windows_labels_and_rr_features() -> None:
     np.testing.assert_array_equal(rr_stream, rr_offline)
     assert np.all(rr_stream[:, :3] > 0.2) and np.all(rr_stream[:, :3] < 3.0)
     # template features equal the offline function on the whole sequence of the stream's windows
-    morph_stream = np.array([w.features["beat"][8:] for w in ws], dtype=np.float32)
-    np.testing.assert_allclose(morph_stream, morph_features(np.stack([w.samples for w in ws])), atol=1e-5)
+    beat = np.array([w.features["beat"] for w in ws], dtype=np.float32)
+    assert beat.shape == (len(ws), mitdb.BEAT_AUX)
+    x_all = np.stack([w.samples for w in ws])
+    np.testing.assert_allclose(beat[:, 8:11], morph_features(x_all), atol=1e-5)
+    np.testing.assert_allclose(beat[:, 11:], running_template(x_all), atol=1.01e-4)  # rounded to 1e-4 mV
 
 
 def test_ecg_windows_centre_ventricular_beats() -> None:
