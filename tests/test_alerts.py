@@ -225,7 +225,7 @@ def _stop(proc: subprocess.Popen, log: Path) -> None:
     assert code == 0, log.read_text()[-2000:]
 
 
-WARNING, CRITICAL = 0.3, 0.5  # the worker's ΔSP levels here (settings override the cards': the test needs alerts)
+WARNING, CRITICAL = 0.3, 0.5  # the worker's ΔSP levels here (settings override the cards': independent of calibration)
 
 
 def _alerts(label: dict) -> bool:

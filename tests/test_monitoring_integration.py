@@ -57,7 +57,7 @@ def monitored(local_stack, tmp_path_factory):
     s, sink = _private_pipeline(local_stack)
     tmp = tmp_path_factory.mktemp("monitoring")
     env = {"SCI_TRUST_INTERVAL_S": "1", "SCI_TRUST_WINDOW": "120",
-           "SCI_ALERT_THRESHOLD": "0.3", "SCI_ALERT_CRITICAL": "0.5"}  # levels set here: the test needs ΔSP alerts
+           "SCI_ALERT_THRESHOLD": "0.3", "SCI_ALERT_CRITICAL": "0.5"}  # fixed levels: independent of calibration
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -119,7 +119,7 @@ def test_drift_event_on_the_topic_and_in_storage(monitored):
     assert SHIFT_AT <= first["seq"] < SHIFT_AT + 100, "detected after the shift, within 100 windows"
     assert not [e for e in events if e["stream"] == DRIFT_STREAM and e["seq"] < SHIFT_AT], "no false alarm"
     novelty = [e for e in events if e["stream"] == DRIFT_STREAM and e["signal"] == "novelty"]
-    assert all(e["seq"] >= SHIFT_AT for e in novelty)  # the novelty score drifts too where the card has a model
+    assert novelty and SHIFT_AT <= min(e["seq"] for e in novelty) < SHIFT_AT + 100, "the novelty score drifts too"
     assert first["mean_after"] < first["mean_before"]
     stored = sink.query(f"SELECT * FROM \"sci_drift\" WHERE \"stream\" = '{DRIFT_STREAM}' AND \"signal\" = 'sp'")
     assert {r["seq"] for r in stored} == {e["seq"] for e in mine}
