@@ -6,6 +6,8 @@ a fixed seed, and keeps the true labels, so "answered and wrong" is measurable. 
 ECG (``ecg_shifts``; ``ECG_WINDOWS`` beats drawn once from DS2, the same beats in every condition):
 - ``lead2``: the record's other lead (V1, V2, V4 or V5; V5 in record 114, whose MLII is channel 1) fed as if it
   were MLII, same beats, same RR features;
+  every ECG shift applies to whole records (streams), so the per-stream template and morphology features are
+  computed from the shifted stream, as live;
 - ``baseline_wander_{0,6,12}db``: + sum of 3 sinusoids, frequencies uniform in 0.05–0.5 Hz, random phases and
   amplitudes (respiration / movement drift);
 - ``muscle_{0,6,12}db``: + Gaussian noise band-passed 20–150 Hz (4th-order Butterworth; EMG);
@@ -32,6 +34,7 @@ import scipy.io
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from models.data import cwru, mitdb
+from models.data.morph import morph_features, running_template
 from models.training import Arrays
 
 ECG_WINDOWS = 3000
@@ -92,41 +95,66 @@ def _resampled_record(name: str, fs_true: int) -> tuple[np.ndarray, np.ndarray]:
     return sig, np.rint(rec.beat_samples * fs_true / mitdb.FS).astype(np.int64)
 
 
+def _stream_aux(rr: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The ECG side features of a stream's windows ``x`` float32[n, 256] (time order) with RR features ``rr``: the
+    template and morphology features come from the stream's own (shifted) beats, as a live stream would compute
+    them (:attr:`models.data.mitdb.BeatSet.aux` order)."""
+    return np.concatenate((rr, morph_features(x), running_template(x)), axis=1).astype(np.float32)
+
+
 def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str, Arrays]]:
-    """(in-distribution reference, {shift: windows}) of ``n`` DS2 beats drawn once; see the module docstring."""
+    """(in-distribution reference, {shift: windows}) of ``n`` DS2 beats drawn once; see the module docstring.
+
+    A shift applies to whole records (streams): every beat of a sampled record is shifted, its per-stream features
+    computed from the shifted stream, and the sampled beats kept."""
     rng = np.random.default_rng(seed)
     beats = mitdb.load_beats(mitdb.DS2)
     idx = np.sort(rng.choice(len(beats), size=min(n, len(beats)), replace=False))
     b = beats.subset(idx)
-    ref = Arrays(b.x, b.rr, b.y)
+    ref = Arrays(b.x, b.aux, b.y)
+    names = [str(r) for r in np.unique(b.record)]
+    per_record = {r: beats.subset(beats.record == r) for r in names}
+    picked = {r: np.searchsorted(per_record[r].sample, b.sample[b.record == r]) for r in names}
+
+    def whole_streams(shift) -> Arrays:
+        """``shift(record, windows) -> shifted windows`` applied per record; the sampled beats in record order."""
+        xs, aux, ys = [], [], []
+        for r in names:
+            rb, keep = per_record[r], picked[r]
+            x = shift(r, rb.x)
+            xs.append(x[keep])
+            aux.append(_stream_aux(rb.rr, x)[keep])
+            ys.append(rb.y[keep])
+        return Arrays(np.concatenate(xs), np.concatenate(aux), np.concatenate(ys))
+
     shifts: dict[str, Arrays] = {}
-    lead2 = np.empty_like(b.x)
-    for name in np.unique(b.record):
-        m = b.record == name
-        lead2[m] = mitdb.beat_windows(_other_lead(str(name)), b.sample[m])[0]
-    shifts["lead2"] = Arrays(lead2, b.rr, b.y)
+    shifts["lead2"] = whole_streams(lambda r, x: mitdb.beat_windows(_other_lead(r), per_record[r].sample)[0])
     length = b.x.shape[1]
     for kind, make in (("baseline_wander", baseline_wander), ("muscle", muscle),
                        ("electrode_motion", electrode_motion)):
         for snr in SNRS_DB:
-            noise = make(rng, len(b), length, float(mitdb.FS))
-            shifts[f"{kind}_{snr}db"] = Arrays(add_at_snr(b.x, noise, snr), b.rr, b.y)
-    shifts["gain_x0.25"] = Arrays(b.x * np.float32(0.25), b.rr, b.y)
-    shifts["gain_x4"] = Arrays(b.x * np.float32(4.0), b.rr, b.y)
-    shifts["polarity"] = Arrays(-b.x, b.rr, b.y)
+            shifts[f"{kind}_{snr}db"] = whole_streams(
+                lambda r, x, make=make, snr=snr: add_at_snr(x, make(rng, len(x), length, float(mitdb.FS)), snr))
+    shifts["gain_x0.25"] = whole_streams(lambda r, x: x * np.float32(0.25))
+    shifts["gain_x4"] = whole_streams(lambda r, x: x * np.float32(4.0))
+    shifts["polarity"] = whole_streams(lambda r, x: -x)
     for fs_true in (250, 500):
-        xs, rrs, ys = [], [], []
-        for name in np.unique(b.record):
-            m = b.record == name
-            sig, peaks_all = _resampled_record(str(name), fs_true)
-            rr_all = mitdb.rr_features(peaks_all, mitdb.FS)  # announced as 360 Hz
-            rec_beats = mitdb.load_record(str(name)).beat_samples
-            pos = np.searchsorted(rec_beats, b.sample[m])
+        xs, auxs, ys = [], [], []
+        for r in names:
+            rb, keep = per_record[r], picked[r]
+            sig, peaks_all = _resampled_record(r, fs_true)
+            rec_beats = mitdb.load_record(r).beat_samples
+            pos = np.searchsorted(rec_beats, rb.sample)  # this record's N/S/V/F beats among all its beats
+            rr = mitdb.rr_features(peaks_all, mitdb.FS)[pos]  # announced as 360 Hz
             x, kept = mitdb.beat_windows(sig, peaks_all[pos])
-            xs.append(x)
-            rrs.append(rr_all[pos][kept])
-            ys.append(b.y[m][kept])
-        shifts[f"resampled_{fs_true}hz"] = Arrays(np.concatenate(xs), np.concatenate(rrs), np.concatenate(ys))
+            aux = _stream_aux(rr[kept], x)
+            sel = np.zeros(len(rb), bool)
+            sel[keep] = True
+            sel = sel[kept]
+            xs.append(x[sel])
+            auxs.append(aux[sel])
+            ys.append(rb.y[kept][sel])
+        shifts[f"resampled_{fs_true}hz"] = Arrays(np.concatenate(xs), np.concatenate(auxs), np.concatenate(ys))
     return ref, shifts
 
 
