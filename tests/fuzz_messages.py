@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
-from poison import ECG_N, RR, VIB_N, frame, header
+from poison import BEAT, ECG_N, VIB_N, frame, header
 
 from streams.contracts import ContractError, decode_window
 
-SHAPES = {"ecg": (ECG_N, 360.0, {"rr": 4}), "vibration": (VIB_N, 12000.0, {})}  # models/checkpoints/*.json
+SHAPES = {"ecg": (ECG_N, 360.0, {"beat": len(BEAT)}), "vibration": (VIB_N, 12000.0, {})}  # models/checkpoints/*.json
 FIELDS = ("stream", "modality", "fs", "t0_ns", "seq", "label", "features", "meta", "n", "dtype")
 
 _ints = st.one_of(st.integers(-(2**80), 2**80), st.sampled_from([2**63 - 1, 2**63, -(2**63), 2**63 - 2, 2**64,
@@ -48,7 +48,7 @@ def personalize(data: bytes, i: int) -> bytes:
 
 def valid_ecg_frame(samples: np.ndarray | None = None) -> bytes:
     x = np.full(ECG_N, 0.1, "<f4") if samples is None else samples.astype("<f4")
-    return frame(header(0, stream=PLACEHOLDER, features={"rr": RR}), x.tobytes())
+    return frame(header(0, stream=PLACEHOLDER, features={"beat": BEAT}), x.tobytes())
 
 
 @st.composite

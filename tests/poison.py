@@ -16,7 +16,8 @@ import numpy as np
 from streams.contracts import MAGIC, SensorWindow, encode_window
 
 ECG_N, VIB_N = 256, 1024
-RR = [0.8, 0.8, 0.8, 1.0]
+# the ECG contract's per-beat side features (models/data/mitdb.py BEAT_AUX = 8 RR + 3 morphology + 256 template)
+BEAT = [0.8, 0.8, 0.8, 1.0, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0] + [0.0] * 256
 
 
 def frame(header: dict | bytes, payload: bytes) -> bytes:
@@ -28,7 +29,7 @@ def frame(header: dict | bytes, payload: bytes) -> bytes:
 def header(i: int, **changes) -> dict:
     """A valid ECG header for ``n = 256`` samples; ``changes`` override fields."""
     h = {"stream": f"poison-{i}", "modality": "ecg", "fs": 360.0, "t0_ns": 1_700_000_000_000_000_000 + i,
-         "seq": i, "label": None, "features": {"rr": RR}, "meta": {}, "n": ECG_N, "dtype": "<f4"}
+         "seq": i, "label": None, "features": {"beat": BEAT}, "meta": {}, "n": ECG_N, "dtype": "<f4"}
     h.update(changes)
     return h
 
@@ -56,7 +57,7 @@ POISON: dict[str, Callable[[int], bytes]] = {
     "t0_int64_max": lambda i: frame(header(i, t0_ns=2**63 - 1), ecg_payload()),
     "stream_70k": lambda i: frame(header(i, stream="s" * 70_000), ecg_payload()),
     # found since
-    "nested_features": lambda i: frame(header(i, features={"rr": [[[[[[[[[1.0]]]]]]]]]}), ecg_payload()),
+    "nested_features": lambda i: frame(header(i, features={"beat": [[[[[[[[[1.0]]]]]]]]]}), ecg_payload()),
     "int_5000_digits": lambda i: frame(json.dumps(header(i)).replace('"seq": ' + str(i), '"seq": ' + "9" * 5000)
                                        .encode(), ecg_payload()),
     "fs_overflow": lambda i: frame(json.dumps(header(i)).replace('"fs": 360.0', '"fs": 1e400').encode(),
@@ -68,12 +69,12 @@ POISON: dict[str, Callable[[int], bytes]] = {
     "stream_space": lambda i: frame(header(i, stream=f"poison {i}"), ecg_payload()),
     "label_huge": lambda i: frame(header(i, label="N" * 10_000), ecg_payload()),
     "meta_many": lambda i: frame(header(i, meta={f"k{j}": "v" for j in range(1000)}), ecg_payload()),
-    "feature_huge": lambda i: frame(header(i, features={"rr": [1e300, 1.0, 1.0, 1.0]}), ecg_payload()),
+    "feature_huge": lambda i: frame(header(i, features={"beat": [1e300, *BEAT[1:]]}), ecg_payload()),
     "samples_1e20": lambda i: frame(header(i), ecg_payload(1e20)),
     "fs_1e12": lambda i: frame(header(i, fs=1e12), ecg_payload()),
     "empty": lambda i: b"",
     "wrong_length": lambda i: encode_window(SensorWindow(f"poison-{i}", "ecg", 360.0, 0, i, np.zeros(100, np.float32),
-                                                         features={"rr": RR})),
+                                                         features={"beat": BEAT})),
     "wrong_fs": lambda i: encode_window(SensorWindow(f"poison-{i}", "vibration", 48000.0, 0, i,
                                                      np.zeros(VIB_N, np.float32))),
     "missing_rr": lambda i: encode_window(SensorWindow(f"poison-{i}", "ecg", 360.0, 0, i,
