@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -45,7 +44,6 @@ from streams.contracts import (
     encode_window,
 )
 from streams.demo import wait_worker_ready
-from streams.influx import InfluxV1Sink
 from streams.replay import Replayer, ecg_windows, publish_raw, vibration_windows
 from streams.stack import _pid_alive, free_ports
 
@@ -59,17 +57,9 @@ ISSUE_POISON = ("nested_header", "seq_2_70", "t0_2_70", "samples_3e38", "random_
 # ------------------------------------------------------------------------------------------------ harness
 def _pipeline(stack) -> tuple:
     """Settings with topics, consumer group and database of this test's own on ``stack``."""
-    tag = uuid.uuid4().hex[:8]
-    s = dataclasses.replace(stack.settings, topic_prefix=f"rel{tag}", app_id=f"sci-rel-{tag}",
-                            influx_db=f"rel_{tag}", influx_bucket=f"rel_{tag}")
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from test_pipeline_integration import _private_pipeline
 
-    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    admin.create_topics([NewTopic(t, n, 1) for t, n in s.topic_partitions.items()])
-    admin.close()
-    sink = InfluxV1Sink(s.influx_url, db=s.influx_db)
-    sink.query(f'CREATE DATABASE "{s.influx_db}"')
-    return s, sink
+    return _private_pipeline(stack)
 
 
 class Worker:
