@@ -30,16 +30,16 @@ def test_live_labels_agree_with_offline_labels_of_the_same_beats(local_stack, tm
     worker, log_path = _start_worker(s, tmp_path)
     try:
         n = sum(len(ws) for ws in live.values())
-        summary = Replayer(s.kafka_bootstrap, s.topic_windows, speed=0, progress=False).run(list(live.values()))
+        summary = Replayer(s.kafka_bootstrap, s.topics["windows"], speed=0, progress=False).run(list(live.values()))
         assert summary.produced == n and summary.failed == 0
-        msgs = [json.loads(m.value) for m in _consume_all(s.kafka_bootstrap, s.topic_labels, n, timeout_s=300)]
+        msgs = [json.loads(m.value) for m in _consume_all(s.kafka_bootstrap, s.topics["labels"], n, timeout_s=300)]
         assert worker.poll() is None, log_path.read_text()[-3000:]
     finally:
         _stop_worker(worker, log_path)
     worker_label = {(m["stream"], m["seq"]): m["label"] for m in msgs}
     assert len(worker_label) == n
 
-    runtime = ModelRuntime("cpu", {"ecg": "mitdb"})
+    runtime = ModelRuntime("cpu", {("ecg", "MLII"): "mitdb"})
     agree = total = 0
     for r, ws in live.items():
         # the worker labelled exactly what the same model gives in process for these windows
