@@ -7,7 +7,7 @@ needs editing. This module imports nothing heavy (no numpy, no torch): the CLI r
 
 >>> spec = get("ecg")
 >>> spec.default_lead, spec.checkpoints["MLII"], spec.feature_key
-('MLII', 'mitdb', 'rr')
+('MLII', 'mitdb', 'beat')
 >>> spec.lead_of(None), spec.lead_of("V1")
 ('MLII', 'V1')
 >>> default_models()[("vibration", "DE")]

@@ -77,8 +77,8 @@ POISON: dict[str, Callable[[int], bytes]] = {
                                                          features={"beat": BEAT})),
     "wrong_fs": lambda i: encode_window(SensorWindow(f"poison-{i}", "vibration", 48000.0, 0, i,
                                                      np.zeros(VIB_N, np.float32))),
-    "missing_rr": lambda i: encode_window(SensorWindow(f"poison-{i}", "ecg", 360.0, 0, i,
-                                                       np.zeros(ECG_N, np.float32))),
+    "missing_beat": lambda i: encode_window(SensorWindow(f"poison-{i}", "ecg", 360.0, 0, i,
+                                                         np.zeros(ECG_N, np.float32))),
 }
 
 REASONS: dict[str, str] = {
@@ -100,14 +100,14 @@ REASONS: dict[str, str] = {
     "stream_space": "field 'stream' has a character outside",
     "label_huge": "field 'label' has 10000 characters, at most 64 allowed",
     "meta_many": "field 'meta' has 1000 entries",
-    "feature_huge": "feature 'rr' has a value of magnitude > 1e+09",
+    "feature_huge": "feature 'beat' has a value of magnitude > 1e+09",
     "samples_1e20": "sample magnitude 1e+20",
     "fs_1e12": "field 'fs' must be > 0 Hz and <= 1e+07 Hz",
     "empty": "truncated: 0 bytes",
     "wrong_length": "needs 256 samples, got 100",
     "wrong_fs": "needs fs = 12000 Hz",
-    "missing_rr": "needs features['rr']",
+    "missing_beat": "needs features['beat']",
 }
 
 # rejected by the models' checks in the worker, not by the contract
-MODEL_REJECTED = ("wrong_length", "wrong_fs", "missing_rr")
+MODEL_REJECTED = ("wrong_length", "wrong_fs", "missing_beat")
