@@ -136,6 +136,7 @@ class Pipeline(faust.Service):
         self.lag_source: Callable[[Any], int | None] | None = None  # tp -> high watermark (set by the app)
         # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
         self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
+        self._said_no_lines = False
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,12 +185,21 @@ class Pipeline(faust.Service):
     async def _beat(self) -> None:
         self.health.beat()
 
-    async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> None:
+    async def store_lines(self, lines: Sequence[str], what: str, retry: RetryPolicy) -> bool:
         """Store derived points (line protocol, e.g. the trust metrics) through the worker's sink, on its storage
-        thread, under ``retry``. The sink must offer ``write_lines`` (the InfluxDB sinks do)."""
+        thread, under ``retry``. Only sinks that offer ``write_lines`` store them (the InfluxDB sinks do); with
+        another sink they are skipped, said once in the log. Returns whether the sink took them."""
+        write = getattr(self.sink, "write_lines", None)
+        if write is None:
+            if not self._said_no_lines:
+                self._said_no_lines = True
+                log.warning("%s: the sink %s has no write_lines; derived points (trust metrics) are not stored",
+                            what, type(self.sink).__name__)
+            return False
         if lines:
             await asyncio.get_running_loop().run_in_executor(
-                self._sink_thread, lambda: retry.call(lambda: self.sink.write_lines(lines), what, stop=self._stopping))
+                self._sink_thread, lambda: retry.call(lambda: write(lines), what, stop=self._stopping))
+        return True
 
     # ------------------------------------------------------------------------------------------------ batch
     async def process(self, events: Sequence[Any]) -> None:

@@ -48,7 +48,7 @@ from influxdb_client import Point, WritePrecision
 
 from controller.metrics import auroc, ece
 from streams.settings import Settings
-from streams.sinks import RetryPolicy, SinkError, WindowDecision
+from streams.sinks import RetryPolicy, WindowDecision
 
 if TYPE_CHECKING:
     from streams.app import Pipeline
@@ -330,9 +330,10 @@ class TrustService(faust.Service):
         lines, drifts = await loop.run_in_executor(self._thread, self._collect)
         try:
             await self.pipeline.store_lines(lines, f"storing {len(lines)} trust-metric points", self.retry)
-        except SinkError as exc:
+        except Exception as exc:  # unavailable after the bounded retries, rejected, or a sink bug: never fatal
             self.dropped += len(lines)
-            log.warning("trust metrics: %d points dropped (%s); %d dropped so far", len(lines), exc, self.dropped)
+            log.warning("trust metrics: %d points dropped (%s: %s); %d dropped so far", len(lines),
+                        type(exc).__name__, exc, self.dropped)
         if self.drift_channel is not None:
             for e in drifts:
                 await self.drift_channel.send(key=e.key, value=e.to_json())

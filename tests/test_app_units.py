@@ -285,6 +285,22 @@ def test_a_toy_modality_and_a_toy_sink_plug_in_without_editing_any_module(tmp_pa
         modalities.unregister("toy")
 
 
+def test_derived_points_are_skipped_not_fatal_with_a_sink_without_write_lines(caplog):
+    """The trust metrics go through the sink when it can store line protocol; a plain WindowSink skips them."""
+    sink = MemorySink()
+
+    async def main():
+        worker = create_worker(_settings(), _cwru_runtime, lambda: sink,
+                               outputs=lambda app: {role: app.channel() for role in OUTPUT_ROLES})
+        async with worker.pipeline:
+            took = await worker.pipeline.store_lines(["sci_trust n=1i 1"], "storing 1 point", RetryPolicy(1, 0.0))
+            await worker.trust.flush()  # must neither raise nor count the skipped points as written
+        return took
+
+    assert asyncio.run(main()) is False
+    assert caplog.text.count("has no write_lines") == 1 and sink.rows == []
+
+
 def test_retry_policy_is_bounded_and_does_not_retry_rejections():
     calls = []
 
