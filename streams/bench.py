@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import requests
 
 from models.data import mitdb
 from streams.contracts import encode_window, window_key
+from streams.demo import stop_process, wait_worker_ready
 from streams.replay import ecg_windows, vibration_windows
 from streams.settings import Settings, load_settings
 from streams.stack import LocalStack, free_ports
@@ -123,16 +123,6 @@ def _spawn(args: list[str], s: Settings, log_path: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, *args], env=_env(s), stdout=log, stderr=subprocess.STDOUT)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
@@ -147,15 +137,13 @@ def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: flo
 
 def _worker_rate(s: Settings, work: Path, n: int, timeout_s: float) -> tuple[float, int]:
     """Sustained windows/s of a real worker draining ``n`` produced windows, and the InfluxDB point count."""
-    from streams.demo import wait_worker_ready
-
     log_path = work / f"{s.app_id}.log"
     worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
     try:
         wait_worker_ready(worker, log_path, timeout_s=timeout_s)
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
-        _stop(worker)
+        stop_process(worker)
     ts = np.sort([r.timestamp for r in labels]) / 1000.0
     return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-3), _influx_count(s)
 
@@ -179,7 +167,7 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeou
     try:
         passthrough = _wait_for(result_path, proc, log_path, timeout_s)
     finally:
-        _stop(proc)
+        stop_process(proc)
     log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline (worker) ...")
     rate, stored = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, timeout_s)
     log(f"[bench] pipeline {rate:.0f} windows/s, {stored} points stored")
@@ -189,8 +177,6 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeou
 
 def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float,
              timeout_s: float, log: Log) -> dict[str, Any]:
-    from streams.demo import wait_worker_ready
-
     _create_topics(s)
     _influx(s, f'CREATE DATABASE "{s.influx_db}"', method="POST")
     n = max(1, min(len(msgs), round(rate * seconds)))
@@ -210,7 +196,7 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
         producer.close()
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
-        _stop(worker)
+        stop_process(worker)
     inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topics["windows"], n, timeout_s)}
     lat = np.array([r.timestamp - inputs[r.key] for r in labels if r.key in inputs], dtype=np.float64)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))

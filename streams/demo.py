@@ -182,12 +182,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
             live.update(follower.table(replayer.sent_so_far, time.monotonic() - t0))
     finally:
         follower.stop.set()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker, timeout_s=30.0)
     con.print(
         f"\nDone. The local stack is still running:\n"
         f"  InfluxDB  {s.influx_url}  database '{s.influx_db}', measurement 'sci_window', e.g.\n"
@@ -197,6 +192,17 @@ def run_demo(settings: Settings, duration_s: float = 60.0, speed: float = 10.0, 
         f"  worker log {log_path}\n"
         f"Stop it with: .venv/bin/sci-monitor stack down")
     return 0 if follower.windows > 0 else 1
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM ``proc`` (a worker: it finishes or abandons its batch), SIGKILL it after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_worker_ready(worker: subprocess.Popen, log_path: Path, offset: int = 0, timeout_s: float = 120.0) -> None:
