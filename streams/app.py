@@ -458,6 +458,7 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
     app = faust.App(
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_partitions=settings.input_partitions,
+        datadir=str(settings.state_dir / "faust" / settings.app_id),  # not ./{app_id}-data in the working directory
         topic_allow_declare=True, consumer_auto_offset_reset="earliest", producer_acks=-1,
         broker_session_timeout=10.0, broker_heartbeat_interval=2.0, broker_rebalance_timeout=10.0,
         broker_commit_every=settings.batch_size,

@@ -250,6 +250,7 @@ def passthrough_main(windows: int, result: Path) -> None:
     app = faust.App(  # the worker's consumer settings (streams/app.py create_worker), minus everything else
         s.app_id, broker=";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()),
         value_serializer="raw", key_serializer="raw", store="memory://", web_enabled=False,
+        datadir=str(s.state_dir / "faust" / s.app_id),
         topic_partitions=s.input_partitions, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
         broker_commit_every=s.batch_size, broker_commit_interval=1.0)
     topic = app.topic(s.topics["windows"], key_type=bytes, value_type=bytes, key_serializer="raw",
