@@ -76,9 +76,11 @@ class EcgBeatNet(McModel):
     input_length = 256
     aux_dim = 267
 
-    def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True) -> None:
+    def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True,
+                 side_width: int = 0) -> None:
         super().__init__()
-        self.arch_params = {"n_classes": n_classes, "p": p, "width": width, "template": template}
+        self.arch_params = {"n_classes": n_classes, "p": p, "width": width, "template": template,
+                            "side_width": side_width}
         self.template = template
         w = width
         self.features = nn.Sequential(
@@ -87,7 +89,9 @@ class EcgBeatNet(McModel):
         )
         self.embed = nn.Sequential(nn.Linear(w * 32, 64), nn.ReLU(inplace=True))
         self.side_norm = nn.BatchNorm1d(8)
-        self.mlp = MlpHead(64 + 8, 64, n_classes, p_in=p, p_hidden=p)
+        # side_width > 0: the 8 side features embedded in side_width units, so head dropout cannot erase the RR cues
+        self.side = nn.Sequential(nn.Linear(8, side_width), nn.ReLU(inplace=True)) if side_width else nn.Identity()
+        self.mlp = MlpHead(64 + (side_width or 8), 64, n_classes, p_in=p, p_hidden=p)
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         assert aux is not None, "EcgBeatNet needs the beat features (aux: float32[B, 267])"
@@ -101,7 +105,7 @@ class EcgBeatNet(McModel):
         pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
         ratios = torch.cat([aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
         h = self.embed(self.features(chans))
-        return torch.cat([h, self.side_norm(torch.cat([ratios, aux[:, 8:11]], dim=1))], dim=1)
+        return torch.cat([h, self.side(self.side_norm(torch.cat([ratios, aux[:, 8:11]], dim=1)))], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
         return self.mlp(h, noise)

@@ -30,6 +30,7 @@ def cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.C
     (("evaluate", "--dataset", "cwru", "--bootstrap", "0"), "--bootstrap: must be >= 1"),
     (("evaluate", "--dataset", "cwru", "--device", "tpu"), "--device: expected auto, cpu, cuda or cuda:N"),
     (("train", "--dataset", "cwru", "--device", "tpu"), "--device: expected auto, cpu, cuda or cuda:N"),
+    (("train", "--dataset", "cwru", "--cv"), "--cv needs a recipe with record folds: mitdb"),
     (("worker", "--device", "tpu"), "--device: invalid choice: 'tpu'"),
     (("replay", "--dataset", "mitdb", "--speed", "nan"), "--speed: expected a finite number >= 0"),
     (("replay", "--dataset", "mitdb", "--max-windows", "-3"), "--max-windows: must be >= 1"),
