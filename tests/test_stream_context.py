@@ -119,3 +119,17 @@ def test_an_inverted_stream_abstains_with_signal_quality_polarity_and_spends_no_
     assert [Reason(c) for c in r.reason] == [Reason.THRESHOLD, Reason.SIGNAL_QUALITY]
     assert r.quality.tolist() == [0, int(QualityFlag.POLARITY)] and r.passes.tolist() == [2, 0] and seen == {0}
     assert r.abstained.tolist() == [False, True]
+
+
+def test_the_live_controller_takes_the_same_path():
+    """SciController.classify (the worker's call) reads the context from aux exactly as evaluate does."""
+    from controller.sci import SciController
+
+    train = _upright(2000, seed=0)
+    ranges = fit_ranges(_stats(train, train))
+    beats = _upright(4, seed=6)
+    sign = np.array([1.0, -1.0, 1.0, -1.0], np.float32)[:, None]
+    ctl = SciController(_ContextNet(), Threshold(sp_star=0.8, t_min=2), SciConfig(1.0, 6, 0.85), gate=Gate(ranges))
+    r = ctl.classify(beats * sign, beats * sign, np.arange(4, dtype=np.int64))
+    assert [Reason(c).label for c in r.reason] == ["threshold", "signal_quality"] * 2
+    assert [QualityFlag(int(q)).names() for q in r.quality] == [[], ["polarity"]] * 2
