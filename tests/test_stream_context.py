@@ -133,3 +133,15 @@ def test_the_live_controller_takes_the_same_path():
     r = ctl.classify(beats * sign, beats * sign, np.arange(4, dtype=np.int64))
     assert [Reason(c).label for c in r.reason] == ["threshold", "signal_quality"] * 2
     assert [QualityFlag(int(q)).names() for q in r.quality] == [[], ["polarity"]] * 2
+
+
+def test_the_shift_report_counts_windows_per_failed_check():
+    from controller.shift import _rates
+
+    c = {"abstained": np.array([False, True, True, False]), "wrong": np.array([True, True, False, False]),
+         "det_wrong": np.array([True, True, True, False]),
+         "quality": np.array([0, int(QualityFlag.POLARITY), int(QualityFlag.POLARITY | QualityFlag.AMPLITUDE), 0])}
+    r = _rates(c)
+    assert r["checks"] == {"amplitude": 0.25, "polarity": 0.5}
+    assert (r["escalation_rate"], r["answered_wrong_rate"], r["deterministic_answered_wrong_rate"]) == (0.5, 0.25,
+                                                                                                         0.75)
