@@ -1,7 +1,8 @@
 """Everything fitted after training, without retraining: the card's controller section and the novelty model.
 
 `sci-monitor calibrate` (and `train`, through the same :func:`calibrate`) fits, from a model's weights:
-- on the **training** split (no labels needed): the input-check ranges and the novelty density model;
+- on the **training** split (no labels needed): the input-check ranges (the stream-context polarity bound included,
+  for models that declare a context) and the novelty density model;
 - on the **validation** split, cut into two fixed random halves (``controller.risk.split_halves``):
   - both halves: the temperature (NLL of the MC-mean logits; one scalar, and a half of a nearly error-free split
     would drive it towards 0);
@@ -35,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
 from controller import metrics
-from controller.decision import Decider, Gate, decide
+from controller.decision import Decider, Gate, decide, stream_context
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import confidence_threshold, deterministic, sci
 from controller.novelty import NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
@@ -84,7 +85,7 @@ def _trunk_and_stats(model: McModel, data: Arrays, device: torch.device | str) -
         aux = None if data.aux is None else torch.as_tensor(data.aux[i : i + CHUNK], dtype=torch.float32,
                                                              device=device)
         hs.append(model.trunk(x, aux).cpu())
-        st.append(signal_stats(x).to("cpu"))
+        st.append(signal_stats(x, stream_context(model, aux)).to("cpu"))
     return torch.cat(hs), SignalStats.cat(st)
 
 

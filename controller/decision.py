@@ -1,7 +1,8 @@
 """The controller's decision for a batch of windows: the one code path of `evaluate`, `evaluate-shift` and the worker.
 
 1. Evidence computed once per window, before any MC pass (:func:`evidence`): the trunk features, the plain
-   (deterministic) pass and the input statistics.
+   (deterministic) pass and the input statistics (of the window and, for a model that declares one, of its
+   stream context: :func:`stream_context`).
 2. Gate: a window failing an input check abstains with reason ``signal_quality``; one whose novelty exceeds the
    card's thresholds (trunk features or spectrum shape) abstains with reason ``unfamiliar``. Neither spends an MC
    pass (``passes`` = 0; its label and probabilities are the plain pass's, reported for the operator, flagged
@@ -43,10 +44,16 @@ class Evidence:
     signal: SignalStats
 
 
+def stream_context(model: McModel, aux: Tensor | None) -> Tensor | None:
+    """float32[B, C] the stream's usual window carried in the side features (``model.context`` columns of aux),
+    or None when the model declares none."""
+    return None if model.context is None or aux is None else aux[:, model.context]
+
+
 def evidence(model: McModel, x: Tensor, aux: Tensor | None) -> Evidence:
     """Trunk once, head once without dropout, input statistics: x float32[B, L], aux float32[B, A] or None."""
     h = model.trunk(x, aux)
-    return Evidence(model.head(h), h, signal_stats(x))
+    return Evidence(model.head(h), h, signal_stats(x, stream_context(model, aux)))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 For every shift (``models.data.shift``) and every score — 1 − max prob (one plain pass), 1 − SP (mean of T_max
 passes), MC mutual information (T_max passes), novelty, and the controller's own score (gated windows first) —
 the AUROC of shifted vs in-distribution test windows (the controller's score ranks gated windows first, then
-1 − its confidence); the controller's escalation rate; the **answered-wrong rate**
+1 − its confidence); the controller's escalation rate, the share of windows per reason and per failed input check
+(``checks``, e.g. ``polarity``: the stream's template points the wrong way); the **answered-wrong rate**
 (share of the shifted windows the controller answers and gets wrong) beside the plain pass's (it answers all).
 A shift is *safe* when the model is robust to it (answered-wrong ≤ 1.5 × the in-distribution rate) or the
 controller catches it (answered-wrong ≤ a third of the plain pass's on the same windows).
@@ -26,6 +27,8 @@ from controller.decision import Decider
 from controller.evaluation import TEST_KEY_OFFSET
 from controller.methods import controller
 from controller.passes import sample_passes
+from controller.quality import QualityFlag
+from controller.reasons import Reason
 from models.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from models.training import Arrays
 
@@ -61,14 +64,17 @@ def condition(model: torch.nn.Module, decider: Decider, data: Arrays, key_offset
         "wrong": r.label != p.y,
         "det_wrong": det.argmax(1).numpy() != p.y,
         "reason": r.reason,
+        "quality": r.quality,
     }
 
 
 def _rates(c: dict[str, np.ndarray]) -> dict[str, Any]:
     answered = ~c["abstained"]
+    checks = {f.name.lower(): _r(float(np.mean((c["quality"] & int(f)) != 0)), 4) for f in QualityFlag}
     return {"windows": len(c["wrong"]), "escalation_rate": _r(c["abstained"].mean()),
             "answered_wrong_rate": _r((answered & c["wrong"]).mean()),
-            "deterministic_answered_wrong_rate": _r(c["det_wrong"].mean())}
+            "deterministic_answered_wrong_rate": _r(c["det_wrong"].mean()),
+            "checks": {k: v for k, v in checks.items() if v}}
 
 
 def _shift_entry(ref: dict[str, np.ndarray], sh: dict[str, np.ndarray], ref_rates: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +84,6 @@ def _shift_entry(ref: dict[str, np.ndarray], sh: dict[str, np.ndarray], ref_rate
     rates = _rates(sh)
     robust = rates["answered_wrong_rate"] <= 1.5 * ref_rates["answered_wrong_rate"]
     caught = rates["answered_wrong_rate"] <= rates["deterministic_answered_wrong_rate"] / 3
-    from controller.reasons import Reason
-
     reasons = {Reason(int(k)).label: _r(float(np.mean(sh["reason"] == k)), 4) for k in np.unique(sh["reason"])}
     return {**rates, "scores": scores, "reasons": reasons, "robust": bool(robust), "caught": bool(caught),
             "safe": bool(robust or caught)}

@@ -21,6 +21,9 @@ class McModel(nn.Module):
     arch: ClassVar[str]
     input_length: ClassVar[int]
     aux_dim: ClassVar[int] = 0
+    # the columns of aux holding the stream's usual window (a running template, same length and units as x), which
+    # the controller's input checks judge the stream by; None: the model has no stream context
+    context: ClassVar[slice | None] = None
     arch_params: dict  # the constructor arguments, saved in checkpoints to rebuild the model
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
@@ -75,6 +78,7 @@ class EcgBeatNet(McModel):
     arch = "ecg_beat_net"
     input_length = 256
     aux_dim = 267
+    context = slice(11, 267)  # the running template of features["beat"]
 
     def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True,
                  side_width: int = 0) -> None:
@@ -97,7 +101,7 @@ class EcgBeatNet(McModel):
         assert aux is not None, "EcgBeatNet needs the beat features (aux: float32[B, 267])"
         x = x - x.median(dim=1, keepdim=True).values
         if self.template:
-            tpl = aux[:, 11:]
+            tpl = aux[:, self.context]
             scale = tpl.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-2)
             chans = torch.stack([x / scale, (x - tpl) / scale], dim=1)
         else:

@@ -76,7 +76,9 @@ class QualityRanges:
 
     flat_ptp: windows whose peak-to-peak is below this are a flat line (input units); clip_fraction: largest
     allowed share of samples stuck at the window's extremes; log_rms, hf_ratio, lf_ratio: amplitude (log RMS of the
-    median-removed window) and spectral shares (power above fs/4, power in the lowest non-DC bins) ranges.
+    median-removed window) and spectral shares (power above fs/4, power in the lowest non-DC bins) ranges;
+    polarity: lowest allowed skewness of the stream's running template (models with a stream context; None: no
+    such check, as on cards written before it).
     """
 
     flat_ptp: float
@@ -85,6 +87,7 @@ class QualityRanges:
     hf_ratio: tuple[float, float]
     lf_ratio: tuple[float, float]
     train_flag_rate: float = 0.0  # share of training windows failing any check (fit statistic)
+    polarity: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> QualityRanges:
