@@ -455,6 +455,7 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
     """The Faust app of one worker with its agent and pipeline. Plug points: ``runtime_factory`` (default: the
     ``models`` setting on ``settings.device``), ``sink_factory`` (default: InfluxDB), ``outputs(app)`` -> role ->
     channel (default: the output topics)."""
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
         key_serializer="raw", store="memory://", web_enabled=False, topic_partitions=settings.input_partitions,

@@ -247,6 +247,7 @@ def passthrough_main(windows: int, result: Path) -> None:
     import faust
 
     s = load_settings()
+    (s.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(  # the worker's consumer settings (streams/app.py create_worker), minus everything else
         s.app_id, broker=";".join(f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()),
         value_serializer="raw", key_serializer="raw", store="memory://", web_enabled=False,
