@@ -42,7 +42,7 @@ from streams.contracts import (
     decode_window,
 )
 from streams.health import Health, influx_ping_check, tcp_check, wait_for
-from streams.isolation import bisect, non_finite, withhold
+from streams.isolation import bisect, non_finite, release, withheld
 from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
@@ -58,6 +58,7 @@ from streams.sinks import (
 from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
+TAIL_STOP_S = 10.0  # at shutdown, how long the last batch's outputs may take before they are abandoned (s)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class Pipeline(faust.Service):
         # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
         self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
         self._said_no_lines = False
+        self._tail: asyncio.Future | None = None  # the last batch's outputs, being written in the background
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -164,6 +166,15 @@ class Pipeline(faust.Service):
 
     async def on_stop(self) -> None:
         self._stopping.set()
+        tail, self._tail = self._tail, None
+        if tail is not None:  # the last batch's outputs: let them finish (storage waits end at _stopping)
+            done, _ = await asyncio.wait({tail}, timeout=TAIL_STOP_S)
+            if not done:
+                tail.cancel()
+                await asyncio.wait({tail})
+            if not tail.cancelled() and tail.exception() is not None:
+                log.warning("the last batch's outputs were not completed at shutdown (%s); its offsets are not "
+                            "committed", type(tail.exception()).__name__)
         storage = dict(self.sink.counters()) if self.sink is not None else {}
         log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
@@ -203,26 +214,64 @@ class Pipeline(faust.Service):
 
     # ------------------------------------------------------------------------------------------------ batch
     async def process(self, events: Sequence[Any]) -> None:
-        """Decode, classify, store and publish one batch of Faust events; returns once every event has its outputs
-        or its dead letter. Never raises for a bad window; raises only when the batch is abandoned (the worker is
-        stopping, or outputs cannot be published), after withholding the batch from Faust's acks."""
+        """Take one batch of Faust events: decode and classify it while the previous batch's outputs are written,
+        then write its own outputs (store, publish) in the background and return, so that the agent takes the next
+        batch meanwhile (at most one batch's outputs in flight). Every event is withheld from Faust's ack at the
+        end of the agent's body and released once the batch's every event has its outputs or its dead letter,
+        after the previous batch's: nothing is acknowledged before its outputs exist, and offsets are recorded in
+        the order taken. Never raises for a bad window; raises only when a batch is abandoned (the worker is
+        stopping, or outputs cannot be published; then this batch and any later one stay withheld, not
+        committed), here or, for a batch whose outputs failed in the background, at the next call."""
         t0 = time.monotonic()
+        held = withheld(events)
+        items = [_Item(ev.message) for ev in events]
+        prev, self._tail = self._tail, None
         try:
-            await self._isolated([_Item(ev.message) for ev in events])
+            try:
+                controller_ms: float | None = await self._front(items)
+            except _StageFailure:
+                controller_ms = None  # an unexpected error: run the batch the sequential way, which halves it
+            if prev is not None:
+                await prev  # the previous batch's outputs exist and its events are released
+            if controller_ms is None:
+                await self._isolated([_Item(it.msg) for it in items])
+                self._done(held, events, t0)
+                return
         except BaseException as exc:
-            n = withhold(events)
-            log.warning("batch of %d events abandoned (%s: %s): %d offsets withheld from commit, they will be "
-                        "delivered again", len(events), type(exc).__name__, exc, n)
+            if prev is not None and not prev.done():
+                self._tail = prev  # still writing (this call was cancelled): on_stop waits for it
+            self._abandoned(events, exc)
             raise
+        self._tail = asyncio.ensure_future(self._finish(items, controller_ms, held, events, t0))
+
+    async def _finish(self, items: list[_Item], controller_ms: float, held: list[Any], events: Sequence[Any],
+                      t0: float) -> None:
+        """In the background: a classified batch's outputs, then its events released."""
+        try:
+            try:
+                await self._back(items, controller_ms)
+            except _StageFailure:
+                await self._isolated([_Item(it.msg) for it in items])
+        except BaseException as exc:
+            self._abandoned(events, exc)
+            raise
+        self._done(held, events, t0)
+
+    def _done(self, held: list[Any], events: Sequence[Any], t0: float) -> None:
+        release(held)
         self.tally.batches += 1
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.monotonic() - t0)
         self._update_lag(events)
 
+    def _abandoned(self, events: Sequence[Any], exc: BaseException) -> None:
+        log.warning("batch of %d events abandoned (%s: %s): its offsets are withheld from commit, they will be "
+                    "delivered again", len(events), type(exc).__name__, exc)
+
     async def _isolated(self, items: list[_Item]) -> None:
         """Run the stages; an unexpected error halves the batch down to the window that causes it."""
         try:
-            await self._run(items)
+            await self._back(items, await self._front(items))
         except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
             raise
         except _StageFailure as failure:
@@ -241,22 +290,34 @@ class Pipeline(faust.Service):
             await self._isolated(fresh[:mid])
             await self._isolated(fresh[mid:])
 
-    async def _run(self, items: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _front(self, items: list[_Item]) -> float:
+        """Decode and classify (on the model thread, off the event loop); returns the controller's time (ms).
+        Raises :class:`_StageFailure` for an unexpected error."""
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._decode_classify, items)
+
+    def _decode_classify(self, items: list[_Item]) -> float:
         stage = "decode"
         try:
             for it in items:
                 self._decode(it)
             stage = "classify"
             live = [it for it in items if it.dead is None]
-            controller_ms = 0.0
-            if live:
-                t0 = time.perf_counter()
-                results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
-                controller_ms = (time.perf_counter() - t0) * 1000.0
-                for it, res in zip(live, results, strict=True):
-                    self._take_result(it, res)
-            stage = "output"
+            if not live:
+                return 0.0
+            t0 = time.perf_counter()
+            results = self._classify([it.window for it in live])
+            controller_ms = (time.perf_counter() - t0) * 1000.0
+            for it, res in zip(live, results, strict=True):
+                self._take_result(it, res)
+            return controller_ms
+        except Exception as exc:
+            raise _StageFailure(stage) from exc
+
+    async def _back(self, items: list[_Item], controller_ms: float) -> None:
+        """Build the outputs, store the decisions, publish; the observers see the delivered decisions. Raises
+        :class:`_StageFailure` for an unexpected error."""
+        stage = "output"
+        try:
             now = time.time()
             for it in items:
                 if it.dead is None:

@@ -59,8 +59,8 @@ class MemorySink:
 
 
 def _settings(**overrides):
-    return dataclasses.replace(load_settings(env={}), device="cpu", batch_size=8, batch_timeout_s=0.01,
-                               sink_backoff_s=0.0, health_port=0, **overrides)
+    return dataclasses.replace(load_settings(env={}), **{"device": "cpu", "batch_size": 8, "batch_timeout_s": 0.01,
+                                                         "sink_backoff_s": 0.0, "health_port": 0, **overrides})
 
 
 def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], timeout_s: float = 60.0):
