@@ -4,10 +4,12 @@ One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_si
 hands each batch to the :class:`Pipeline`, a ``faust.Service`` registered as a dependency of the app: it loads
 the models and opens the sink in ``on_start`` (before the consumer joins its group) and closes them in
 ``on_stop`` (after the agents stopped). Per batch: decode and validate every message (malformed → dead letter
-with the reason), classify the valid windows on the model thread (never on the event loop; the models stay on
-the device for the life of the worker), then publish the outputs and store the decisions through the
-:class:`~streams.sinks.WindowSink` (on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`),
-and only then let Faust ack the batch, so offsets are committed after the outputs exist (at-least-once).
+with the reason) and classify the valid windows on the model thread (never on the event loop; the models stay on
+the device for the life of the worker), then store the decisions through the :class:`~streams.sinks.WindowSink`
+(on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`) and publish the outputs. Batch k+1 is
+decoded and classified while batch k's outputs are written; each batch is withheld from Faust's ack when taken and
+released once its outputs exist, in the order taken, so offsets are committed after the outputs exist
+(at-least-once) and never past a batch without them.
 Outputs are keyed ``stream:seq`` and stored points are timed at the window start, so a redelivered window
 overwrites instead of duplicating. Scale-out is more workers in the same consumer group (``app_id``) over more
 partitions of the input topic.
