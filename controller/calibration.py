@@ -101,9 +101,10 @@ def proxy_outliers(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def _fit_novelty(model: McModel, train_h: torch.Tensor, train_y: np.ndarray, fit: Arrays, fit_h: torch.Tensor,
-                 n_classes: int, device: torch.device | str) -> tuple[NoveltyModel, dict[str, float]]:
+                 n_classes: int, device: torch.device | str, knn_bank: int) -> tuple[NoveltyModel, dict[str, float]]:
     y = torch.as_tensor(train_y, dtype=torch.int64)
-    candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes), "knn": fit_knn(train_h)}
+    candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes),
+                                           "knn": fit_knn(train_h, bank=knn_bank)}
     px = proxy_outliers(fit.x)
     aux = None if fit.aux is None else np.concatenate([fit.aux, fit.aux])
     proxy_h, _ = _trunk_and_stats(model, Arrays(px, aux, np.zeros(len(px), np.int64)), device)
@@ -201,7 +202,8 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
             quality = fit_ranges(train_stats)
             log(f"input checks fitted on {len(train)} training windows (flag rate {quality.train_flag_rate:.4%})")
         if spec.false_novelty_rate is not None:
-            novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device)
+            novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device,
+                                              spec.knn_bank)
             spectrum_model = fit_gaussian(train_stats.bands, torch.zeros(len(train), dtype=torch.int64), 1)
             passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
             half = spec.false_novelty_rate / 2  # two detectors: union bound

@@ -34,6 +34,8 @@ class ControllerSpec:
     select: a policy name pinned by the recipe (None: chosen on validation); risk_alpha: target error rate among
     answered windows, held with confidence 1 − risk_delta (None: no risk rule, the policy alone abstains);
     false_novelty_rate: share of in-distribution validation windows the novelty gate may flag (None: no gate);
+    knn_bank: training windows the kNN novelty model keeps (a random subset; its score costs one matmul against
+    them per window, so a smaller bank is proportionally cheaper; changing it needs a recalibration);
     quality_checks: fit the cheap input checks on training windows; alert_rates: shares of validation windows above
     the ΔSP warning / critical levels.
     """
@@ -45,6 +47,7 @@ class ControllerSpec:
     risk_alpha: float | None = None
     risk_delta: float = 0.1
     false_novelty_rate: float | None = None
+    knn_bank: int = 10_000
     quality_checks: bool = False
     alert_rates: tuple[float, float] = (0.05, 0.01)
 

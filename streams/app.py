@@ -4,10 +4,12 @@ One agent consumes ``<prefix>.windows`` in micro-batches (``take_events(batch_si
 hands each batch to the :class:`Pipeline`, a ``faust.Service`` registered as a dependency of the app: it loads
 the models and opens the sink in ``on_start`` (before the consumer joins its group) and closes them in
 ``on_stop`` (after the agents stopped). Per batch: decode and validate every message (malformed → dead letter
-with the reason), classify the valid windows on the model thread (never on the event loop; the models stay on
-the device for the life of the worker), then publish the outputs and store the decisions through the
-:class:`~streams.sinks.WindowSink` (on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`),
-and only then let Faust ack the batch, so offsets are committed after the outputs exist (at-least-once).
+with the reason) and classify the valid windows on the model thread (never on the event loop; the models stay on
+the device for the life of the worker), then store the decisions through the :class:`~streams.sinks.WindowSink`
+(on the storage thread, under the one :class:`~streams.sinks.RetryPolicy`) and publish the outputs. Batch k+1 is
+decoded and classified while batch k's outputs are written; each batch is withheld from Faust's ack when taken and
+released once its outputs exist, in the order taken, so offsets are committed after the outputs exist
+(at-least-once) and never past a batch without them.
 Outputs are keyed ``stream:seq`` and stored points are timed at the window start, so a redelivered window
 overwrites instead of duplicating. Scale-out is more workers in the same consumer group (``app_id``) over more
 partitions of the input topic.
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.contracts import (
     AlertMessage,
@@ -42,7 +45,7 @@ from streams.contracts import (
     decode_window,
 )
 from streams.health import Health, influx_ping_check, tcp_check, wait_for
-from streams.isolation import bisect, non_finite, withhold
+from streams.isolation import bisect, non_finite, release, withheld
 from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
 from streams.settings import TOPIC_ROLES, Settings
@@ -58,6 +61,7 @@ from streams.sinks import (
 from streams.trust import TrustService
 
 log = logging.getLogger("sci_monitor.worker")
+TAIL_STOP_S = 10.0  # at shutdown, how long the last batch's outputs may take before they are abandoned (s)
 
 
 @dataclass
@@ -137,6 +141,7 @@ class Pipeline(faust.Service):
         # called on the event loop with each batch's stored decisions and its controller time (ms); must be cheap
         self.observers: list[Callable[[Sequence[WindowDecision], float], None]] = []
         self._said_no_lines = False
+        self._tail: asyncio.Future | None = None  # the last batch's outputs, being written in the background
 
     async def on_start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -164,6 +169,15 @@ class Pipeline(faust.Service):
 
     async def on_stop(self) -> None:
         self._stopping.set()
+        tail, self._tail = self._tail, None
+        if tail is not None:  # the last batch's outputs: let them finish (storage waits end at _stopping)
+            done, _ = await asyncio.wait({tail}, timeout=TAIL_STOP_S)
+            if not done:
+                tail.cancel()
+                await asyncio.wait({tail})
+            if not tail.cancelled() and tail.exception() is not None:
+                log.warning("the last batch's outputs were not completed at shutdown (%s); its offsets are not "
+                            "committed", type(tail.exception()).__name__)
         storage = dict(self.sink.counters()) if self.sink is not None else {}
         log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
@@ -203,26 +217,64 @@ class Pipeline(faust.Service):
 
     # ------------------------------------------------------------------------------------------------ batch
     async def process(self, events: Sequence[Any]) -> None:
-        """Decode, classify, store and publish one batch of Faust events; returns once every event has its outputs
-        or its dead letter. Never raises for a bad window; raises only when the batch is abandoned (the worker is
-        stopping, or outputs cannot be published), after withholding the batch from Faust's acks."""
+        """Take one batch of Faust events: decode and classify it while the previous batch's outputs are written,
+        then write its own outputs (store, publish) in the background and return, so that the agent takes the next
+        batch meanwhile (at most one batch's outputs in flight). Every event is withheld from Faust's ack at the
+        end of the agent's body and released once the batch's every event has its outputs or its dead letter,
+        after the previous batch's: nothing is acknowledged before its outputs exist, and offsets are recorded in
+        the order taken. Never raises for a bad window; raises only when a batch is abandoned (the worker is
+        stopping, or outputs cannot be published; then this batch and any later one stay withheld, not
+        committed), here or, for a batch whose outputs failed in the background, at the next call."""
         t0 = time.monotonic()
+        held = withheld(events)
+        items = [_Item(ev.message) for ev in events]
+        prev, self._tail = self._tail, None
         try:
-            await self._isolated([_Item(ev.message) for ev in events])
+            try:
+                controller_ms: float | None = await self._front(items)
+            except _StageFailure:
+                controller_ms = None  # an unexpected error: run the batch the sequential way, which halves it
+            if prev is not None:
+                await prev  # the previous batch's outputs exist and its events are released
+            if controller_ms is None:
+                await self._isolated([_Item(it.msg) for it in items])
+                self._done(held, events, t0)
+                return
         except BaseException as exc:
-            n = withhold(events)
-            log.warning("batch of %d events abandoned (%s: %s): %d offsets withheld from commit, they will be "
-                        "delivered again", len(events), type(exc).__name__, exc, n)
+            if prev is not None and not prev.done():
+                self._tail = prev  # still writing (this call was cancelled): on_stop waits for it
+            self._abandoned(events, exc)
             raise
+        self._tail = asyncio.ensure_future(self._finish(items, controller_ms, held, events, t0))
+
+    async def _finish(self, items: list[_Item], controller_ms: float, held: list[Any], events: Sequence[Any],
+                      t0: float) -> None:
+        """In the background: a classified batch's outputs, then its events released."""
+        try:
+            try:
+                await self._back(items, controller_ms)
+            except _StageFailure:
+                await self._isolated([_Item(it.msg) for it in items])
+        except BaseException as exc:
+            self._abandoned(events, exc)
+            raise
+        self._done(held, events, t0)
+
+    def _done(self, held: list[Any], events: Sequence[Any], t0: float) -> None:
+        release(held)
         self.tally.batches += 1
         self.metrics.batches.inc()
         self.metrics.batch_seconds.observe(time.monotonic() - t0)
         self._update_lag(events)
 
+    def _abandoned(self, events: Sequence[Any], exc: BaseException) -> None:
+        log.warning("batch of %d events abandoned (%s: %s): its offsets are withheld from commit, they will be "
+                    "delivered again", len(events), type(exc).__name__, exc)
+
     async def _isolated(self, items: list[_Item]) -> None:
         """Run the stages; an unexpected error halves the batch down to the window that causes it."""
         try:
-            await self._run(items)
+            await self._back(items, await self._front(items))
         except (asyncio.CancelledError, SinkClosed, OutputsUnavailable):
             raise
         except _StageFailure as failure:
@@ -241,22 +293,34 @@ class Pipeline(faust.Service):
             await self._isolated(fresh[:mid])
             await self._isolated(fresh[mid:])
 
-    async def _run(self, items: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _front(self, items: list[_Item]) -> float:
+        """Decode and classify (on the model thread, off the event loop); returns the controller's time (ms).
+        Raises :class:`_StageFailure` for an unexpected error."""
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._decode_classify, items)
+
+    def _decode_classify(self, items: list[_Item]) -> float:
         stage = "decode"
         try:
             for it in items:
                 self._decode(it)
             stage = "classify"
             live = [it for it in items if it.dead is None]
-            controller_ms = 0.0
-            if live:
-                t0 = time.perf_counter()
-                results = await loop.run_in_executor(self._model_thread, self._classify, [it.window for it in live])
-                controller_ms = (time.perf_counter() - t0) * 1000.0
-                for it, res in zip(live, results, strict=True):
-                    self._take_result(it, res)
-            stage = "output"
+            if not live:
+                return 0.0
+            t0 = time.perf_counter()
+            results = self._classify([it.window for it in live])
+            controller_ms = (time.perf_counter() - t0) * 1000.0
+            for it, res in zip(live, results, strict=True):
+                self._take_result(it, res)
+            return controller_ms
+        except Exception as exc:
+            raise _StageFailure(stage) from exc
+
+    async def _back(self, items: list[_Item], controller_ms: float) -> None:
+        """Build the outputs, store the decisions, publish; the observers see the delivered decisions. Raises
+        :class:`_StageFailure` for an unexpected error."""
+        stage = "output"
+        try:
             now = time.time()
             for it in items:
                 if it.dead is None:
@@ -435,6 +499,34 @@ def _permanent(exc: BaseException) -> bool:
     return "TooLarge" in name or isinstance(exc, ValueError | TypeError)
 
 
+class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = transport.fetch_wait_ms  # read when the consumer starts (its fetcher)
+        return consumer
+
+
+class _FetchWaitConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _FetchWaitConsumerThread:
+        return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _FetchWaitTransport(faust_aiokafka.Transport):
+    Consumer = _FetchWaitConsumer
+
+    def __init__(self, *args: Any, fetch_wait_ms: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_wait_ms = fetch_wait_ms
+
+
+def bound_fetch_wait(app: faust.App, wait_s: float) -> None:
+    """Make ``app``'s consumer wait at most ``wait_s`` seconds in a fetch for new messages. Faust fixes the
+    long-poll at 1.5 s; a broker that holds a fetch until its limit even when messages arrive (the local tansu
+    does) then adds up to 1.5 s to every window's latency. On Apache Kafka a fetch returns as soon as a message is
+    there, and a shorter wait only makes an idle consumer ask more often."""
+    app.transport = _FetchWaitTransport(app.conf.broker_consumer, app, fetch_wait_ms=max(1, round(wait_s * 1000)))
+
+
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
 
@@ -466,6 +558,7 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
         broker_commit_interval=1.0,
         broker_credentials=faust_credentials(settings),
     )
+    bound_fetch_wait(app, settings.fetch_wait_s)
     names, parts = settings.topics, settings.topic_partitions
     topics = {role: app.topic(names[role], partitions=parts[names[role]], key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw") for role in TOPIC_ROLES}

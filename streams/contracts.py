@@ -101,6 +101,7 @@ STAGES = ("decode", "model_check", "classify", "output", "send", "store")
 _STREAM_RE = re.compile(r"[\w.:/@-]+")
 _LEAD_RE = re.compile(r"[\w.-]+")
 _JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_PLAIN_NUMBERS = frozenset((int, float))
 
 
 class ContractError(ValueError):
@@ -206,17 +207,21 @@ def _check_features(x: Any) -> dict[str, list[float]]:
                                 f"characters: {str(k)[:MAX_META_KEY_CHARS]!r}")
         if isinstance(v, np.ndarray):
             v = v.tolist()
-        if not isinstance(v, list | tuple) or not all(_is_number(e) for e in v):
+        # JSON gives plain float/int elements: one set of types instead of a check per element
+        if not isinstance(v, list | tuple) or not (set(map(type, v)) <= _PLAIN_NUMBERS
+                                                    or all(_is_number(e) for e in v)):
             raise ContractError(f"feature {k!r} must be a list of numbers")
         if len(v) > MAX_FEATURE_VALUES:
             raise ContractError(f"feature {k!r} has {len(v)} values, at most {MAX_FEATURE_VALUES} allowed")
         try:
-            vals = [float(e) for e in v]
+            arr = np.array(v, dtype=np.float64)
         except OverflowError:  # an int beyond float range
             raise ContractError(f"feature {k!r} has a value beyond float range") from None
-        if not all(math.isfinite(e) for e in vals):
+        vals = arr.tolist()
+        finite = np.isfinite(arr)
+        if not finite.all():
             raise ContractError(f"feature {k!r} has non-finite values: {vals[:8]}")
-        if any(abs(e) > MAX_ABS_SAMPLE for e in vals):
+        if arr.size and np.abs(arr).max() > MAX_ABS_SAMPLE:
             raise ContractError(f"feature {k!r} has a value of magnitude > {MAX_ABS_SAMPLE:g}")
         out[k] = vals
     return out
@@ -247,7 +252,7 @@ def json_depth(data: bytes) -> int:
     0
     """
     text = np.frombuffer(_JSON_STRING_RE.sub(b'""', data), np.uint8)
-    step = np.isin(text, (0x5B, 0x7B)).astype(np.int32) - np.isin(text, (0x5D, 0x7D)).astype(np.int32)
+    step = ((text == 0x5B) | (text == 0x7B)).astype(np.int32) - ((text == 0x5D) | (text == 0x7D)).astype(np.int32)
     return int(np.cumsum(step).max(initial=0))
 
 
@@ -257,7 +262,12 @@ def _reject_constant(name: str) -> float:
 
 def _loads_object(data: bytes | str, what: str, max_depth: int | None = None) -> dict[str, Any]:
     if max_depth is not None:
-        depth = json_depth(data.encode() if isinstance(data, str) else data)
+        raw = data.encode() if isinstance(data, str) else data
+        # nesting never exceeds the number of opening brackets (those inside strings included): a header with at
+        # most max_depth of them needs no scan
+        depth = raw.count(b"[") + raw.count(b"{")
+        if depth > max_depth:
+            depth = json_depth(raw)
         if depth > max_depth:
             raise ContractError(f"{what} nested {depth} levels deep, at most {max_depth} allowed")
     try:

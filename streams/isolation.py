@@ -4,10 +4,13 @@
   ``split_on`` names, the list is halved and each half is retried, down to single items, so the items that make
   it fail are found in O(k log n) calls for k offenders and every other item still gets its result.
 - :func:`non_finite` says why a model output cannot be published (NaN/inf SP, ΔSP or probabilities).
-- :func:`withhold` keeps Faust from committing the offsets of a batch the worker abandons: ``take_events`` acks
-  every buffered event in its ``finally``, also when the agent was cancelled mid-batch (shutdown); a withheld
-  message is marked acknowledged without being recorded as such, so Faust's ack is a no-op, its offset is never
-  committed and the message is delivered again after a restart.
+- :func:`withheld` keeps Faust from committing the offsets of a batch: ``take_events`` acks every buffered event
+  after the agent's body and in its ``finally``, also when the agent was cancelled mid-batch (shutdown); a
+  withheld message is marked acknowledged without being recorded as such, so Faust's ack is a no-op, its offset
+  is not committed and the message is delivered again after a restart.
+- :func:`release` acknowledges withheld events after all. The worker withholds every batch as it takes it and
+  releases it once its outputs exist, batch after batch in the order taken, so Faust never records an offset
+  whose window has no outputs yet, nor one past it; a batch it abandons is never released.
 """
 
 from __future__ import annotations
@@ -67,16 +70,25 @@ def non_finite(sp: float, delta_sp: float, probs: Iterable[float]) -> str | None
     return f"model output not finite: {', '.join(bad)}" if bad else None
 
 
-def withhold(events: Iterable[Any]) -> int:
-    """Keep Faust from committing these events' offsets (see the module docstring); returns how many.
+def withheld(events: Iterable[Any]) -> list[Any]:
+    """Keep Faust from committing these events' offsets (see the module docstring); returns the ones withheld
+    (those not yet acknowledged), for :func:`release`.
 
-    Only for a batch the worker abandons while stopping: a withheld offset also holds back the commits of every
-    later offset of its partition in this process.
+    A withheld offset that is never released also holds back the commits of every later offset of its partition
+    in this process (Faust commits only up to the first gap).
     """
-    n = 0
+    out = []
     for ev in events:
         msg = ev.message
         if not msg.acked:
             msg.acked = True
-            n += 1
-    return n
+            out.append(ev)
+    return out
+
+
+def release(events: Iterable[Any]) -> None:
+    """Acknowledge events that :func:`withheld` returned, as Faust's own ack would have (their offsets may now be
+    committed)."""
+    for ev in events:
+        ev.message.acked = False
+        ev.ack()

@@ -142,6 +142,9 @@ class Settings:
     batch_size: int = _opt(64, "worker", "batch_size", "windows per classifier batch", minimum=1)
     batch_timeout_s: float = _opt(0.05, "worker", "batch_timeout_s", "max wait to fill a batch (s)",
                                   minimum=0)
+    fetch_wait_s: float = _opt(0.05, "worker", "fetch_wait_s", "max wait of a Kafka fetch for new windows (s; "
+                               "Faust's 1.5 s adds up to that to the latency on brokers that hold fetches)",
+                               minimum=0.001)
     alert_threshold: float | None = _opt(None, "worker", "alert_threshold", "ΔSP warning level for every model "
                                          "(unset: each card's, derived on validation)", minimum=0)
     alert_critical: float | None = _opt(None, "worker", "alert_critical", "ΔSP critical level for every model "

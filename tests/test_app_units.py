@@ -59,8 +59,8 @@ class MemorySink:
 
 
 def _settings(**overrides):
-    return dataclasses.replace(load_settings(env={}), device="cpu", batch_size=8, batch_timeout_s=0.01,
-                               sink_backoff_s=0.0, health_port=0, **overrides)
+    return dataclasses.replace(load_settings(env={}), **{"device": "cpu", "batch_size": 8, "batch_timeout_s": 0.01,
+                                                         "sink_backoff_s": 0.0, "health_port": 0, **overrides})
 
 
 def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], timeout_s: float = 60.0):
@@ -350,3 +350,15 @@ def test_alert_severity_levels():
 
 def test_broker_url_accepts_kafka_bootstrap_lists():
     assert _broker_url("a:9092, b:9093") == "kafka://a:9092;kafka://b:9093"
+
+
+def test_the_consumer_waits_at_most_fetch_wait_s_in_a_fetch():
+    """Faust fixes the fetch long-poll at 1.5 s; the worker's consumer is built with ``fetch_wait_s`` instead."""
+
+    async def main():
+        worker = create_worker(_settings(fetch_wait_s=0.02), _cwru_runtime, MemorySink,
+                               outputs=lambda app: {role: app.channel() for role in OUTPUT_ROLES})
+        consumer = worker.app.consumer._thread._create_worker_consumer(worker.app.transport)
+        return consumer._fetch_max_wait_ms  # what aiokafka's fetcher is started with
+
+    assert asyncio.run(main()) == 20

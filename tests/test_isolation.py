@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from faust.types.tuples import TP, ConsumerMessage
 
-from streams.isolation import bisect, non_finite, withhold
+from streams.isolation import bisect, non_finite, release, withheld
 
 
 def test_bisect_finds_every_offender_and_keeps_every_other_result() -> None:
@@ -52,8 +52,11 @@ class _Consumer:
 
 
 class _Event:
-    def __init__(self, message) -> None:
-        self.message = message
+    def __init__(self, message, consumer) -> None:
+        self.message, self.consumer = message, consumer
+
+    def ack(self) -> bool:  # as faust.Event.ack
+        return self.message.ack(self.consumer)
 
 
 def test_withheld_messages_are_never_acked_to_the_consumer() -> None:
@@ -62,7 +65,10 @@ def test_withheld_messages_are_never_acked_to_the_consumer() -> None:
         m.incref()
     consumer = _Consumer()
     msgs[0].ack(consumer)  # processed normally before the abandonment
-    assert withhold([_Event(m) for m in msgs]) == 2
-    for m in msgs:  # what take_events' finally does on cancellation
+    held = withheld([_Event(m, consumer) for m in msgs])
+    assert [ev.message.offset for ev in held] == [1, 2]
+    for m in msgs:  # what take_events' finally does after the agent's body, or on cancellation
         assert m.ack(consumer) is False
     assert consumer.acked == [0]
+    release(held)  # once their outputs exist: acked to the consumer as Faust's own ack would have
+    assert consumer.acked == [0, 1, 2]
