@@ -15,10 +15,13 @@
 Policy choice: among the candidates, the one with the best fit-half AUROC of 1 − SP for detecting misclassified
 windows whose mean passes stay within a third of the budget (ties: fewer passes); if none is that cheap, the
 cheapest. A recipe can pin the policy (``select``), as the paper-faithful recipes do.
-Novelty method on the trunk features: the one (class-conditional Gaussian / kNN) whose score best separates fit-half
-windows from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see
-``controller.novelty``); beside it, a Gaussian of the spectrum's shape (``controller.quality.SignalStats.bands``),
-which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a validated one.
+Novelty method on the trunk features: the cheapest of the candidates (class-conditional Gaussians, then kNN over
+banks of :data:`KNN_BANKS` training features up to the recipe's ``knn_bank``) whose score separates fit-half windows
+from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see ``controller.novelty``)
+within :data:`NOVELTY_AUROC_TOLERANCE` AUROC of the best candidate (a kNN score costs one matmul against its bank
+per window, as much as the trunk at 10,000 rows); beside it, a Gaussian of the spectrum's shape
+(``controller.quality.SignalStats.bands``), which those proxies cannot test (they keep the amplitude spectrum), so
+it is a design choice, not a validated one.
 Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
 windows that pass the gate.
 """
@@ -60,6 +63,8 @@ from models.training import Arrays, fit_temperature
 
 Log = Callable[[str], None]
 CHUNK = 4096
+KNN_BANKS = (1_000, 2_000, 5_000)  # smaller kNN banks tried beside the recipe's knn_bank
+NOVELTY_AUROC_TOLERANCE = 0.005  # a cheaper novelty candidate is kept if its proxy AUROC is this close to the best
 
 
 @dataclass(frozen=True)
@@ -103,16 +108,31 @@ def proxy_outliers(x: np.ndarray, seed: int = 0) -> np.ndarray:
 def _fit_novelty(model: McModel, train_h: torch.Tensor, train_y: np.ndarray, fit: Arrays, fit_h: torch.Tensor,
                  n_classes: int, device: torch.device | str, knn_bank: int) -> tuple[NoveltyModel, dict[str, float]]:
     y = torch.as_tensor(train_y, dtype=torch.int64)
-    candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes),
-                                           "knn": fit_knn(train_h, bank=knn_bank)}
+    # cheapest first: the Gaussians cost a [D, D] product per window, kNN one matmul against its bank
+    candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes)}
+    for bank in sorted({min(b, knn_bank, len(train_h)) for b in (*KNN_BANKS, knn_bank)}):
+        candidates[f"knn_{bank}"] = fit_knn(train_h, bank=bank)
     px = proxy_outliers(fit.x)
     aux = None if fit.aux is None else np.concatenate([fit.aux, fit.aux])
     proxy_h, _ = _trunk_and_stats(model, Arrays(px, aux, np.zeros(len(px), np.int64)), device)
     is_proxy = np.r_[np.zeros(len(fit_h), bool), np.ones(len(proxy_h), bool)]
     aurocs = {name: metrics.auroc(torch.cat([m.score(fit_h), m.score(proxy_h)]).numpy(), is_proxy)
               for name, m in candidates.items()}
-    best = max(aurocs, key=lambda k: np.nan_to_num(aurocs[k], nan=-1))
-    return candidates[best], {f"auroc_proxy_{k}": _r(v) for k, v in aurocs.items()}
+    return candidates[cheapest_within(aurocs)], {f"auroc_proxy_{k}": _r(v) for k, v in aurocs.items()}
+
+
+def cheapest_within(aurocs: dict[str, float], tolerance: float = NOVELTY_AUROC_TOLERANCE) -> str:
+    """The first (cheapest) candidate of ``aurocs`` (ordered cheapest first) whose AUROC is within ``tolerance`` of the
+    best (NaN counts as worst).
+
+    >>> cheapest_within({"mahalanobis": 0.90, "knn_1000": 0.957, "knn_10000": 0.960})
+    'knn_1000'
+    >>> cheapest_within({"mahalanobis": float("nan"), "knn_1000": 0.80, "knn_10000": 0.96})
+    'knn_10000'
+    """
+    score = {k: -1.0 if np.isnan(v) else v for k, v in aurocs.items()}
+    top = max(score.values())
+    return next(k for k, v in score.items() if v >= top - tolerance)
 
 
 def _choose_policy(fit: SplitPasses, spec: ControllerSpec, cfg: SciConfig) -> tuple[str, dict[str, dict]]:
@@ -211,7 +231,8 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
             spec_thr = conformal_threshold(spectrum_model.score(fit.signal.bands)[passed], half)
             novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, spec_thr, sel)
             novelty_models = {"trunk": novelty_model, "spectrum": spectrum_model}
-            log(f"novelty {novelty_model.method} (proxy AUROCs {sel}), thresholds {thr:.4g} (trunk), "
+            bank = f" over {len(novelty_model.bank)} training features" if hasattr(novelty_model, "bank") else ""
+            log(f"novelty {novelty_model.method}{bank} (proxy AUROCs {sel}), thresholds {thr:.4g} (trunk), "
                 f"{spec_thr:.4g} (spectrum)")
     gate = Gate(quality, novelty_model, novelty_rule.threshold if novelty_rule else float("inf"),
                 spectrum_model, novelty_rule.spectrum_threshold if novelty_rule else float("inf"))
