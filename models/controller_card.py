@@ -34,8 +34,9 @@ class ControllerSpec:
     select: a policy name pinned by the recipe (None: chosen on validation); risk_alpha: target error rate among
     answered windows, held with confidence 1 − risk_delta (None: no risk rule, the policy alone abstains);
     false_novelty_rate: share of in-distribution validation windows the novelty gate may flag (None: no gate);
-    knn_bank: training windows the kNN novelty model keeps (a random subset; its score costs one matmul against
-    them per window, so a smaller bank is proportionally cheaper; changing it needs a recalibration);
+    knn_bank: the largest bank of training windows a kNN novelty model keeps (a random subset; its score costs one
+    matmul against them per window; calibration also tries smaller banks and keeps the cheapest model within
+    ``controller.calibration.NOVELTY_AUROC_TOLERANCE`` of the best; changing it needs a recalibration);
     quality_checks: fit the cheap input checks on training windows; alert_rates: shares of validation windows above
     the ΔSP warning / critical levels.
     """
