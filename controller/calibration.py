@@ -42,7 +42,7 @@ from controller import metrics
 from controller.decision import Decider, Gate, decide, stream_context
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import confidence_threshold, deterministic, sci
-from controller.novelty import NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
+from controller.novelty import KnnNovelty, NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
 from controller.quality import SignalStats, check, fit_ranges, signal_stats
@@ -231,7 +231,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
             spec_thr = conformal_threshold(spectrum_model.score(fit.signal.bands)[passed], half)
             novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, spec_thr, sel)
             novelty_models = {"trunk": novelty_model, "spectrum": spectrum_model}
-            bank = f" over {len(novelty_model.bank)} training features" if hasattr(novelty_model, "bank") else ""
+            bank = f" over {len(novelty_model.bank)} training features" if isinstance(novelty_model, KnnNovelty) else ""
             log(f"novelty {novelty_model.method}{bank} (proxy AUROCs {sel}), thresholds {thr:.4g} (trunk), "
                 f"{spec_thr:.4g} (spectrum)")
     gate = Gate(quality, novelty_model, novelty_rule.threshold if novelty_rule else float("inf"),

@@ -129,7 +129,8 @@ def skewness(t: Tensor) -> Tensor:
     >>> round(float(skewness(spike)[0]), 2), round(float(skewness(-3 * spike + 5)[0]), 2)
     (7.81, -7.81)
     """
-    c = t.to(torch.float32) - t.to(torch.float32).mean(1, keepdim=True)
+    t = t.to(torch.float32)
+    c = t - t.mean(1, keepdim=True)
     m2 = c.pow(2).mean(1)
     return torch.where(m2 > 1e-12, c.pow(3).mean(1) / m2.clamp_min(1e-12).pow(1.5), torch.zeros_like(m2))
 

@@ -111,7 +111,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            # units (0.646 vs 0.592 without; 64 units 0.640 and 12 epochs 0.648 for seed 42 alone), class-balanced
            # epochs without loss weights (0.653 vs 0.646 for √-balanced epochs x √ class weights), ECG augmentation
            # (wander, noise, shifts)
-           train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, class_weight_power=0.0,
+           train=TrainConfig(epochs=8, batch_size=128, lr=1e-3, weight_decay=1e-4, class_weighted=False,
                              sample_power=1.0, epoch_size=16000, augment="ecg"),
            load=_mitdb, controller=_ECG_CONTROLLER),
     Recipe("cwru", dataset="cwru", **_CWRU, split="per-recording time blocks 60/20/20 with gaps, all loads",

@@ -30,6 +30,15 @@ from streams.rpeaks import detect_rpeaks
 MATCH_TOLERANCE_S = 0.150
 
 
+def _rate(num: int, den: int) -> float:
+    """num / den, NaN when there is nothing to count.
+
+    >>> _rate(3, 4), _rate(0, 0)
+    (0.75, nan)
+    """
+    return num / den if den else float("nan")
+
+
 @dataclass
 class RecordCheck:
     """Detector and label agreement of one record (or the pooled ``overall`` row); counts are beats."""
@@ -48,11 +57,11 @@ class RecordCheck:
 
     @property
     def sensitivity(self) -> float:
-        return self.n_match / self.n_ref if self.n_ref else float("nan")
+        return _rate(self.n_match, self.n_ref)
 
     @property
     def ppv(self) -> float:
-        return self.n_match / self.n_det if self.n_det else float("nan")
+        return _rate(self.n_match, self.n_det)
 
     @property
     def median_abs_offset_ms(self) -> float:
@@ -61,15 +70,15 @@ class RecordCheck:
 
     @property
     def agreement(self) -> float:
-        return self.n_agree / self.n_pairs if self.n_pairs else float("nan")
+        return _rate(self.n_agree, self.n_pairs)
 
     @property
     def accuracy_offline(self) -> float:
-        return self.n_offline_correct / self.n_offline if self.n_offline else float("nan")
+        return _rate(self.n_offline_correct, self.n_offline)
 
     @property
     def accuracy_live(self) -> float:
-        return self.n_live_correct / self.n_live if self.n_live else float("nan")
+        return _rate(self.n_live_correct, self.n_live)
 
     def summary(self) -> dict:
         """JSON-ready numbers (rates rounded to 5 digits)."""
