@@ -17,8 +17,8 @@ Pipeline per chunk, all causal with carried state so that chunking does not chan
    beat, SPKI decays towards NPKI so the detector recovers from a sudden amplitude drop;
 6. R position = expected QRS centre (MWI peak minus the group delays of band-pass at 10 Hz, derivative and
    MWI), refined to the extremum of the band-passed signal (delay compensated) within ±50 ms and then to the
-   largest deviation of the raw signal from its PR-segment baseline (median over 150–80 ms before) within
-   ±50 ms of that: the R (or S/QS) extremum the annotators mark, also for wide ventricular beats.
+   ECG contract's R fiducial (:func:`models.data.fiducial.r_fiducial`: the peak of the QRS slope-energy envelope
+   within ±50 ms, repeated until it stays), the point offline windows are centred on too.
 
 ``push`` returns absolute sample indices (int64) of newly confirmed peaks, in increasing order; a peak is
 confirmed about 200–300 ms after the R wave (later when found by search-back). ``flush`` decides the tail.
@@ -37,6 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 from scipy.signal import butter, find_peaks, group_delay, sos2tf, sosfilt, sosfilt_zi
+
+from models.data import fiducial
+from models.data.fiducial import r_fiducial
 
 __all__ = ["StreamingRPeakDetector", "detect_rpeaks"]
 
@@ -58,8 +61,7 @@ class StreamingRPeakDetector:
     LEARN_S = 2.0
     REFRACTORY_S = 0.200
     MWI_S = 0.150
-    REFINE_S = 0.050
-    PR_S = (0.150, 0.080)  # baseline window before the QRS, s
+    REFINE_S = 0.050  # band-pass extremum search half-width, s
     T_WAVE_RR_S = 0.360
     SEARCHBACK_FACTOR = 1.66
     MAX_NOISE = 64  # candidates kept for search-back
@@ -79,8 +81,8 @@ class StreamingRPeakDetector:
         self._bp_delay = round(float(group_delay((b, a), w=[centre], fs=self.fs)[1][0]))
         self._delay = self._bp_delay + 2 + (self._w - 1) // 2  # MWI peak -> QRS centre, samples
         self._learn = max(1, round(self.LEARN_S * self.fs))
-        self._pr = np.arange(round(self.PR_S[1] * self.fs), round(self.PR_S[0] * self.fs) + 1)
-        need = self._delay + 2 * self._half + int(self._pr[-1]) + self._w + 2 * self._refr
+        reach = round(fiducial.REACH_S * self.fs) + 1  # raw history the fiducial search reads before r1
+        need = self._delay + 2 * self._half + reach + self._w + 2 * self._refr
         self._hist = max(round(history_s * self.fs), need)
 
         self._zi_bp: np.ndarray | None = None
@@ -199,18 +201,14 @@ class StreamingRPeakDetector:
         ]
 
     def _refine(self, p: np.ndarray) -> np.ndarray:
-        """R positions (absolute) for MWI peaks ``p``: expected QRS centre, refined on band-pass, then raw."""
+        """R positions (absolute) for MWI peaks ``p``: expected QRS centre, refined on band-pass, then to the
+        contract's R fiducial (:func:`models.data.fiducial.r_fiducial`, the same function offline data uses)."""
         off, n_buf = self._off, self._mwi.size
         h = np.arange(-self._half, self._half + 1)
         est = p - self._delay
         ib = np.clip(est[:, None] + self._bp_delay + h[None, :] - off, 0, n_buf - 1)
         r1 = est + h[np.abs(self._bp[ib]).argmax(axis=1)]
-        # baseline: median raw level of the PR segment, 150..80 ms before the band-pass extremum
-        ipr = np.clip(r1[:, None] - self._pr[None, :] - off, 0, n_buf - 1)
-        base = np.median(self._raw[ipr], axis=1, keepdims=True)
-        ir = np.clip(r1[:, None] + h[None, :] - off, 0, n_buf - 1)
-        r = r1 + h[np.abs(self._raw[ir] - base).argmax(axis=1)]
-        return np.clip(r, 0, self._n - 1)
+        return np.clip(r_fiducial(self._raw, r1, self.fs, offset=off), 0, self._n - 1)
 
     def _trim(self) -> None:
         keep_from = max(0, min(self._next, self._n) - self._hist)

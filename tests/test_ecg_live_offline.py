@@ -45,7 +45,8 @@ def test_live_labels_agree_with_offline_labels_of_the_same_beats(local_stack, tm
         # the worker labelled exactly what the same model gives in process for these windows
         here = runtime.classify(ws)
         assert [worker_label[(w.stream, w.seq)] for w in ws] == [h.label for h in here]
-        # the same beats offline: centred on the annotation, beat features from the annotated beats
+        # the same beats offline: windows and beat features from the annotated beats (centred on the R fiducial of
+        # the annotation, models.data.fiducial, as live windows are on the fiducial of the detected peak)
         beats = mitdb.load_beats([r])
         sample = np.array([int(w.meta["sample"]) for w in ws])
         j = _nearest(beats.sample, sample)
@@ -60,10 +61,7 @@ def test_live_labels_agree_with_offline_labels_of_the_same_beats(local_stack, tm
             if not (a.abstained or b.abstained):
                 answered += 1
                 answered_agree += a.label == b.label
-    # what the monitor answers on its own (neither live nor offline escalates the beat) gets the same label: the
-    # disagreements are beats near a class boundary that a detector offset of a sample or two tips, and one side
-    # escalates them
+    # the issue's target on all labels, escalated beats included (SCI decisions, keyed passes of the same keys)
+    assert agree / total >= 0.98, f"live/offline agreement {agree}/{total}"
+    # and what the monitor answers on its own (neither side escalates the beat) gets the same label
     assert answered >= 0.5 * total and answered_agree / answered >= 0.99, (answered_agree, answered, total)
-    # all labels, escalated beats included: the issue asks for 98 %; the committed checkpoint gives 96.7 % on these
-    # 798 beats (record 232: S and N beats at the same RR and shape), see README "ECG live = offline"
-    assert agree / total >= 0.96, f"live/offline agreement {agree}/{total}"

@@ -10,8 +10,9 @@ annotations (``+ ~ | x ! [ ] "`` ...) are ignored. Classifiers use the four clas
 (15 in the 44 records) are kept in :class:`EcgRecord` (they are real beats, so they count for RR intervals)
 but left out of :class:`BeatSet`.
 
-Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, R-peak at index
-``BEFORE = 96``.
+Window: ``BEFORE + AFTER = 256`` samples of lead MLII in mV at ``FS = 360`` Hz, centred with the beat's R fiducial
+(:func:`models.data.fiducial.r_fiducial` of the annotated sample, the point live windows are centred on too) at
+index ``BEFORE = 96``; RR features are intervals between those fiducials.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from models.data.fiducial import r_fiducial
 from models.data.morph import MORPH_FEATURES, morph_features, running_template
 from models.data.paths import DataNotFoundError, cached_arrays, dataset_dir
 from models.data.rr import RR_FEATURES, rr_features
@@ -68,7 +70,7 @@ SYMBOL_TO_AAMI = {
     **dict.fromkeys("/fQ", "Q"),
 }
 
-_CACHE_VERSION = 4
+_CACHE_VERSION = 7
 _SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
 _SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
@@ -93,8 +95,8 @@ class BeatSet:
     """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 8]
     (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``morph``
     float32[N, 3] (:data:`models.data.morph.MORPH_FEATURES`, against the record's causal running template), ``y``
-    int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (R-peak sample at 360 Hz in its
-    record), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
+    int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (the annotated R-peak sample at 360
+    Hz in its record; the window is centred on its R fiducial, a sample or two away), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
     ``aux`` = the side features of the ECG contract, float32[N, :data:`BEAT_AUX`] (rr, morph, template)."""
 
     x: np.ndarray
@@ -199,9 +201,11 @@ def _record_beats(name: str, root: str | Path | None, before: int, after: int) -
 
     def build() -> dict[str, np.ndarray]:
         rec = load_record(name, root)
+        # windows centred on the R fiducial of each annotated beat, as live windows are on the detected beat's
+        r = r_fiducial(rec.signal, rec.beat_samples, rec.fs)
         # over all beats (Q included): RR and the running template are properties of the stream
-        rr = rr_features(rec.beat_samples, rec.fs)
-        x, kept = beat_windows(rec.signal, rec.beat_samples, before, after)
+        rr = rr_features(r, rec.fs)
+        x, kept = beat_windows(rec.signal, r, before, after)
         morph, template = morph_features(x), running_template(x)
         aami = rec.aami[kept]
         keep4 = aami != "Q"

@@ -34,6 +34,7 @@ import scipy.io
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from models.data import cwru, mitdb
+from models.data.fiducial import r_fiducial
 from models.data.morph import morph_features, running_template
 from models.training import Arrays
 
@@ -128,7 +129,11 @@ def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str
         return Arrays(np.concatenate(xs), np.concatenate(aux), np.concatenate(ys))
 
     shifts: dict[str, Arrays] = {}
-    shifts["lead2"] = whole_streams(lambda r, x: mitdb.beat_windows(_other_lead(r), per_record[r].sample)[0])
+    def other_lead_windows(r: str) -> np.ndarray:  # centred on the fiducial a live stream of that lead would find
+        sig = _other_lead(r)
+        return mitdb.beat_windows(sig, r_fiducial(sig, per_record[r].sample, mitdb.FS))[0]
+
+    shifts["lead2"] = whole_streams(lambda r, x: other_lead_windows(r))
     length = b.x.shape[1]
     for kind, make in (("baseline_wander", baseline_wander), ("muscle", muscle),
                        ("electrode_motion", electrode_motion)):
@@ -145,7 +150,8 @@ def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str
             sig, peaks_all = _resampled_record(r, fs_true)
             rec_beats = mitdb.load_record(r).beat_samples
             pos = np.searchsorted(rec_beats, rb.sample)  # this record's N/S/V/F beats among all its beats
-            rr = mitdb.rr_features(peaks_all, mitdb.FS)[pos]  # announced as 360 Hz
+            peaks_all = r_fiducial(sig, peaks_all, mitdb.FS)  # announced as 360 Hz, as a live stream would
+            rr = mitdb.rr_features(peaks_all, mitdb.FS)[pos]
             x, kept = mitdb.beat_windows(sig, peaks_all[pos])
             aux = _stream_aux(rr[kept], x)
             sel = np.zeros(len(rb), bool)
