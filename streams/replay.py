@@ -44,6 +44,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from models.data import cwru, mitdb
+from models.data.fiducial import r_fiducial
 from models.data.morph import TEMPLATE_BEATS, morph_features, running_template
 from models.data.rr import rr_features
 from streams.contracts import SensorWindow, encode_window, window_key
@@ -64,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger("sci_monitor.replay")
 
-LABEL_TOLERANCE_S = 0.050  # detected peak <-> reference annotation, for the ground-truth label
+LABEL_TOLERANCE_S = 0.050  # detected peak <-> R fiducial of the reference annotation, for the ground-truth label
 CHUNK_S = 1.0
 VIBRATION_LEAD = "DE"  # CWRU drive-end accelerometer
 
@@ -77,17 +78,16 @@ def _ns(start_ns: int, samples: np.ndarray | int, fs: float) -> np.ndarray:
     return start_ns + np.rint(off * (1e9 / fs)).astype(np.int64)
 
 
-def _reference_labels(peaks: np.ndarray, rec: mitdb.EcgRecord, tol: int) -> list[str | None]:
-    """AAMI class of the nearest reference beat within ``tol`` samples of each peak (None if none or Q)."""
-    ref = rec.beat_samples
+def _reference_labels(peaks: np.ndarray, ref: np.ndarray, aami: np.ndarray, tol: int) -> list[str | None]:
+    """AAMI class of the nearest reference beat within ``tol`` samples of each peak (None if none or Q); ``ref``
+    int64[n] sorted reference positions, ``aami`` str[n] their classes."""
     if ref.size == 0 or peaks.size == 0:
         return [None] * int(peaks.size)
     j = np.searchsorted(ref, peaks)
     lo, hi = np.clip(j - 1, 0, ref.size - 1), np.clip(j, 0, ref.size - 1)
     nearest = np.where(np.abs(ref[lo] - peaks) <= np.abs(ref[hi] - peaks), lo, hi)
     ok = np.abs(ref[nearest] - peaks) <= tol
-    aami = rec.aami[nearest]
-    return [str(a) if k and a != "Q" else None for a, k in zip(aami.tolist(), ok.tolist(), strict=True)]
+    return [str(a) if k and a != "Q" else None for a, k in zip(aami[nearest].tolist(), ok.tolist(), strict=True)]
 
 
 def ecg_windows(
@@ -112,6 +112,11 @@ def ecg_windows(
     stream = f"mitdb-{rec.name}"
     meta_base = {"source": "mitdb", "record": rec.name, "lead": rec.lead, "peak_index": str(mitdb.BEFORE)}
     tol = round(LABEL_TOLERANCE_S * fs)
+    # ground truth: the annotated beats at their R fiducials, the point the detected peaks are refined to as well
+    # (an annotation may sit tens of ms from it: on wide ventricular beats the slope-energy peak is on the downstroke)
+    ref = r_fiducial(rec.signal, rec.beat_samples, fs)
+    order = np.argsort(ref, kind="stable")
+    ref, ref_aami = ref[order], rec.aami[order]
     sig = rec.signal
     windows = sliding_window_view(sig, mitdb.BEFORE + mitdb.AFTER)
     det = StreamingRPeakDetector(fs)
@@ -131,7 +136,7 @@ def ecg_windows(
         idx = np.arange(emitted, ready)
         p = peaks[idx]
         rr = rr_features(peaks, fs)[idx]
-        labels = _reference_labels(p, rec, tol)
+        labels = _reference_labels(p, ref, ref_aami, tol)
         t0 = _ns(start_ns, p - mitdb.BEFORE, fs)
         inside = np.flatnonzero((p - mitdb.BEFORE >= 0) & (p + mitdb.AFTER <= sig.size) & np.isfinite(rr).all(axis=1))
         x_new = windows[p[inside] - mitdb.BEFORE]

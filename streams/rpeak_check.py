@@ -9,8 +9,9 @@ Per MIT-BIH record:
 - **labels**: the model's deterministic label (no dropout) of each live window (:func:`streams.replay.ecg_windows`,
   centred on the detected peak, beat features from the detected stream) against the label of the offline beat
   (:func:`models.data.mitdb.load_beats`, centred on the R fiducial of the annotation, features from the annotations;
-  both sides use :func:`models.data.fiducial.r_fiducial`) it matches within 150 ms: the agreement. Accuracy offline = over all offline N/S/V/F beats; accuracy live = over the live windows
-  whose ground truth is known (an annotation within the replay's 50 ms label tolerance).
+  both sides use :func:`models.data.fiducial.r_fiducial`) it matches within 150 ms: the agreement. Accuracy offline
+  = over all offline N/S/V/F beats; accuracy live = over the live windows whose ground truth is known (an annotated
+  beat's R fiducial within the replay's 50 ms label tolerance).
 """
 
 from __future__ import annotations

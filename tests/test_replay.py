@@ -98,7 +98,8 @@ def test_ecg_windows_labels_and_rr_features() -> None:
 
 
 def test_ecg_windows_centre_ventricular_beats() -> None:
-    """Record 119 (ventricular bigeminy): wide V beats are centred on their annotation too (labelled)."""
+    """Record 119 (ventricular bigeminy): wide V beats are found and labelled too (their R fiducial, on the
+    downstroke, sits some 50 ms from the annotation)."""
     ws = list(ecg_windows("119", start_ns=0))
     rec = mitdb.load_record("119")
     labels = [w.label for w in ws]

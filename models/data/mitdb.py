@@ -92,11 +92,12 @@ class EcgRecord:
 
 @dataclass(frozen=True)
 class BeatSet:
-    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R-peak at index 96), ``rr`` float32[N, 8]
+    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R fiducial at index 96), ``rr`` float32[N, 8]
     (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``morph``
     float32[N, 3] (:data:`models.data.morph.MORPH_FEATURES`, against the record's causal running template), ``y``
     int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (the annotated R-peak sample at 360
-    Hz in its record; the window is centred on its R fiducial, a sample or two away), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
+    Hz in its record; the window is centred on its R fiducial, a sample or two away, some 50 ms on wide ventricular
+    beats), ``template`` float32[N, 256] (the record's causal running template, :func:`running_template`).
     ``aux`` = the side features of the ECG contract, float32[N, :data:`BEAT_AUX`] (rr, morph, template)."""
 
     x: np.ndarray

@@ -130,8 +130,9 @@ def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str
 
     shifts: dict[str, Arrays] = {}
     def other_lead_windows(r: str) -> np.ndarray:  # centred on the fiducial a live stream of that lead would find
-        sig = _other_lead(r)
-        return mitdb.beat_windows(sig, r_fiducial(sig, per_record[r].sample, mitdb.FS))[0]
+        sig = _other_lead(r)  # (clipped so that every beat of the MLII stream keeps a window)
+        fid = np.clip(r_fiducial(sig, per_record[r].sample, mitdb.FS), mitdb.BEFORE, sig.size - mitdb.AFTER)
+        return mitdb.beat_windows(sig, fid)[0]
 
     shifts["lead2"] = whole_streams(lambda r, x: other_lead_windows(r))
     length = b.x.shape[1]
