@@ -7,7 +7,8 @@ streaming detector's band-pass extremum live): the peak of the QRS slope-energy 
 increases ``e``, so it converges to a point that is the envelope's maximum within ±50 ms of itself). Free of gain
 and baseline (slopes), and one hump per QRS, so it does not flip between an R and an S wave of similar size the
 way the largest deviation from a baseline does. On the annotated beats of the records below it sits a median of
-1 sample after the annotation (quartiles −1 and +2).
+1 sample after the annotation (quartiles −1 and +2); on wide ventricular beats it can sit on the steep downstroke,
+some 50–70 ms from where the annotator marked the peak (records 119 and 208), the same for every such beat.
 
 Why one shared function: annotation conventions differ by record (from 1 sample before to 10 after the extremum),
 so windows centred on the annotation and windows centred on the detector's peak differ by a sample or two on most
