@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
-from models.architectures import McModel
+from models.architectures import Ensemble, McModel
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class TrainConfig:
     sample_power: float = 0.0  # > 0: epochs of epoch_size draws with replacement, P(window) ∝ count(class)^-power
     epoch_size: int | None = None  # windows per epoch when sampling (default: the training set size)
     seed: int = 42
+    members: int = 1  # > 1: a deep ensemble (models.architectures.Ensemble), member m trained with seed + m
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,16 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
     Returns (model in eval mode, {"seconds", "final_loss"}). The global torch generator drives, in this order,
     parameter init, each epoch's shuffle (a ``DataLoader`` with a ``RandomSampler``) and the training-time dropout:
     the standard PyTorch recipe, so a reference script seeded the same way trains bit-identical weights on CPU.
+    With ``cfg.members`` > 1 it trains that many members one after another (seeds ``cfg.seed + m``; member 0 is
+    the single model of ``cfg.seed``) and returns their :class:`~models.architectures.Ensemble`.
     """
+    if cfg.members > 1:
+        start = time.perf_counter()
+        fits = [train_model(make_model, data, n_classes, replace(cfg, members=1, seed=cfg.seed + m), device,
+                            on_epoch) for m in range(cfg.members)]
+        loss = sum(info["final_loss"] for _, info in fits) / len(fits)
+        return Ensemble.of([m for m, _ in fits]).eval(), {"seconds": round(time.perf_counter() - start, 1),
+                                                           "final_loss": round(loss, 5)}
     torch.manual_seed(cfg.seed)
     model = make_model().to(device)
     tensors = [torch.as_tensor(data.x, dtype=torch.float32), torch.as_tensor(data.y, dtype=torch.int64)]

@@ -7,7 +7,7 @@ import torch
 from controller.engine import SciConfig
 from controller.policies import SeparationBound
 from controller.sci import SciController
-from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet
+from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet, Ensemble, member_noise
 from models.keyed_dropout import BANK_ROWS, CHUNK, KeyedDropout, PassNoise, mask_bank, window_keys
 
 
@@ -18,9 +18,15 @@ def _inputs(model, b=16, seed=0):
     return x, aux
 
 
+def _build(arch: str) -> torch.nn.Module:
+    if arch == Ensemble.arch:  # an ensemble of two ECG models
+        return Ensemble(EcgBeatNet.arch, EcgBeatNet(side_width=32).arch_params, 2)
+    return ARCHITECTURES[arch]()
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_trunk_once_then_head_equals_full_model_sampling(arch):
-    model = ARCHITECTURES[arch]().eval()
+    model = _build(arch).eval()
     x, aux = _inputs(model)
     keys = torch.arange(16) * 7919
     h = model.trunk(x, aux)
@@ -116,3 +122,26 @@ def test_window_keys_are_stable_and_distinct():
     k2 = window_keys(["a", "a", "b"], torch.tensor([0, 1, 0]))
     torch.testing.assert_close(k1, k2)
     assert len(set(k1.tolist())) == 3
+
+
+def test_ensemble_averages_its_members_logits_and_draws_independent_passes():
+    torch.manual_seed(0)
+    members = [EcgBeatNet(side_width=32).eval() for _ in range(3)]
+    ens = Ensemble.of(members).eval()
+    assert (ens.input_length, ens.aux_dim, ens.context) == (256, 267, EcgBeatNet.context)
+    x, aux = _inputs(ens)
+    torch.testing.assert_close(ens(x, aux), sum(m(x, aux) for m in members) / 3, rtol=0, atol=1e-6)
+    keys = torch.arange(16) * 7919
+    noise = PassNoise(keys, 4)
+    # member 0 draws exactly the passes a single model would; the others draw their own
+    assert member_noise(noise, 0) is noise
+    torch.testing.assert_close(ens(x, aux, noise), sum(m(x, aux, member_noise(noise, i)) for i, m in
+                                                       enumerate(members)) / 3, rtol=0, atol=1e-6)
+    same = members[0]
+    assert not torch.equal(same(x, aux, member_noise(noise, 1)), same(x, aux, noise))
+    # a checkpoint rebuilds it from its arch_params
+    again = ARCHITECTURES[ens.arch](**ens.arch_params)
+    again.load_state_dict(ens.state_dict())
+    torch.testing.assert_close(again.eval()(x, aux, noise), ens(x, aux, noise), rtol=0, atol=0)
+    with pytest.raises(ValueError):
+        Ensemble(EcgBeatNet.arch, {}, 0)

@@ -1,12 +1,14 @@
 """Training helpers: the standard seeded PyTorch recipe, class weights, temperature fitting."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.architectures import PaperBearingNet
+from models.architectures import Ensemble, PaperBearingNet
 from models.data.synthetic import paper_bearings
 from models.training import Arrays, TrainConfig, class_weights, fit_temperature, train_model
 
@@ -29,6 +31,18 @@ def test_train_model_is_bit_identical_to_the_plain_seeded_pytorch_loop():
             opt.step()
     for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_an_ensemble_trains_its_members_with_consecutive_seeds():
+    x, y = paper_bearings(200, seed=3)
+    cfg = TrainConfig(epochs=1, batch_size=64, class_weighted=False, seed=5)
+    ens, stats = train_model(lambda: PaperBearingNet(2), Arrays(x, None, y), 2, replace(cfg, members=2))
+    assert isinstance(ens, Ensemble) and not ens.training and stats["final_loss"] > 0
+    for m, seed in zip(ens.members, (5, 6), strict=True):  # member m = the single model of seed 5 + m
+        single, _ = train_model(lambda: PaperBearingNet(2), Arrays(x, None, y), 2,
+                                replace(cfg, seed=seed))
+        for (name, a), b in zip(m.state_dict().items(), single.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
 
 
 def test_class_weights_match_sklearn_balanced_up_to_scale():
