@@ -63,7 +63,7 @@ class MlpHead(nn.Module):
 
 
 class EcgBeatNet(McModel):
-    """AAMI beat classifier: 256-sample window at 360 Hz (R-peak at index 96) plus the per-stream beat features.
+    """AAMI beat classifier: 256-sample window at 360 Hz (R fiducial at index 96) plus the per-stream beat features.
 
     x: float32[B, 256] in mV (raw stream samples); aux: float32[B, 267] = features["beat"]
     (:data:`models.data.mitdb.BEAT_FEATURES`): 8 RR features normalised by the stream's running average RR, 3

@@ -2,12 +2,13 @@
 
 - :func:`ecg_windows`: an MIT-BIH record streamed through :class:`~streams.rpeaks.StreamingRPeakDetector` in
   ~1 s chunks; one window of ``BEFORE + AFTER = 256`` samples of the raw lead (MLII when the record has it, else
-  its first lead, named in ``meta["lead"]``; mV, 360 Hz) per detected beat, with the detected R peak at index
-  ``BEFORE = 96``, and the per-stream beat features (RR of :func:`models.data.rr.rr_features` on the detected
-  peaks, morphology against the stream's running template of :func:`models.data.morph.morph_features`; the same
-  functions as the offline data). A beat is emitted when the next beat has been detected (its post-RR
-  is then known; the last beat of the record at the end, with post-RR := pre-RR). Ground truth: the AAMI class
-  of the reference annotation within 50 ms of the detected peak (None when there is none or it is Q).
+  its first lead, named in ``meta["lead"]``; mV, 360 Hz) per detected beat, with the detected beat's R fiducial
+  (:mod:`models.data.fiducial`, as offline) at index ``BEFORE = 96``, and the per-stream beat features (RR of
+  :func:`models.data.rr.rr_features` on the detected peaks, morphology against the stream's running template of
+  :func:`models.data.morph.morph_features`; the same functions as the offline data). A beat is emitted when the
+  next beat has been detected (its post-RR is then known; the last beat of the record at the end, with post-RR :=
+  pre-RR). Ground truth: the AAMI class of the reference annotation whose R fiducial lies within 50 ms of the
+  detected peak (None when there is none or it is Q).
 - :func:`vibration_windows`: a CWRU recording cut into ``FRAME = 1024``-sample frames at 12 kHz.
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).

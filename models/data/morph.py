@@ -1,6 +1,6 @@
 """Beat morphology relative to the stream's own running template: per-patient adaptation from unlabelled beats.
 
-Features of beat i, float32[3] (:data:`MORPH_FEATURES`), from the 256-sample windows (R peak at index 96) of the
+Features of beat i, float32[3] (:data:`MORPH_FEATURES`), from the 256-sample windows (R fiducial at index 96) of the
 stream's beats in time order. Each window is baseline-corrected (minus its median); the template of beat i is the
 mean of the corrected windows of beats ``max(0, i - TEMPLATE_BEATS + 1) .. i`` (causal, beat i included):
 
