@@ -7,6 +7,7 @@ import pytest
 from data_marks import needs_data
 
 from models.data import mitdb, paper_mitdb
+from models.data.fiducial import r_fiducial
 from models.data.rr import rr_features
 
 needs_mitdb = needs_data("mitdb")
@@ -76,10 +77,12 @@ def test_load_beats_windows_labels_and_cache(tmp_path, monkeypatch):
     assert list(np.unique(beats.record)) == ["114", "208"]
     rec = mitdb.load_record("114")
     i = np.flatnonzero(beats.record == "114")[100]
-    s = beats.sample[i]
-    np.testing.assert_array_equal(beats.x[i], rec.signal[s - 96 : s + 160])
+    s = beats.sample[i]  # the annotated sample; the window is centred on its R fiducial, RR between fiducials
+    fid = r_fiducial(rec.signal, rec.beat_samples, 360.0)
     j = np.searchsorted(rec.beat_samples, s)
-    np.testing.assert_allclose(beats.rr[i], rr_features(rec.beat_samples, 360.0)[j])
+    assert abs(fid[j] - s) <= round(0.05 * 360)
+    np.testing.assert_array_equal(beats.x[i], rec.signal[fid[j] - 96 : fid[j] + 160])
+    np.testing.assert_allclose(beats.rr[i], rr_features(fid, 360.0)[j])
 
     files = sorted((tmp_path / "mitdb_beats").glob("*.npz"))
     assert len(files) == 2

@@ -28,7 +28,7 @@ from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
 
-ECG_RECORDS = ("100", "208", "232")  # DS2 (test) records: normal rhythm, many V/F beats, many S beats
+ECG_RECORDS = ("100", "208", "232")  # normal rhythm (DS2), many V/F beats (DS1), many S beats (DS2)
 CWRU_IDS = (105, 130)  # inner race 0.007" load 0, outer race @6 0.007" load 0
 N_WINDOWS = 600
 
@@ -189,10 +189,11 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
             assert p["alert"] == {None: 0, "warning": 1, "critical": 2}[alerting.get((m["stream"], m["seq"]))]
             if m["truth"] is not None:
                 assert p["truth"] == m["truth"] and p["correct"] == (m["truth"] == m["label"])
-        # the models do their job on these (test-split) recordings
+        # the models do their job on these recordings, except record 232's supraventricular beats, which the ECG
+        # model mostly calls N (README, "ECG, inter-patient"): it is checked to be replayed, not to be right
         known = [m for m in msgs if m["truth"] is not None]
         assert len(known) > 0.9 * N_WINDOWS
-        assert np.mean([m["correct"] for m in known]) > 0.8
+        assert np.mean([m["correct"] for m in known if m["stream"] != "mitdb-232"]) > 0.9
     finally:
         _stop_worker(worker, log_path)
 
