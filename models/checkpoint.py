@@ -7,6 +7,8 @@ gate's density model (fitted on training features) lives beside them as ``NAME.n
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -80,16 +82,24 @@ def density_path(card_name: str, directory: Path = CHECKPOINT_DIR) -> Path:
 
 
 def save_density(card_name: str, state: dict[str, Any], directory: Path = CHECKPOINT_DIR) -> Path:
-    """Store the novelty model's tensors (and its method name) beside the checkpoint."""
+    """Store the novelty model's tensors (and its method name) beside the checkpoint, gzip-compressed: a kNN bank
+    of ReLU trunk features is mostly zeros (mitdb: 63 %, 5.8 → 2.4 MB), and compression keeps it bit-exact."""
     path = density_path(card_name, directory)
-    torch.save(state, path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path.write_bytes(gzip.compress(buf.getvalue(), compresslevel=6, mtime=0))
     return path
 
 
 def load_density(card_name: str, directory: Path = CHECKPOINT_DIR) -> dict[str, Any] | None:
-    """The stored novelty model state, or None when the checkpoint has none."""
+    """The stored novelty model state (gzip-compressed or plain), or None when the checkpoint has none."""
     path = density_path(card_name, directory)
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip magic
+        data = gzip.decompress(data)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _resolve(name_or_path: str | Path, directory: Path) -> Path:

@@ -39,7 +39,6 @@ from scipy.ndimage import maximum_filter1d
 from scipy.signal import butter, find_peaks, group_delay, sos2tf, sosfilt, sosfilt_zi
 
 from models.data import fiducial
-from models.data.fiducial import r_fiducial
 
 __all__ = ["StreamingRPeakDetector", "detect_rpeaks"]
 
@@ -208,7 +207,7 @@ class StreamingRPeakDetector:
         est = p - self._delay
         ib = np.clip(est[:, None] + self._bp_delay + h[None, :] - off, 0, n_buf - 1)
         r1 = est + h[np.abs(self._bp[ib]).argmax(axis=1)]
-        return np.clip(r_fiducial(self._raw, r1, self.fs, offset=off), 0, self._n - 1)
+        return np.clip(fiducial.r_fiducial(self._raw, r1, self.fs, offset=off), 0, self._n - 1)
 
     def _trim(self) -> None:
         keep_from = max(0, min(self._next, self._n) - self._hist)

@@ -9,6 +9,7 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
 from controller.novelty import conformal_threshold, fit_gaussian, fit_knn, from_state
+from models.checkpoint import load_density, save_density
 
 
 def _clusters(n: int = 600, d: int = 6, k: int = 3, seed: int = 0):
@@ -73,3 +74,15 @@ def test_conformal_threshold_keeps_its_promise_on_new_windows():
         flagged.append(np.mean(new > conformal_threshold(torch.tensor(cal), 0.05)))
     assert np.mean(flagged) <= 0.05 + 0.003  # the marginal guarantee (Monte-Carlo slack)
     assert np.mean(flagged) == pytest.approx(0.05, abs=0.01)
+
+
+def test_stored_density_is_compressed_exact_and_plain_files_still_load(tmp_path):
+    bank = torch.relu(torch.randn(500, 32))  # ReLU features: about half zeros, as a trunk's
+    state = {"trunk": fit_knn(bank, bank=400).state()}
+    path = save_density("m", state, tmp_path)
+    assert path.read_bytes()[:2] == b"\x1f\x8b" and path.stat().st_size < 400 * 32 * 4
+    back = load_density("m", tmp_path)
+    assert torch.equal(back["trunk"]["bank"], state["trunk"]["bank"]) and back["trunk"]["method"] == "knn"
+    torch.save(state, path)  # a plain torch file, as earlier checkpoints stored it
+    assert torch.equal(load_density("m", tmp_path)["trunk"]["bank"], state["trunk"]["bank"])
+    assert load_density("absent", tmp_path) is None
