@@ -413,35 +413,50 @@ class Pipeline(faust.Service):
         self.metrics.sink_points.inc(len(decisions))
 
     async def _send(self, items: list[_Item]) -> None:
-        """Publish every item's outputs, or its dead letter; count windows whose label was delivered."""
-        pending = [(it, asyncio.ensure_future(self._deliver(it))) for it in items]
-        await asyncio.wait([f for _, f in pending])
+        """Publish every item's outputs, or its dead letter; count windows whose label was delivered. Every message
+        of the batch is handed to the producer first and the acknowledgements are awaited together (one task per
+        batch, not per window)."""
+        pending: list[tuple[_Item, asyncio.Future]] = []
+        for it in items:
+            pending.extend((it, fut) for fut in await self._publish(it))
+        outcomes = await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
+        failed: dict[int, tuple[_Item, BaseException]] = {}
+        for (it, _), outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.setdefault(id(it), (it, outcome))
         retry: list[_Item] = []
-        for it, fut in pending:
-            exc = fut.exception()
-            if exc is None:
-                continue
+        for it, exc in failed.values():
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc
             if it.dead is not None or not _permanent(exc):
                 raise OutputsUnavailable(f"publishing failed: {type(exc).__name__}: {exc}") from exc
             it.kill(f"an output could not be published: {type(exc).__name__}: {exc}", type(exc).__name__, "send")
             retry.append(it)
         for it in retry:
-            await self._deliver(it)
-        for it in items:
+            await asyncio.gather(*await self._publish(it))
+        for it in items:  # every output or dead letter is delivered
             if it.dead is None:
                 self._count(it.decision)
+            else:
+                _, error_type, stage = it.dead
+                self.tally.dead_letters += 1
+                self.metrics.dead_letters.labels(stage, error_type).inc()
 
-    async def _deliver(self, it: _Item) -> None:
-        if it.dead is not None:
-            reason, error_type, stage = it.dead
-            m = it.msg
-            body = dead_letter(m.value or b"", reason, m.topic, m.partition, m.offset, m.key, error_type, stage=stage)
-            await (await self.outputs["deadletter"].send(key=m.key, value=body))
-            self.tally.dead_letters += 1
-            self.metrics.dead_letters.labels(stage, error_type).inc()
-            return
-        futs = [await self.outputs[role].send(key=key, value=value) for role, key, value in it.outputs]
-        await asyncio.gather(*futs)
+    async def _publish(self, it: _Item) -> list[asyncio.Future]:
+        """Hand ``it``'s outputs (or its dead letter) to the producer; returns the acknowledgements to await. An
+        error raised while handing over is returned as a failed acknowledgement."""
+        try:
+            if it.dead is not None:
+                reason, error_type, stage = it.dead
+                m = it.msg
+                body = dead_letter(m.value or b"", reason, m.topic, m.partition, m.offset, m.key, error_type,
+                                   stage=stage)
+                return [await self.outputs["deadletter"].send(key=m.key, value=body)]
+            return [await self.outputs[role].send(key=key, value=value) for role, key, value in it.outputs]
+        except Exception as exc:
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return [failed]
 
     def _outputs(self, d: WindowDecision) -> list[tuple[str, bytes, bytes]]:
         label = d.label_message()

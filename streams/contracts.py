@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
+import orjson
 
 from streams import modalities
 
@@ -256,6 +257,27 @@ def json_depth(data: bytes) -> int:
     return int(np.cumsum(step).max(initial=0))
 
 
+# Integers beyond 64 bits, found without a regex (which costs 80 us on a beat's 267 feature numbers): digits map
+# to "0", the characters that continue a number ("." "e" "E" "+") to ".", the minus sign stays, everything else
+# (the delimiters , : [ { and whitespace) maps to " "; an integer of >= 20 digits, or a negative one of >= 19, then
+# shows as " " + 20 zeros or " -" + 19 zeros (a fraction or an exponent is preceded by "." instead).
+_NUMBER_SHAPE = bytes(ord("0") if c in "0123456789" else ord(".") if c in ".eE+" else ord("-") if c == "-" else ord(" ")
+                      for c in map(chr, range(256)))
+_BIG_INTS = (b" " + b"0" * 20, b" -" + b"0" * 19)
+
+
+def _has_big_int(data: bytes) -> bool:
+    """Whether JSON text ``data`` may hold an integer beyond 64 bits (digits inside strings count too).
+
+    >>> _has_big_int(b'{"t0_ns": 1795354727038093683, "x": [0.00012345678901234567, 1e-5]}')
+    False
+    >>> _has_big_int(b'[12345678901234567890]'), _has_big_int(b'{"a": -9223372036854775809}')
+    (True, True)
+    """
+    shape = b" " + data.translate(_NUMBER_SHAPE)
+    return any(pattern in shape for pattern in _BIG_INTS)
+
+
 def _reject_constant(name: str) -> float:
     raise ContractError(f"header not JSON: non-standard constant {name}")
 
@@ -271,11 +293,20 @@ def _loads_object(data: bytes | str, what: str, max_depth: int | None = None) ->
         if depth > max_depth:
             raise ContractError(f"{what} nested {depth} levels deep, at most {max_depth} allowed")
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
-    except ContractError:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ContractError(f"{what} not JSON: {str(e)[:200]}") from None
+        # orjson parses well-formed headers about 8x faster (65 -> 8 us for an ECG beat's header). What it refuses
+        # (NaN, 1e400, lone surrogates, malformed text) or would read differently (integers beyond 64 bits, which
+        # it turns into floats: a run of 20 digits, or 19 after a minus sign) goes to the standard parser, so the
+        # accepted inputs, the values and the error messages are exactly those of ``json.loads``
+        if isinstance(data, str) or _has_big_int(data):
+            raise orjson.JSONDecodeError("text, or an integer beyond 64 bits", "", 0)
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(data, parse_constant=_reject_constant)
+        except ContractError:
+            raise
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ContractError(f"{what} not JSON: {str(e)[:200]}") from None
     if not isinstance(obj, dict):
         raise ContractError(f"{what} is not a JSON object (got {type(obj).__name__})")
     return obj

@@ -25,6 +25,7 @@ from streams.contracts import (
     EscalationMessage,
     LabelMessage,
     SensorWindow,
+    _loads_object,
     dead_letter,
     decode_dead_letter,
     decode_window,
@@ -456,3 +457,37 @@ def test_decoding_hostile_frames_raises_only_contract_errors_with_short_reasons(
     assert TIME_MIN_NS <= w.t0_ns <= TIME_MAX_NS and 0 <= w.seq < 2**63
     assert np.isfinite(w.samples).all() and np.abs(w.samples).max() <= MAX_ABS_SAMPLE
     assert w.label is None or w.label.isprintable()
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(min_value=-(10**30), max_value=10**30) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _typed(x: object) -> object:
+    """``x`` with every leaf's type beside it (1 == 1.0 == True would hide a parser that changes types)."""
+    if isinstance(x, dict):
+        return {k: _typed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_typed(v) for v in x]
+    return (type(x).__name__, repr(x))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5), st.booleans())
+def test_header_parser_reads_exactly_what_the_standard_parser_reads(obj: dict, ascii_only: bool) -> None:
+    """The fast header parser (orjson with a fallback) accepts, reads and refuses exactly what ``json.loads`` does,
+    types included: big integers stay integers, NaN is refused with the same reason, lone surrogates are read."""
+    data = json.dumps(obj, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    try:
+        expected: object = _typed(json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))))
+    except (ValueError, UnicodeDecodeError):
+        expected = "refused"
+    try:
+        got: object = _typed(_loads_object(data, "header", max_depth=64))
+    except ContractError:
+        got = "refused"
+    assert got == expected
