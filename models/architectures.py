@@ -25,6 +25,9 @@ class McModel(nn.Module):
     # the controller's input checks judge the stream by; None: the model has no stream context
     context: ClassVar[slice | None] = None
     arch_params: dict  # the constructor arguments, saved in checkpoints to rebuild the model
+    # heads one ``head`` call runs one after the other (an ensemble: one per member); the trunk features split
+    # evenly between them. The controller sizes its rounds of drawn-ahead passes by the width of one of them.
+    n_heads: int = 1
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -235,6 +238,7 @@ class Ensemble(McModel):
         cls = ARCHITECTURES[member_arch]
         self.arch_params = {"member_arch": member_arch, "member_params": dict(member_params), "n_members": n_members}
         self.members = nn.ModuleList(cls(**member_params) for _ in range(n_members))
+        self.n_heads = n_members
         self.input_length, self.aux_dim, self.context = cls.input_length, cls.aux_dim, cls.context
 
     @classmethod
