@@ -137,22 +137,51 @@ def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: flo
     return json.loads(path.read_text())
 
 
-def _worker_rate(s: Settings, work: Path, n: int, timeout_s: float) -> tuple[float, int]:
-    """Sustained windows/s of a real worker draining ``n`` produced windows, and the InfluxDB point count."""
-    log_path = work / f"{s.app_id}.log"
-    worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
+def _spawn_workers(s: Settings, work: Path, n_workers: int, name: str, timeout_s: float
+                   ) -> list[subprocess.Popen]:
+    """``n_workers`` real workers in one consumer group (``s.app_id``), each ready (group joined, models loaded)."""
+    workers: list[subprocess.Popen] = []
     try:
-        wait_worker_ready(worker, log_path, timeout_s=timeout_s)
+        for i in range(n_workers):
+            workers.append(_spawn(["-m", "sci_monitor", "worker"], s, work / f"{name}-{i}.log"))
+        for i, w in enumerate(workers):
+            wait_worker_ready(w, work / f"{name}-{i}.log", timeout_s=timeout_s)
+    except BaseException:
+        for w in workers:
+            stop_process(w)
+        raise
+    return workers
+
+
+def sustained_rate(timestamps_ms: np.ndarray, workers: np.ndarray) -> float:
+    """Windows/s while every worker was producing labels: labels from the moment the last worker published its
+    first label to the last label (one worker: from its first label to its last).
+
+    >>> sustained_rate(np.array([0, 1000, 1500, 2000, 2500, 3500]), np.array(["a", "a", "b", "b", "a", "b"]))
+    1.5
+    """
+    ts = np.asarray(timestamps_ms, dtype=np.float64) / 1000.0
+    start = max(ts[np.asarray(workers) == w].min() for w in np.unique(workers))
+    kept = np.sort(ts[ts >= start])
+    return float((kept.size - 1) / max(kept[-1] - kept[0], 1e-3))
+
+
+def _worker_rate(s: Settings, work: Path, n: int, n_workers: int, timeout_s: float) -> tuple[float, int]:
+    """Sustained windows/s of ``n_workers`` real workers draining ``n`` produced windows, and the InfluxDB point
+    count."""
+    workers = _spawn_workers(s, work, n_workers, s.app_id, timeout_s)
+    try:
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
-        stop_process(worker)
-    ts = np.sort([r.timestamp for r in labels]) / 1000.0
-    return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-3), _influx_count(s)
+        for w in workers:
+            stop_process(w)
+    who = np.array([json.loads(r.value)["worker"] for r in labels])
+    return sustained_rate(np.array([r.timestamp for r in labels]), who), _influx_count(s)
 
 
 # ------------------------------------------------------------------------------------------------ phases
-def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeout_s: float, log: Log
-                ) -> dict[str, Any]:
+def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], n_workers: int, timeout_s: float,
+                log: Log) -> dict[str, Any]:
     _create_topics(s)
     producer = _producer(s.kafka_bootstrap)
     for k, v in msgs:
@@ -170,22 +199,21 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], timeou
         passthrough = _wait_for(result_path, proc, log_path, timeout_s)
     finally:
         stop_process(proc)
-    log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline (worker) ...")
-    rate, stored = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, timeout_s)
+    log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline ({n_workers} "
+        f"worker{'s' if n_workers > 1 else ''}) ...")
+    rate, stored = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, n_workers, timeout_s)
     log(f"[bench] pipeline {rate:.0f} windows/s, {stored} points stored")
     return {"passthrough_windows_per_s": passthrough["windows_per_s"], "pipeline_windows_per_s": rate,
             "pipeline_over_passthrough": rate / passthrough["windows_per_s"], "influx_points_throughput": stored}
 
 
 def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float,
-             timeout_s: float, log: Log) -> dict[str, Any]:
+             n_workers: int, timeout_s: float, log: Log) -> dict[str, Any]:
     _create_topics(s)
     _influx(s, f'CREATE DATABASE "{s.influx_db}"', method="POST")
     n = max(1, min(len(msgs), round(rate * seconds)))
-    log_path = work / "latency-worker.log"
-    worker = _spawn(["-m", "sci_monitor", "worker"], s, log_path)
+    workers = _spawn_workers(s, work, n_workers, "latency-worker", timeout_s)
     try:
-        wait_worker_ready(worker, log_path, timeout_s=timeout_s)
         log(f"[bench] latency: {n} windows at {rate:.0f} windows/s ...")
         producer = _producer(s.kafka_bootstrap)
         start = time.monotonic()
@@ -198,7 +226,8 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
         producer.close()
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
     finally:
-        stop_process(worker)
+        for w in workers:
+            stop_process(w)
     inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topics["windows"], n, timeout_s)}
     lat = np.array([r.timestamp - inputs[r.key] for r in labels if r.key in inputs], dtype=np.float64)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
@@ -207,9 +236,12 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
 
 
 def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: int | None = None,
-                   timeout_s: float = 600.0, log: Log = lambda _: None) -> dict[str, Any]:
-    """The whole pipeline benchmark on a private local stack; returns the JSON-able result."""
+                   workers: int = 1, timeout_s: float = 600.0, log: Log = lambda _: None) -> dict[str, Any]:
+    """The whole pipeline benchmark on a private local stack; returns the JSON-able result. ``workers`` worker
+    processes share the pipeline's consumer group (at most ``input_partitions`` of them get partitions)."""
     base = load_settings(env={})
+    if not 1 <= workers <= base.input_partitions:
+        raise ValueError(f"workers must be 1..{base.input_partitions} (the input topic's partitions), got {workers}")
     if batch_size is not None:
         base = dataclasses.replace(base, batch_size=batch_size)
     base = dataclasses.replace(base, device="cpu" if base.device == "auto" else base.device)
@@ -225,17 +257,18 @@ def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: i
             s = stack.settings
             tag = uuid.uuid4().hex[:6]
             tp = _throughput(dataclasses.replace(s, topic_prefix=f"bt{tag}", app_id=f"bench-{tag}"), work, msgs,
-                             timeout_s, log)
+                             workers, timeout_s, log)
             lat_settings = dataclasses.replace(s, topic_prefix=f"bl{tag}", app_id=f"bench-lat-{tag}",
                                                influx_db=f"lat_{tag}", influx_bucket=f"lat_{tag}")
-            lat = _latency(lat_settings, work, msgs, tp["pipeline_windows_per_s"] / 2, latency_s, timeout_s, log)
+            lat = _latency(lat_settings, work, msgs, tp["pipeline_windows_per_s"] / 2, latency_s, workers, timeout_s,
+                           log)
         finally:
             stack.down()
     return {
         "benchmark": "pipeline",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": base.device},
-        "settings": {"windows": windows, "latency_s": latency_s, "batch_size": base.batch_size,
+        "settings": {"windows": windows, "latency_s": latency_s, "workers": workers, "batch_size": base.batch_size,
                      "batch_timeout_s": base.batch_timeout_s, "fetch_wait_s": base.fetch_wait_s,
                      "input_partitions": base.input_partitions,
                      "data": "DS2 MIT-BIH beats (all 22 records) + CWRU frames (files 97, 121, 108, 133), by time"},

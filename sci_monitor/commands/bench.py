@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="paced phase at half the pipeline rate (default 30)")
     p_.add_argument("--batch-size", type=options.positive_int,
                     help="worker and pass-through batch (default: the setting)")
+    p_.add_argument("--workers", type=options.positive_int, default=1,
+                    help="worker processes in the pipeline's consumer group (default 1; at most the input topic's "
+                         "partitions)")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -50,6 +53,6 @@ def run(a: argparse.Namespace) -> int:
         from streams.bench import bench_pipeline
 
         options.prepare_output(a.json)
-        result = bench_pipeline(a.windows, a.latency_seconds, a.batch_size, log=options.log)
+        result = bench_pipeline(a.windows, a.latency_seconds, a.batch_size, a.workers, log=options.log)
     options.emit(a, result, lambda: options.console().print_json(data=result))
     return 0
