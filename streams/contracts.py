@@ -76,7 +76,7 @@ Severity = Literal["warning", "critical"]
 # Limits checked at the door (decode_window / SensorWindow), so that no later step meets a value it cannot take.
 MAX_WINDOW_BYTES = 1 << 20  # whole wire message; a window of the served models is 1-5 KB
 MAX_HEADER_BYTES = 64 << 10  # JSON header
-MAX_HEADER_DEPTH = 8  # nesting of the JSON header ({"features": {"rr": [...]}} is 3), checked before json.loads
+MAX_HEADER_DEPTH = 8  # nesting of the JSON header ({"features": {"rr": [...]}} is 3), checked before parsing
 MAX_STREAM_CHARS = 128
 MAX_LABEL_CHARS = 64
 MAX_LEAD_CHARS = 16
