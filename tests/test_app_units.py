@@ -63,13 +63,16 @@ def _settings(**overrides):
                                                          "sink_backoff_s": 0.0, "health_port": 0, **overrides})
 
 
-def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], timeout_s: float = 60.0):
+def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], timeout_s: float = 60.0, wrap=None):
     """Put ``payloads`` (key, value) through the agent; return the outputs by role once ``expect`` counts arrived
-    (and nothing more within a short grace period)."""
+    (and nothing more within a short grace period). ``wrap(role, channel)`` may replace an output channel."""
+
+    def outputs(app):
+        chans = {role: app.channel() for role in OUTPUT_ROLES}
+        return {role: wrap(role, ch) for role, ch in chans.items()} if wrap else chans
 
     async def main():
-        worker = create_worker(settings, runtime_factory, lambda: sink,
-                               outputs=lambda app: {role: app.channel() for role in OUTPUT_ROLES})
+        worker = create_worker(settings, runtime_factory, lambda: sink, outputs=outputs)
         subscribers = {role: aiter(ch) for role, ch in worker.pipeline.outputs.items()}
         got: dict[str, list] = {role: [] for role in OUTPUT_ROLES}
         async with worker.pipeline, worker.agent.test_context() as agent:
@@ -88,6 +91,52 @@ def _run(settings, runtime_factory, sink, payloads, expect: dict[str, int], time
         return worker, got
 
     return asyncio.run(main())
+
+
+class RefusingChannel:
+    """An output channel that refuses the messages of one key: raising when handed the message (``at="send"``) or
+    failing its acknowledgement (``at="ack"``); everything else goes to the real channel."""
+
+    def __init__(self, inner, key: bytes, exc: Exception, at: str) -> None:
+        self.inner, self.key, self.exc, self.at = inner, key, exc, at
+
+    async def send(self, *, key, value):
+        if key != self.key:
+            return await self.inner.send(key=key, value=value)
+        if self.at == "send":
+            raise self.exc
+        ack = asyncio.get_running_loop().create_future()
+        ack.set_exception(self.exc)
+        return ack
+
+    def __aiter__(self):
+        return self.inner.__aiter__()
+
+
+@pytest.mark.parametrize("at", ["send", "ack"])
+def test_an_output_the_broker_refuses_costs_only_its_window(at):
+    """A permanent publishing error (here: too large) on one window's alert, raised when the message is handed over or
+    when it is acknowledged, dead-letters that window at stage ``send``; the other windows of its batch are published
+    and counted, and every window was stored before anything was published."""
+    settings = _settings(alert_threshold=0.0, alert_critical=1.0)  # every served window alerts
+    windows = [_vibration(i) for i in range(5)]
+    bad = windows[2].key
+    refuse = ValueError("message of 2000000 bytes is too large for the broker")
+    wrap = lambda role, ch: RefusingChannel(ch, bad, refuse, at) if role == "alerts" else ch  # noqa: E731
+    sink = MemorySink()
+    worker, got = _run(settings, _cwru_runtime, sink, [(w.key, encode_window(w)) for w in windows],
+                       {"labels": 5, "alerts": 4, "deadletter": 1}, wrap=wrap)
+
+    assert sorted(json.loads(e.value)["seq"] for e in got["alerts"]) == [0, 1, 3, 4]
+    (dead,) = [decode_dead_letter(e.value) for e in got["deadletter"]]
+    assert (dead.key, dead.stage, dead.error_type) == (bad, "send", "ValueError")
+    assert "could not be published" in dead.reason and "too large" in dead.reason
+    assert dead.original == encode_window(windows[2])
+    # its label had been handed over before the alert failed (at-least-once), the others' labels all arrived
+    assert sorted(json.loads(e.value)["seq"] for e in got["labels"]) == [0, 1, 2, 3, 4]
+    assert sorted(d.window.seq for d in sink.rows) == [0, 1, 2, 3, 4]
+    t = worker.pipeline.tally
+    assert (t.windows, t.dead_letters, t.alerts) == (4, 1, 4)
 
 
 def _vibration(seq: int, *, lead: str | None = None, fs: float = 12000.0, n: int = 1024) -> SensorWindow:
