@@ -166,17 +166,34 @@ def sustained_rate(timestamps_ms: np.ndarray, workers: np.ndarray) -> float:
     return float((kept.size - 1) / max(kept[-1] - kept[0], 1e-3))
 
 
-def _worker_rate(s: Settings, work: Path, n: int, n_workers: int, timeout_s: float) -> tuple[float, int]:
-    """Sustained windows/s of ``n_workers`` real workers draining ``n`` produced windows, and the InfluxDB point
-    count."""
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far, from ``/proc`` (None where there is none).
+
+    >>> process_cpu_s(-1) is None  # no such process
+    True
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15 of stat)
+
+
+def _worker_rate(s: Settings, work: Path, n: int, n_workers: int, timeout_s: float
+                 ) -> tuple[float, int, float | None]:
+    """Sustained windows/s of ``n_workers`` real workers draining ``n`` produced windows, the InfluxDB point count,
+    and the workers' CPU time per window (ms, from ready to drained; None without ``/proc``)."""
     workers = _spawn_workers(s, work, n_workers, s.app_id, timeout_s)
     try:
+        cpu0 = [process_cpu_s(w.pid) for w in workers]
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
+        cpu1 = [process_cpu_s(w.pid) for w in workers]
     finally:
         for w in workers:
             stop_process(w)
     who = np.array([json.loads(r.value)["worker"] for r in labels])
-    return sustained_rate(np.array([r.timestamp for r in labels]), who), _influx_count(s)
+    cpu = None if None in cpu0 + cpu1 else 1000.0 * (sum(cpu1) - sum(cpu0)) / n
+    return sustained_rate(np.array([r.timestamp for r in labels]), who), _influx_count(s), cpu
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -201,10 +218,12 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], n_work
         stop_process(proc)
     log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline ({n_workers} "
         f"worker{'s' if n_workers > 1 else ''}) ...")
-    rate, stored = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, n_workers, timeout_s)
+    rate, stored, cpu_ms = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, n_workers,
+                                        timeout_s)
     log(f"[bench] pipeline {rate:.0f} windows/s, {stored} points stored")
     return {"passthrough_windows_per_s": passthrough["windows_per_s"], "pipeline_windows_per_s": rate,
-            "pipeline_over_passthrough": rate / passthrough["windows_per_s"], "influx_points_throughput": stored}
+            "pipeline_over_passthrough": rate / passthrough["windows_per_s"], "influx_points_throughput": stored,
+            "pipeline_cpu_ms_per_window": cpu_ms}
 
 
 def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float,

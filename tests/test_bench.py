@@ -6,8 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+
+from streams.bench import process_cpu_s
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -48,4 +51,15 @@ def test_pipeline_bench_writes_its_keys(tmp_path):
     assert 0 <= result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
     # every window of both phases was stored
     assert result["influx_points_throughput"] == 200
+    assert result["pipeline_cpu_ms_per_window"] > 0  # the workers' CPU time while draining, per window
     assert result["influx_points_latency"] == result["latency_windows"] > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_process_cpu_seconds_agree_with_the_process_clock():
+    """The pipeline bench's per-window CPU cost reads /proc; it must agree with Python's own process clock."""
+    before, clock = process_cpu_s(os.getpid()), time.process_time()
+    while time.process_time() - clock < 0.3:  # burn 0.3 s of CPU
+        sum(i * i for i in range(10_000))
+    spent = time.process_time() - clock
+    assert process_cpu_s(os.getpid()) - before == pytest.approx(spent, abs=0.05)
