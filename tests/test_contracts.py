@@ -491,3 +491,40 @@ def test_header_parser_reads_exactly_what_the_standard_parser_reads(obj: dict, a
     except ContractError:
         got = "refused"
     assert got == expected
+
+
+_HEADER_SEEDS = (b'{"stream":"a","fs":360.0,"t0_ns":1795354727038093683,"seq":5,"features":{"beat":[0.8,-0.01,1e-5,2]},'
+                 b'"meta":{"k":"v"},"n":3}', b'{"a":[1,2,{"b":"x\\u00e9"}],"c":null,"d":true}')
+_JSON_BYTES = b'{}[]:,"\\-+.eE0123456789 \t\n\r\x00\x7f\xc3\xa9\xffabnultrsfNaIiy'
+
+
+@st.composite
+def _mutated_header(draw: st.DrawFn) -> bytes:
+    """A real-looking header with 1-3 bytes inserted, deleted or replaced (mostly malformed JSON)."""
+    data = bytearray(draw(st.sampled_from(_HEADER_SEEDS)))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(data) - 1))
+        op, byte = draw(st.sampled_from(("insert", "delete", "replace"))), draw(st.sampled_from(_JSON_BYTES))
+        if op == "insert":
+            data.insert(i, byte)
+        elif op == "delete":
+            del data[i]
+        else:
+            data[i] = byte
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutated_header())
+def test_header_parser_refuses_exactly_what_the_standard_parser_refuses(data: bytes) -> None:
+    """Malformed headers: the fast parser accepts and refuses the same texts as ``json.loads``, with the same values."""
+    try:
+        obj = json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        expected: object = _typed(obj) if isinstance(obj, dict) else "refused"
+    except (ValueError, UnicodeDecodeError):
+        expected = "refused"
+    try:
+        got: object = _typed(_loads_object(data, "header", max_depth=64))
+    except ContractError:
+        got = "refused"
+    assert got == expected
