@@ -476,21 +476,29 @@ def _typed(x: object) -> object:
     return (type(x).__name__, repr(x))
 
 
+def _both_parsers(data: bytes) -> tuple[object, object]:
+    """(the header parser's reading of ``data``, ``json.loads``'s with NaN/Infinity refused and only objects taken),
+    each typed (:func:`_typed`) or ``"refused"``."""
+    try:
+        obj = json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        standard: object = _typed(obj) if isinstance(obj, dict) else "refused"
+    except (ValueError, UnicodeDecodeError):
+        standard = "refused"
+    try:
+        fast: object = _typed(_loads_object(data, "header", max_depth=64))
+    except ContractError:
+        fast = "refused"
+    return fast, standard
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5), st.booleans())
 def test_header_parser_reads_exactly_what_the_standard_parser_reads(obj: dict, ascii_only: bool) -> None:
     """The fast header parser (orjson with a fallback) accepts, reads and refuses exactly what ``json.loads`` does,
     types included: big integers stay integers, NaN is refused with the same reason, lone surrogates are read."""
     data = json.dumps(obj, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-    try:
-        expected: object = _typed(json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c))))
-    except (ValueError, UnicodeDecodeError):
-        expected = "refused"
-    try:
-        got: object = _typed(_loads_object(data, "header", max_depth=64))
-    except ContractError:
-        got = "refused"
-    assert got == expected
+    fast, standard = _both_parsers(data)
+    assert fast == standard
 
 
 _HEADER_SEEDS = (b'{"stream":"a","fs":360.0,"t0_ns":1795354727038093683,"seq":5,"features":{"beat":[0.8,-0.01,1e-5,2]},'
@@ -518,13 +526,5 @@ def _mutated_header(draw: st.DrawFn) -> bytes:
 @given(_mutated_header())
 def test_header_parser_refuses_exactly_what_the_standard_parser_refuses(data: bytes) -> None:
     """Malformed headers: the fast parser accepts and refuses the same texts as ``json.loads``, with the same values."""
-    try:
-        obj = json.loads(data, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-        expected: object = _typed(obj) if isinstance(obj, dict) else "refused"
-    except (ValueError, UnicodeDecodeError):
-        expected = "refused"
-    try:
-        got: object = _typed(_loads_object(data, "header", max_depth=64))
-    except ContractError:
-        got = "refused"
-    assert got == expected
+    fast, standard = _both_parsers(data)
+    assert fast == standard
