@@ -238,8 +238,12 @@ class Ensemble(McModel):
         cls = ARCHITECTURES[member_arch]
         self.arch_params = {"member_arch": member_arch, "member_params": dict(member_params), "n_members": n_members}
         self.members = nn.ModuleList(cls(**member_params) for _ in range(n_members))
-        self.n_heads = n_members
         self.input_length, self.aux_dim, self.context = cls.input_length, cls.aux_dim, cls.context
+
+    @property
+    def n_heads(self) -> int:
+        """One head per member."""
+        return len(self.members)
 
     @classmethod
     def of(cls, members: list[McModel]) -> Ensemble:

@@ -420,12 +420,12 @@ class Pipeline(faust.Service):
         for it in items:
             pending.extend((it, fut) for fut in await self._publish(it))
         outcomes = await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
-        failed: dict[int, tuple[_Item, BaseException]] = {}
+        failed: dict[_Item, BaseException] = {}  # each item's first failed output (items hash by identity)
         for (it, _), outcome in zip(pending, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                failed.setdefault(id(it), (it, outcome))
+                failed.setdefault(it, outcome)
         retry: list[_Item] = []
-        for it, exc in failed.values():
+        for it, exc in failed.items():
             if isinstance(exc, asyncio.CancelledError):
                 raise exc
             if it.dead is not None or not _permanent(exc):
