@@ -7,7 +7,7 @@ import pytest
 from data_marks import needs_data
 
 from models.data import mitdb
-from models.selection import ECG_FOLDS, class_report, cross_validate
+from models.selection import ECG_FOLDS, class_report, cross_validate, fold_records
 
 
 def test_class_report_matches_scikit_learn():
@@ -27,6 +27,14 @@ def test_class_report_matches_scikit_learn():
 def test_folds_are_disjoint_ds1_records():
     flat = [r for fold in ECG_FOLDS for r in fold]
     assert len(flat) == len(set(flat)) and set(flat) <= set(mitdb.DS1) and not set(flat) & set(mitdb.DS2)
+
+
+def test_leave_one_record_out_holds_out_each_record_of_the_groups_alone():
+    folds = fold_records("mitdb", "records")
+    assert all(len(f) == 1 for f in folds)
+    assert sorted(r for (r,) in folds) == sorted(r for g in ECG_FOLDS for r in g)
+    with pytest.raises(ValueError, match="unknown cross-validation protocol 'loo'"):
+        fold_records("mitdb", "loo")
 
 
 @needs_data("mitdb")
