@@ -45,6 +45,7 @@ from streams.contracts import (
     decode_window,
 )
 from streams.health import Health, influx_ping_check, tcp_check, wait_for
+from streams.heap import GcPauses, freeze_startup_heap
 from streams.isolation import bisect, non_finite, release, withheld
 from streams.runtime import ModelRuntime, WindowResult
 from streams.security import check_secrets, faust_credentials, install_log_redaction, redact, secret_values
@@ -120,12 +121,18 @@ class Pipeline(faust.Service):
     storage that is unavailable (connection, timeout, 5xx) is retried by the retry policy while the batch and its
     offsets are held. An unexpected error anywhere (a bug) halves the batch until it is down to the window that
     causes it. A batch abandoned because the worker stops is withheld from Faust's acks (not committed).
+
+    ``freeze_heap`` (a worker process, :func:`run_worker`): once the models and the sink are loaded, the start-up
+    heap is frozen out of garbage collection (:mod:`streams.heap`). Collection pauses are measured either way.
     """
 
     def __init__(self, settings: Settings, outputs: Mapping[str, faust.ChannelT],
                  runtime_factory: Callable[[], ModelRuntime], sink_factory: Callable[[], WindowSink],
-                 retry: RetryPolicy, health: Health | None = None, **kwargs: Any) -> None:
+                 retry: RetryPolicy, health: Health | None = None, freeze_heap: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._freeze_heap = freeze_heap
+        self._gc_pauses: GcPauses | None = None
         self.settings, self.outputs, self.retry = settings, outputs, retry
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._runtime_factory, self._sink_factory = runtime_factory, sink_factory
@@ -155,6 +162,9 @@ class Pipeline(faust.Service):
         log.info("storage: %s", self.sink.health()[1])
         self.health.add_check("sink", self.sink.health)
         self.health.recheck()
+        self._gc_pauses = GcPauses(self.metrics.gc_pause_seconds)
+        if self._freeze_heap:
+            log.info("start-up heap frozen out of garbage collection: %d objects", freeze_startup_heap())
 
     def _log_alert_levels(self) -> None:
         """Say where the ΔSP alert levels come from: each card's, or the settings' overrides."""
@@ -181,6 +191,8 @@ class Pipeline(faust.Service):
         storage = dict(self.sink.counters()) if self.sink is not None else {}
         log.info("stopping: %s; storage %s", self.tally.line(), storage)
         self.health.stop()
+        if self._gc_pauses is not None:
+            self._gc_pauses.remove()
         if self.sink is not None:
             self.sink.close()
         self._model_thread.shutdown(wait=False)
@@ -558,10 +570,11 @@ class Worker:
 
 def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime] | None = None,
                   sink_factory: Callable[[], WindowSink] | None = None,
-                  outputs: Callable[[faust.App], Mapping[str, faust.ChannelT]] | None = None) -> Worker:
+                  outputs: Callable[[faust.App], Mapping[str, faust.ChannelT]] | None = None,
+                  freeze_heap: bool = False) -> Worker:
     """The Faust app of one worker with its agent and pipeline. Plug points: ``runtime_factory`` (default: the
     ``models`` setting on ``settings.device``), ``sink_factory`` (default: InfluxDB), ``outputs(app)`` -> role ->
-    channel (default: the output topics)."""
+    channel (default: the output topics). ``freeze_heap``: see :class:`Pipeline` (a worker process sets it)."""
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.app_id, broker=_broker_url(settings.kafka_bootstrap), value_serializer="raw",
@@ -587,6 +600,7 @@ def create_worker(settings: Settings, runtime_factory: Callable[[], ModelRuntime
         sink_factory or (lambda: _default_sink(settings)),
         RetryPolicy(settings.sink_max_attempts, settings.sink_backoff_s, settings.sink_max_backoff_s),
         health,
+        freeze_heap=freeze_heap,
     )
     pipeline.lag_source = lambda tp: app.consumer.highwater(tp)
     # started before the consumer joins the group (App.on_init_dependencies appends after it), stopped last
@@ -670,5 +684,5 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     preflight(settings)
-    worker = create_worker(settings)
+    worker = create_worker(settings, freeze_heap=True)
     _Worker(worker.app, loglevel=loglevel, quiet=True, pipeline=worker.pipeline).execute_from_commandline()

@@ -50,6 +50,9 @@ class WorkerMetrics:
         self.batch_seconds = Histogram("sci_batch_seconds", "wall time of one batch, decode to stored",
                                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                                        registry=r)
+        self.gc_pause_seconds = Histogram("sci_gc_pause_seconds", "wall time of one garbage collection (every "
+                                          "thread waits on it), by generation", ("generation",),
+                                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=r)
         self.sink_retries = Counter("sci_sink_retries", "sink writes retried after a retryable error",
                                     ("kind",), registry=r)
         self.sink_failures = Counter("sci_sink_failures", "sink writes that failed, by kind "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 from collections.abc import Mapping, Sequence
 
@@ -188,6 +189,9 @@ def test_decode_classify_publish_and_store_one_batch():
     t = worker.pipeline.tally
     assert (t.windows, t.dead_letters, t.alerts, t.escalations) == (6, 2, 5, len(abstained))
     assert sink.closed  # on_stop closed the sink
+    # garbage-collection pauses were measured while it ran, and no longer are once it stopped
+    assert worker.pipeline.metrics.registry.get_sample_value("sci_gc_pause_seconds_count", {"generation": "0"}) >= 1
+    assert worker.pipeline._gc_pauses._on_gc not in gc.callbacks
 
 
 def _sine_with_noise(seq: int) -> SensorWindow:
