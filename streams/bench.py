@@ -112,17 +112,18 @@ def _records(bootstrap: str, topic: str, expected: int, timeout_s: float) -> lis
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def _env(s: Settings) -> dict[str, str]:
+def _env(s: Settings, health_port: int | None = None) -> dict[str, str]:
     return {**os.environ, "SCI_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "SCI_INFLUX_URL": s.influx_url,
             "SCI_INFLUX_DB": s.influx_db, "SCI_TOPIC_PREFIX": s.topic_prefix, "SCI_APP_ID": s.app_id,
             "SCI_DEVICE": s.device, "SCI_STATE_DIR": str(s.state_dir), "SCI_BATCH_SIZE": str(s.batch_size),
             "SCI_BATCH_TIMEOUT_S": str(s.batch_timeout_s), "SCI_FETCH_WAIT_S": str(s.fetch_wait_s),
-            "SCI_HEALTH_PORT": str(free_ports(1)[0])}
+            "SCI_HEALTH_PORT": str(health_port or free_ports(1)[0])}
 
 
-def _spawn(args: list[str], s: Settings, log_path: Path) -> subprocess.Popen:
+def _spawn(args: list[str], s: Settings, log_path: Path, health_port: int | None = None) -> subprocess.Popen:
     with log_path.open("w") as log:
-        return subprocess.Popen([sys.executable, *args], env=_env(s), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, *args], env=_env(s, health_port), stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> dict:
@@ -137,20 +138,77 @@ def _wait_for(path: Path, proc: subprocess.Popen, log_path: Path, timeout_s: flo
     return json.loads(path.read_text())
 
 
-def _spawn_workers(s: Settings, work: Path, n_workers: int, name: str, timeout_s: float
-                   ) -> list[subprocess.Popen]:
+@dataclasses.dataclass(frozen=True)
+class _Worker:
+    proc: subprocess.Popen
+    health_port: int
+
+
+def _spawn_workers(s: Settings, work: Path, n_workers: int, name: str, timeout_s: float) -> list[_Worker]:
     """``n_workers`` real workers in one consumer group (``s.app_id``), each ready (group joined, models loaded)."""
-    workers: list[subprocess.Popen] = []
+    workers: list[_Worker] = []
     try:
-        for i in range(n_workers):
-            workers.append(_spawn(["-m", "sci_monitor", "worker"], s, work / f"{name}-{i}.log"))
+        for i, port in enumerate(free_ports(n_workers)):
+            workers.append(_Worker(_spawn(["-m", "sci_monitor", "worker"], s, work / f"{name}-{i}.log", port), port))
         for i, w in enumerate(workers):
-            wait_worker_ready(w, work / f"{name}-{i}.log", timeout_s=timeout_s)
+            wait_worker_ready(w.proc, work / f"{name}-{i}.log", timeout_s=timeout_s)
     except BaseException:
         for w in workers:
-            stop_process(w)
+            stop_process(w.proc)
         raise
     return workers
+
+
+def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Garbage-collection pauses in a worker's ``/metrics`` text (``sci_gc_pause_seconds``): generation ->
+    ``{"count", "total_ms", "over_50ms"}`` (pauses longer than 50 ms, from the histogram's buckets).
+
+    >>> text = ('# TYPE sci_gc_pause_seconds histogram\\n'
+    ...         'sci_gc_pause_seconds_bucket{generation="2",le="0.05"} 1.0\\n'
+    ...         'sci_gc_pause_seconds_bucket{generation="2",le="+Inf"} 3.0\\n'
+    ...         'sci_gc_pause_seconds_count{generation="2"} 3.0\\n'
+    ...         'sci_gc_pause_seconds_sum{generation="2"} 0.4\\n')
+    >>> gc_pauses(text)
+    {'2': {'count': 3.0, 'total_ms': 400.0, 'over_50ms': 2.0}}
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "sci_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            g = out.setdefault(sample.labels["generation"], {"count": 0.0, "total_ms": 0.0, "over_50ms": 0.0})
+            if sample.name.endswith("_count"):
+                g["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                g["total_ms"] = round(sample.value * 1e3, 1)
+            elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.05":
+                g["over_50ms"] = -sample.value  # + count, below
+    for g in out.values():
+        g["over_50ms"] += g["count"]
+    return out
+
+
+def _gc_of(workers: list[_Worker]) -> dict[str, dict[str, float]]:
+    """The workers' garbage-collection pauses so far, summed (empty when a worker does not answer)."""
+    total: dict[str, dict[str, float]] = {}
+    for w in workers:
+        try:
+            text = requests.get(f"http://127.0.0.1:{w.health_port}/metrics", timeout=5).text
+        except requests.RequestException:
+            return {}
+        for gen, v in gc_pauses(text).items():
+            t = total.setdefault(gen, dict.fromkeys(v, 0.0))
+            for k, x in v.items():
+                t[k] = round(t[k] + x, 1)
+    return total
+
+
+def _gc_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+                ) -> dict[str, dict[str, float]]:
+    """``after`` minus ``before``, per generation and field."""
+    return {g: {k: round(x - before.get(g, {}).get(k, 0.0), 1) for k, x in v.items()} for g, v in after.items()}
 
 
 def sustained_rate(timestamps_ms: np.ndarray, workers: np.ndarray) -> float:
@@ -180,20 +238,22 @@ def process_cpu_s(pid: int) -> float | None:
 
 
 def _worker_rate(s: Settings, work: Path, n: int, n_workers: int, timeout_s: float
-                 ) -> tuple[float, int, float | None]:
+                 ) -> tuple[float, int, float | None, dict[str, dict[str, float]]]:
     """Sustained windows/s of ``n_workers`` real workers draining ``n`` produced windows, the InfluxDB point count,
-    and the workers' CPU time per window (ms, from ready to drained; None without ``/proc``)."""
+    the workers' CPU time per window (ms, from ready to drained; None without ``/proc``) and their garbage-collection
+    pauses over the same span (:func:`gc_pauses`)."""
     workers = _spawn_workers(s, work, n_workers, s.app_id, timeout_s)
     try:
-        cpu0 = [process_cpu_s(w.pid) for w in workers]
+        cpu0, gc0 = [process_cpu_s(w.proc.pid) for w in workers], _gc_of(workers)
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
-        cpu1 = [process_cpu_s(w.pid) for w in workers]
+        cpu1, gc1 = [process_cpu_s(w.proc.pid) for w in workers], _gc_of(workers)
     finally:
         for w in workers:
-            stop_process(w)
+            stop_process(w.proc)
     who = np.array([json.loads(r.value)["worker"] for r in labels])
     cpu = None if None in cpu0 + cpu1 else 1000.0 * (sum(cpu1) - sum(cpu0)) / n
-    return sustained_rate(np.array([r.timestamp for r in labels]), who), _influx_count(s), cpu
+    return (sustained_rate(np.array([r.timestamp for r in labels]), who), _influx_count(s), cpu,
+            _gc_between(gc0, gc1))
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -218,12 +278,12 @@ def _throughput(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], n_work
         stop_process(proc)
     log(f"[bench] pass-through {passthrough['windows_per_s']:.0f} windows/s; full pipeline ({n_workers} "
         f"worker{'s' if n_workers > 1 else ''}) ...")
-    rate, stored, cpu_ms = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n, n_workers,
-                                        timeout_s)
+    rate, stored, cpu_ms, gc_ms = _worker_rate(dataclasses.replace(s, app_id=f"{s.app_id}-pipeline"), work, n,
+                                               n_workers, timeout_s)
     log(f"[bench] pipeline {rate:.0f} windows/s, {stored} points stored")
     return {"passthrough_windows_per_s": passthrough["windows_per_s"], "pipeline_windows_per_s": rate,
             "pipeline_over_passthrough": rate / passthrough["windows_per_s"], "influx_points_throughput": stored,
-            "pipeline_cpu_ms_per_window": cpu_ms}
+            "pipeline_cpu_ms_per_window": cpu_ms, "gc_pauses_throughput": gc_ms}
 
 
 def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: float, seconds: float,
@@ -232,6 +292,7 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
     _influx(s, f'CREATE DATABASE "{s.influx_db}"', method="POST")
     n = max(1, min(len(msgs), round(rate * seconds)))
     workers = _spawn_workers(s, work, n_workers, "latency-worker", timeout_s)
+    gc0 = _gc_of(workers)
     try:
         log(f"[bench] latency: {n} windows at {rate:.0f} windows/s ...")
         producer = _producer(s.kafka_bootstrap)
@@ -244,14 +305,15 @@ def _latency(s: Settings, work: Path, msgs: list[tuple[bytes, bytes]], rate: flo
         producer.flush(timeout=60)
         producer.close()
         labels = _records(s.kafka_bootstrap, s.topics["labels"], n, timeout_s)
+        gc_ms = _gc_between(gc0, _gc_of(workers))
     finally:
         for w in workers:
-            stop_process(w)
+            stop_process(w.proc)
     inputs = {r.key: r.timestamp for r in _records(s.kafka_bootstrap, s.topics["windows"], n, timeout_s)}
     lat = np.array([r.timestamp - inputs[r.key] for r in labels if r.key in inputs], dtype=np.float64)
     p50, p95, p99 = (float(v) for v in np.percentile(lat, [50, 95, 99]))
     return {"latency_ms": {"p50": p50, "p95": p95, "p99": p99}, "latency_windows": int(lat.size),
-            "latency_rate_windows_per_s": rate, "influx_points_latency": _influx_count(s)}
+            "latency_rate_windows_per_s": rate, "influx_points_latency": _influx_count(s), "gc_pauses_latency": gc_ms}
 
 
 def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: int | None = None,

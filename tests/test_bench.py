@@ -53,6 +53,11 @@ def test_pipeline_bench_writes_its_keys(tmp_path):
     assert result["influx_points_throughput"] == 200
     assert result["pipeline_cpu_ms_per_window"] > 0  # the workers' CPU time while draining, per window
     assert result["influx_points_latency"] == result["latency_windows"] > 0
+    # the workers' garbage-collection pauses while they drained and while paced, from their /metrics (a phase this
+    # short may see none: objects freed by reference counting never trigger a collection)
+    for phase in ("gc_pauses_throughput", "gc_pauses_latency"):
+        assert set(result[phase]) == {"0", "1", "2"}, result[phase]
+        assert all(v >= 0 for g in result[phase].values() for v in g.values()), result[phase]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
