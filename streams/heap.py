@@ -45,16 +45,19 @@ class GcPauses:
     """
 
     def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._started: dict[int, float] = {}
+        # the labelled children exist before the first collection: a collection can start in any thread at any
+        # allocation, also in one that holds the histogram's own lock (the /metrics thread copies its children
+        # under it), so the callback must never take that lock, only a child's value lock (held for no allocation)
+        self._children = [histogram.labels(str(g)) for g in range(3)]
+        self._started = [0.0, 0.0, 0.0]
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         generation = info["generation"]
         if phase == "start":
             self._started[generation] = time.perf_counter()
-        elif (t0 := self._started.pop(generation, None)) is not None:
-            self._histogram.labels(str(generation)).observe(time.perf_counter() - t0)
+        else:
+            self._children[generation].observe(time.perf_counter() - self._started[generation])
 
     def remove(self) -> None:
         if self._on_gc in gc.callbacks:

@@ -69,3 +69,24 @@ def test_collection_pauses_are_observed_by_generation_until_removed():
     assert all(c is not None and c >= 1 for c in counts), counts
     gc.collect(2)
     assert observed(2) == counts[2]  # removed: no longer observed
+
+
+def test_a_collection_inside_the_histograms_own_lock_does_not_deadlock():
+    """A collection can start at any allocation, also while a thread holds the histogram's lock (the /metrics
+    thread copies the labelled children under it); the callback must not need that lock."""
+    import threading
+
+    histogram = Histogram("pause_seconds", "doc", ("generation",), registry=CollectorRegistry())
+    pauses = GcPauses(histogram)
+
+    def collect_under_the_lock() -> None:
+        with histogram._lock:
+            gc.collect()
+
+    try:
+        t = threading.Thread(target=collect_under_the_lock, daemon=True)
+        t.start()
+        t.join(timeout=10)
+        assert not t.is_alive(), "the GC callback waited on the histogram's own lock"
+    finally:
+        pauses.remove()
