@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,10 @@ def _spawn_workers(s: Settings, work: Path, n_workers: int, name: str, timeout_s
     return workers
 
 
-def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
+Pauses = dict[str, dict[str, float]]  # generation -> {"count", "total_ms", "over_50ms"}
+
+
+def gc_pauses(metrics_text: str) -> Pauses:
     """Garbage-collection pauses in a worker's ``/metrics`` text (``sci_gc_pause_seconds``): generation ->
     ``{"count", "total_ms", "over_50ms"}`` (pauses longer than 50 ms, from the histogram's buckets).
 
@@ -175,41 +179,38 @@ def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, dict[str, float]] = {}
+    count, total_s, within_50ms = {}, {}, {}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "sci_gc_pause_seconds":
-            continue
-        for sample in family.samples:
-            g = out.setdefault(sample.labels["generation"], {"count": 0.0, "total_ms": 0.0, "over_50ms": 0.0})
-            if sample.name.endswith("_count"):
-                g["count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                g["total_ms"] = round(sample.value * 1e3, 1)
-            elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.05":
-                g["over_50ms"] = -sample.value  # + count, below
-    for g in out.values():
-        g["over_50ms"] += g["count"]
-    return out
+        if family.name == "sci_gc_pause_seconds":
+            for sample in family.samples:
+                g = sample.labels["generation"]
+                if sample.name.endswith("_count"):
+                    count[g] = sample.value
+                elif sample.name.endswith("_sum"):
+                    total_s[g] = sample.value
+                elif sample.name.endswith("_bucket") and sample.labels["le"] == "0.05":
+                    within_50ms[g] = sample.value
+    return {g: {"count": n, "total_ms": round(total_s.get(g, 0.0) * 1e3, 1), "over_50ms": n - within_50ms.get(g, 0.0)}
+            for g, n in count.items()}
 
 
-def _gc_of(workers: list[_Worker]) -> dict[str, dict[str, float]]:
-    """The workers' garbage-collection pauses so far, summed (empty when a worker does not answer)."""
-    total: dict[str, dict[str, float]] = {}
+def _gc_of(workers: list[_Worker]) -> Pauses | None:
+    """The workers' garbage-collection pauses so far, summed (None when a worker does not answer)."""
+    total: dict[str, Counter[str]] = {}
     for w in workers:
         try:
             text = requests.get(f"http://127.0.0.1:{w.health_port}/metrics", timeout=5).text
         except requests.RequestException:
-            return {}
+            return None
         for gen, v in gc_pauses(text).items():
-            t = total.setdefault(gen, dict.fromkeys(v, 0.0))
-            for k, x in v.items():
-                t[k] = round(t[k] + x, 1)
-    return total
+            total.setdefault(gen, Counter()).update(v)
+    return {g: dict(v) for g, v in total.items()}
 
 
-def _gc_between(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
-                ) -> dict[str, dict[str, float]]:
-    """``after`` minus ``before``, per generation and field."""
+def _gc_between(before: Pauses | None, after: Pauses | None) -> Pauses | None:
+    """``after`` minus ``before``, per generation and field (None when either is unknown)."""
+    if before is None or after is None:
+        return None
     return {g: {k: round(x - before.get(g, {}).get(k, 0.0), 1) for k, x in v.items()} for g, v in after.items()}
 
 
@@ -240,10 +241,10 @@ def process_cpu_s(pid: int) -> float | None:
 
 
 def _worker_rate(s: Settings, work: Path, n: int, n_workers: int, timeout_s: float
-                 ) -> tuple[float, int, float | None, dict[str, dict[str, float]]]:
+                 ) -> tuple[float, int, float | None, Pauses | None]:
     """Sustained windows/s of ``n_workers`` real workers draining ``n`` produced windows, the InfluxDB point count,
     the workers' CPU time per window (ms, from ready to drained; None without ``/proc``) and their garbage-collection
-    pauses over the same span (:func:`gc_pauses`)."""
+    pauses over the same span (:func:`gc_pauses`; None when a worker's ``/metrics`` did not answer)."""
     workers = _spawn_workers(s, work, n_workers, s.app_id, timeout_s)
     try:
         cpu0, gc0 = [process_cpu_s(w.proc.pid) for w in workers], _gc_of(workers)
