@@ -20,8 +20,8 @@ banks of :data:`KNN_BANKS` training features up to the recipe's ``knn_bank``) wh
 from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see ``controller.novelty``)
 within :data:`NOVELTY_AUROC_TOLERANCE` AUROC of the best candidate (a kNN score costs one matmul against its bank
 per window, as much as the trunk at 10,000 rows); beside it, a Gaussian of the spectrum's shape
-(``controller.quality.SignalStats.bands``), which those proxies cannot test (they keep the amplitude spectrum), so
-it is a design choice, not a validated one.
+(``controller.quality.SignalStats.bands``, up to the recipe's ``spectrum_band_hz``), which those proxies cannot test
+(they keep the amplitude spectrum), so it is a design choice, not a validated one.
 Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
 windows that pass the gate.
 """
@@ -42,10 +42,18 @@ from controller import metrics
 from controller.decision import Decider, Gate, decide, stream_context
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import confidence_threshold, deterministic, sci
-from controller.novelty import KnnNovelty, NoveltyModel, conformal_threshold, fit_gaussian, fit_knn, from_state
+from controller.novelty import (
+    KnnNovelty,
+    NoveltyModel,
+    conformal_threshold,
+    fit_gaussian,
+    fit_knn,
+    fit_spectrum,
+    from_state,
+)
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
-from controller.quality import SignalStats, check, fit_ranges, signal_stats
+from controller.quality import SignalStats, bands_below, check, fit_ranges, signal_stats
 from controller.risk import SCORES, alert_level, combined_features, confidence, learn_then_test, split_halves
 from controller.risk import threshold_grid as risk_grid
 from models.architectures import McModel
@@ -196,8 +204,10 @@ def _fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float
 
 
 def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, temperature: float | None,
-              n_classes: int, device: torch.device | str = "cpu", log: Log = lambda _: None) -> Calibration:
-    """Fit the controller section of a card from a model's weights (see the module docstring for what and where)."""
+              n_classes: int, device: torch.device | str = "cpu", log: Log = lambda _: None,
+              fs: float | None = None) -> Calibration:
+    """Fit the controller section of a card from a model's weights (see the module docstring for what and where);
+    ``fs``: the model's input rate in Hz, needed when ``spec.spectrum_band_hz`` limits the spectrum detector."""
     passes = sample_passes(model, val, spec.t_max, device)
     fit_idx, cal_idx = split_halves(len(val))
     fit, cal = passes.subset(fit_idx), passes.subset(cal_idx)
@@ -224,7 +234,10 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
         if spec.false_novelty_rate is not None:
             novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device,
                                               spec.knn_bank)
-            spectrum_model = fit_gaussian(train_stats.bands, torch.zeros(len(train), dtype=torch.int64), 1)
+            if spec.spectrum_band_hz is not None and fs is None:
+                raise ValueError("spectrum_band_hz needs the model's input rate: calibrate(..., fs=...)")
+            n_bands = bands_below(model.input_length, fs or 1.0, spec.spectrum_band_hz)
+            spectrum_model = fit_spectrum(train_stats.bands, n_bands)
             passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
             half = spec.false_novelty_rate / 2  # two detectors: union bound
             thr = conformal_threshold(novelty_model.score(fit.trunk)[passed], half)

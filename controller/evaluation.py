@@ -62,7 +62,7 @@ def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = 
     model, stats = train_model(recipe.make_model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
                                device, on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
     cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
-                    device, log=lambda m: log(f"[{name}] {m}"))
+                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs)
     log(f"[{name}] trained in {stats['seconds']} s")
     card = card_for(model, recipe, cal, seed, {**asdict(recipe.train), "seed": seed, **stats, "windows": {
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}})
@@ -188,7 +188,7 @@ def calibrate_command(name: str, device: str | torch.device = "cpu", log: Log = 
     splits = recipe.load(card.seed)
     start = time.perf_counter()
     cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
-                    device, log=lambda m: log(f"[{name}] {m}"))
+                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs)
     card.temperature = round(cal.temperature, 5)
     card.controller = cal.controller
     card.code_version = code_version()

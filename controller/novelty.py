@@ -24,6 +24,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from controller.quality import band_shape
+
 KNN_K = 10
 KNN_BANK = 10_000
 RIDGE = 1e-6
@@ -115,6 +117,32 @@ class KnnNovelty:
         return KnnNovelty(self.bank.to(device), self.k)
 
 
+@dataclass(frozen=True)
+class SpectrumNovelty:
+    """The spectrum-shape detector: ``density`` scores :func:`controller.quality.band_shape` of the first ``bands``
+    log band shares (the bands below the recipe's ``spectrum_band_hz``) of ``SignalStats.bands`` float[B, N]."""
+
+    density: GaussianNovelty
+    bands: int
+    method: str = "spectrum_shape"
+
+    def score(self, b: Tensor) -> Tensor:
+        return self.density.score(band_shape(b, self.bands))
+
+    def state(self) -> dict[str, Tensor | str]:
+        return {"method": self.method, "bands": torch.tensor(self.bands), "density": self.density.state()}
+
+    def to(self, device: torch.device | str) -> SpectrumNovelty:
+        return SpectrumNovelty(self.density.to(device), self.bands)
+
+
+def fit_spectrum(bands: Tensor, n: int) -> SpectrumNovelty:
+    """One Gaussian of the training windows' spectrum shape below the band limit (``n`` leading bands of
+    ``bands`` float[N, N_BANDS])."""
+    shape = band_shape(bands, n)
+    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n)
+
+
 def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(h.shape[0], generator=g)[:bank]
@@ -126,6 +154,8 @@ def from_state(state: dict) -> NoveltyModel:
         return GaussianNovelty(state["means"], state["whiten"])
     if state["method"] == "knn":
         return KnnNovelty(state["bank"], int(state["k"]))
+    if state["method"] == "spectrum_shape":
+        return SpectrumNovelty(from_state(state["density"]), int(state["bands"]))
     raise ValueError(f"unknown novelty method {state['method']!r}")
 
 

@@ -145,6 +145,38 @@ def band_edges(n_bins: int, n_bands: int = N_BANDS) -> list[int]:
     return [0, *(e for e in inner if 0 < e < n_bins), n_bins]
 
 
+def bands_below(length: int, fs: float, band_hz: float | None) -> int:
+    """How many of the leading :func:`band_edges` bands of a window of ``length`` samples at ``fs`` Hz lie wholly at
+    or below ``band_hz`` (None: all of them). A band covers FFT bins ``edges[i] + 1 .. edges[i + 1]`` (bin j is at
+    ``j · fs / length`` Hz).
+
+    >>> bands_below(256, 360.0, 40.0), bands_below(256, 360.0, None), bands_below(256, 360.0, 1e6)
+    (10, 15, 15)
+    """
+    edges = band_edges(length // 2)
+    if band_hz is None:
+        return len(edges) - 1
+    tops = np.asarray(edges[1:]) * fs / length
+    n = int(np.count_nonzero(tops <= band_hz + 1e-9))
+    if n < 2:
+        raise ValueError(f"a spectrum band limit of {band_hz:g} Hz leaves fewer than 2 bands at fs = {fs:g} Hz, "
+                         f"{length} samples")
+    return n
+
+
+def band_shape(bands: Tensor, n: int) -> Tensor:
+    """The spectrum's shape below a band limit: the leading ``n`` log band shares of ``bands`` float[B, N_BANDS]
+    (:attr:`SignalStats.bands`), renormalised so that their shares sum to 1, float[B, n]. Power above the limit
+    (which a source sampled at a lower rate may not carry at all) changes nothing.
+
+    >>> b = torch.tensor([[0.5, 0.3, 0.2]]).log()   # shares of three bands
+    >>> band_shape(b, 2).exp().round(decimals=3).tolist()
+    [[0.625, 0.375]]
+    """
+    head = bands[:, :n]
+    return head - torch.logsumexp(head, dim=1, keepdim=True)
+
+
 def _range(v: np.ndarray, margin: float) -> tuple[float, float]:
     lo, hi = np.quantile(v, [Q_LO, Q_HI])
     return float(lo - margin), float(hi + margin)

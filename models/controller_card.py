@@ -38,7 +38,9 @@ class ControllerSpec:
     matmul against them per window; calibration also tries smaller banks and keeps the cheapest model within
     ``controller.calibration.NOVELTY_AUROC_TOLERANCE`` of the best; changing it needs a recalibration);
     quality_checks: fit the cheap input checks on training windows; alert_rates: shares of validation windows above
-    the ΔSP warning / critical levels.
+    the ΔSP warning / critical levels; spectrum_band_hz: the novelty gate judges the spectrum's shape up to this
+    frequency only, the band every honest source of the modality carries (None: up to fs/2), so a recording from a
+    source sampled at a lower rate, resampled to the model's, is not unfamiliar for the power it never had.
     """
 
     t_max: int = 25
@@ -51,6 +53,7 @@ class ControllerSpec:
     knn_bank: int = 10_000
     quality_checks: bool = False
     alert_rates: tuple[float, float] = (0.05, 0.01)
+    spectrum_band_hz: float | None = None
 
     def candidate(self, name: str) -> PolicySpec:
         for p in self.candidates:

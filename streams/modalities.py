@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModalitySpec", "default_models", "get", "names", "parse_models", "register", "replay_datasets",
-           "unregister"]
+__all__ = ["ModalitySpec", "default_models", "file_modalities", "get", "names", "parse_models", "register",
+           "replay_datasets", "unregister"]
 
 ModelKey = tuple[str, str]  # (modality, lead)
 
@@ -38,8 +38,10 @@ class ModalitySpec:
     models need (None: samples only); ``replay_dataset`` / ``replay_source`` / ``replay_recordings``: the
     ``sci-monitor replay --dataset`` name, a ``"module:function"`` yielding :class:`~streams.contracts.SensorWindow`
     for ``function(recording, start_ns=..., root=...)`` (imported only when used) and the recordings replayed by
-    default; ``check``: an optional extra input check, ``check(window) -> reason or None`` (a reason makes the
-    window a dead letter).
+    default; ``file_source``: a ``"module:function"`` yielding the windows of a user's own recording file for
+    ``function(path, start_ns=..., fs=..., channel=...)``, which reads the file when called so that a bad file fails
+    before anything is sent (``sci-monitor replay --files``); ``check``: an optional extra input check,
+    ``check(window) -> reason or None`` (a reason makes the window a dead letter).
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModalitySpec:
     replay_dataset: str | None = None
     replay_source: str | None = None
     replay_recordings: tuple[str, ...] = ()
+    file_source: str | None = None
     check: Callable[[Any], str | None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,8 +70,21 @@ class ModalitySpec:
         """The windows of one recording from this modality's replay source."""
         if self.replay_source is None:
             raise ValueError(f"modality {self.name} has no replay source")
-        module, _, func = self.replay_source.partition(":")
-        return getattr(importlib.import_module(module), func)(recording, start_ns=start_ns, root=root)
+        return _resolve(self.replay_source)(recording, start_ns=start_ns, root=root)
+
+    def file_windows(self, path: str, *, start_ns: int, fs: float | None = None,
+                     channel: str | None = None) -> Iterator[Any]:
+        """The windows of a user's recording file (at ``fs`` Hz when the file does not say; ``channel``: the lead or
+        variable to read) from this modality's file source."""
+        if self.file_source is None:
+            raise ValueError(f"modality {self.name} cannot replay files")
+        return _resolve(self.file_source)(path, start_ns=start_ns, fs=fs, channel=channel)
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    """The function named ``"module:function"`` (imported now)."""
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 _REGISTRY: dict[str, ModalitySpec] = {}
@@ -108,6 +124,11 @@ def replay_datasets() -> dict[str, ModalitySpec]:
     return {s.replay_dataset: s for s in _REGISTRY.values() if s.replay_dataset}
 
 
+def file_modalities() -> tuple[str, ...]:
+    """Modalities whose users' own recording files `sci-monitor replay --files` can stream."""
+    return tuple(s.name for s in _REGISTRY.values() if s.file_source)
+
+
 def default_models() -> dict[ModelKey, str]:
     """(modality, lead) -> checkpoint name, from every registered spec."""
     return {(s.name, lead): ckpt for s in _REGISTRY.values() for lead, ckpt in s.checkpoints.items()}
@@ -136,10 +157,12 @@ register(ModalitySpec(
     name="ecg", default_lead="MLII", checkpoints={"MLII": "mitdb"}, feature_key="beat",
     replay_dataset="mitdb", replay_source="streams.replay:ecg_windows",
     replay_recordings=("100", "200", "210", "233"),  # DS2 (test) records with N/S/V beats
+    file_source="streams.replay:ecg_file_windows",
 ))
 register(ModalitySpec(
     name="vibration", default_lead="DE", checkpoints={"DE": "cwru"},
     replay_dataset="cwru", replay_source="streams.replay:vibration_windows",
     # one load-3 (test-load) file per fault class plus the only normal baseline (file 97, load 0)
     replay_recordings=("97", "121", "108", "133"),
+    file_source="streams.replay:vibration_file_windows",
 ))

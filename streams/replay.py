@@ -1,15 +1,20 @@
 """Publish real recordings as live sensor streams on Kafka (topic ``sci.windows``).
 
-- :func:`ecg_windows`: an MIT-BIH record streamed through :class:`~streams.rpeaks.StreamingRPeakDetector` in
-  ~1 s chunks; one window of ``BEFORE + AFTER = 256`` samples of the raw lead (MLII when the record has it, else
-  its first lead, named in ``meta["lead"]``; mV, 360 Hz) per detected beat, with the detected beat's R fiducial
-  (:mod:`models.data.fiducial`, as offline) at index ``BEFORE = 96``, and the per-stream beat features (RR of
-  :func:`models.data.rr.rr_features` on the detected peaks, morphology against the stream's running template of
-  :func:`models.data.morph.morph_features`; the same functions as the offline data). A beat is emitted when the
-  next beat has been detected (its post-RR is then known; the last beat of the record at the end, with post-RR :=
-  pre-RR). Ground truth: the AAMI class of the reference annotation whose R fiducial lies within 50 ms of the
-  detected peak (None when there is none or it is Q).
-- :func:`vibration_windows`: a CWRU recording cut into ``FRAME = 1024``-sample frames at 12 kHz.
+- :func:`beat_windows`: an ECG lead at 360 Hz streamed through :class:`~streams.rpeaks.StreamingRPeakDetector` in
+  ~1 s chunks; one window of ``BEFORE + AFTER = 256`` samples of the raw lead (mV) per detected beat, with the
+  detected beat's R fiducial (:mod:`models.data.fiducial`, as offline) at index ``BEFORE = 96``, and the per-stream
+  beat features (RR of :func:`models.data.rr.rr_features` on the detected peaks, morphology against the stream's
+  running template of :func:`models.data.morph.morph_features`; the same functions as the offline data). A beat is
+  emitted when the next beat has been detected (its post-RR is then known; the last beat of the record at the end,
+  with post-RR := pre-RR). Ground truth: the AAMI class of the reference annotation whose R fiducial lies within
+  50 ms of the detected peak (None when there is none or it is Q).
+  :func:`ecg_windows` streams an MIT-BIH record this way (MLII when the record has it, else its first lead, named
+  in ``meta["lead"]``).
+- :func:`frame_windows`: an accelerometer signal at 12 kHz cut into ``FRAME = 1024``-sample frames;
+  :func:`vibration_windows` streams a CWRU recording this way.
+- :func:`ecg_file_windows`, :func:`vibration_file_windows`: a user's own recording (WFDB, .mat, .npy, .csv, any
+  rate; :mod:`models.data.recording`) converted to the model's units and resampled to its rate, then streamed as
+  above (``sci-monitor replay --files``).
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
 
@@ -32,6 +37,7 @@ import heapq
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -47,8 +53,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from models.data import cwru, mitdb
 from models.data.fiducial import r_fiducial
 from models.data.morph import TEMPLATE_BEATS, morph_features, running_template
+from models.data.recording import Recording, read_recording, resample, to_unit
 from models.data.rr import rr_features
-from streams.contracts import SensorWindow, encode_window, window_key
+from streams.contracts import MAX_STREAM_CHARS, SensorWindow, encode_window, window_key
 from streams.rpeaks import StreamingRPeakDetector
 
 if TYPE_CHECKING:
@@ -58,9 +65,14 @@ __all__ = [
     "LABEL_TOLERANCE_S",
     "ReplaySummary",
     "Replayer",
+    "beat_windows",
+    "ecg_file_windows",
     "ecg_windows",
+    "file_stream",
+    "frame_windows",
     "publish_raw",
     "replay_command",
+    "vibration_file_windows",
     "vibration_windows",
 ]
 
@@ -97,29 +109,54 @@ def ecg_windows(
     start_ns: int | None = None,
     chunk_s: float = CHUNK_S,
 ) -> Iterator[SensorWindow]:
-    """Beat windows of MIT-BIH record ``record_name`` as they become available in a live stream.
-
-    Each window: ``samples`` float32[256] raw mV at 360 Hz around the detected peak (index 96) of lead MLII, or of
-    the record's first lead when it has no MLII (``meta["lead"]`` names it), ``features["beat"]`` = the per-stream
-    beat features (:data:`models.data.mitdb.BEAT_AUX` numbers): RR features of :func:`models.data.rr.rr_features` on
-    the peaks detected so far, then :func:`models.data.morph.morph_features` and
-    :func:`models.data.morph.running_template` over the stream's windows so far,
-    ``t0_ns = start_ns + (peak − 96)·1e9/fs`` (``start_ns`` defaults to now), ``seq`` from 0, stream
-    ``"mitdb-<record>"``. Beats whose window would cross the record start or end are skipped.
-    """
+    """Beat windows of MIT-BIH record ``record_name`` as they become available in a live stream
+    (:func:`beat_windows` of its MLII lead, or of its first lead when it has no MLII), stream ``"mitdb-<record>"``,
+    labelled with the reference annotations."""
     rec = mitdb.load_record(record_name, root, lead=None)
-    fs = float(rec.fs)
+    meta = {"source": "mitdb", "record": rec.name, "lead": rec.lead}
+    return beat_windows(rec.signal, lead=rec.lead, stream=f"mitdb-{rec.name}", meta=meta,
+                        reference=(rec.beat_samples, rec.aami), start_ns=start_ns, chunk_s=chunk_s)
+
+
+def beat_windows(
+    signal: np.ndarray,
+    *,
+    lead: str,
+    stream: str,
+    meta: dict[str, str],
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    start_ns: int | None = None,
+    chunk_s: float = CHUNK_S,
+) -> Iterator[SensorWindow]:
+    """Beat windows of one ECG lead ``signal`` float32[L] in mV at 360 Hz as they become available in a live
+    stream: the signal goes through :class:`~streams.rpeaks.StreamingRPeakDetector` in ``chunk_s`` chunks.
+
+    Each window: ``samples`` float32[256] of the raw lead around the detected beat, with its R fiducial
+    (:mod:`models.data.fiducial`, as offline) at index 96; ``features["beat"]`` = the per-stream beat features
+    (:data:`models.data.mitdb.BEAT_AUX` numbers): RR features of :func:`models.data.rr.rr_features` on the peaks
+    detected so far, then :func:`models.data.morph.morph_features` and :func:`models.data.morph.running_template`
+    over the stream's windows so far; ``t0_ns = start_ns + (peak − 96)·1e9/360`` (``start_ns`` defaults to now),
+    ``seq`` from 0, ``meta`` plus ``lead``, ``peak_index`` and ``sample``. Beats whose window would cross the
+    signal's start or end are skipped. ``reference``: annotated beat positions int64[n] (samples at 360 Hz) and
+    their AAMI classes str[n]; a window's label is the class of the annotation whose R fiducial lies within 50 ms
+    of its detected peak (None when there is none, it is Q, or there is no reference).
+    """
+    fs = float(mitdb.FS)
+    sig = np.asarray(signal, dtype=np.float32).ravel()
     start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    stream = f"mitdb-{rec.name}"
-    meta_base = {"source": "mitdb", "record": rec.name, "lead": rec.lead, "peak_index": str(mitdb.BEFORE)}
+    meta_base = {**meta, "lead": lead, "peak_index": str(mitdb.BEFORE)}
     tol = round(LABEL_TOLERANCE_S * fs)
     # ground truth: the annotated beats at their R fiducials, the point the detected peaks are refined to as well
     # (an annotation may sit tens of ms from it: on wide ventricular beats the slope-energy peak is on the downstroke)
-    ref = r_fiducial(rec.signal, rec.beat_samples, fs)
-    order = np.argsort(ref, kind="stable")
-    ref, ref_aami = ref[order], rec.aami[order]
-    sig = rec.signal
-    windows = sliding_window_view(sig, mitdb.BEFORE + mitdb.AFTER)
+    if reference is None:
+        ref, ref_aami = np.zeros(0, np.int64), np.zeros(0, "<U1")
+    else:
+        ref = r_fiducial(sig, reference[0], fs)
+        order = np.argsort(ref, kind="stable")
+        ref, ref_aami = ref[order], np.asarray(reference[1])[order]
+    if sig.size < mitdb.WINDOW:
+        return
+    windows = sliding_window_view(sig, mitdb.WINDOW)
     det = StreamingRPeakDetector(fs)
     step = max(1, round(chunk_s * fs))
     peaks = np.zeros(0, np.int64)
@@ -147,7 +184,7 @@ def ecg_windows(
             yield SensorWindow(
                 stream=stream,
                 modality="ecg",
-                lead=rec.lead,
+                lead=lead,
                 fs=fs,
                 t0_ns=int(t0[k]),
                 seq=seq,
@@ -175,27 +212,43 @@ def vibration_windows(
     start_ns: int | None = None,
     root: str | Path | None = None,
 ) -> Iterator[SensorWindow]:
-    """Frames of a CWRU recording (object, file stem or file id): ``samples`` float32[1024] drive-end
-    acceleration in g at 12 kHz, one every ``hop`` samples; ``label`` = fault class (``cwru.CLASSES``),
-    stream ``"cwru-<file_id>"``, ``t0_ns = start_ns + offset·1e9/12000``."""
+    """Frames of a CWRU recording (object, file stem or file id): :func:`frame_windows` of its drive-end
+    acceleration, stream ``"cwru-<file_id>"``, ``label`` = its fault class (``cwru.CLASSES``)."""
     if hop < 1:
         raise ValueError(f"hop must be >= 1 sample, got {hop}")
     rec = _find_recording(recording, root)
-    sig = cwru.load_signal(rec)
-    start_ns = time.time_ns() if start_ns is None else int(start_ns)
-    if sig.size < cwru.FRAME:
-        return
-    frames = sliding_window_view(sig, cwru.FRAME)[::hop]
-    offsets = np.arange(frames.shape[0], dtype=np.int64) * hop
-    t0 = _ns(start_ns, offsets, cwru.FS)
-    meta_base = {
+    meta = {
         "source": "cwru",
         "recording": rec.name,
         "fault": rec.fault,
         "load_hp": str(rec.load_hp),
         "size_inch": "" if rec.size_inch is None else f"{rec.size_inch:.3f}",
     }
-    stream = f"cwru-{rec.file_id}"
+    return frame_windows(cwru.load_signal(rec), stream=f"cwru-{rec.file_id}", meta=meta, label=rec.fault, hop=hop,
+                         start_ns=start_ns)
+
+
+def frame_windows(
+    signal: np.ndarray,
+    *,
+    stream: str,
+    meta: dict[str, str],
+    label: str | None = None,
+    hop: int = cwru.FRAME,
+    start_ns: int | None = None,
+) -> Iterator[SensorWindow]:
+    """Frames of one accelerometer ``signal`` float32[L] in g at 12 kHz: ``samples`` float32[1024], one every
+    ``hop`` samples, lead ``DE``, ``t0_ns = start_ns + offset·1e9/12000`` (``start_ns`` defaults to now), ``meta``
+    plus the frame's ``offset`` (samples)."""
+    if hop < 1:
+        raise ValueError(f"hop must be >= 1 sample, got {hop}")
+    sig = np.asarray(signal, dtype=np.float32).ravel()
+    start_ns = time.time_ns() if start_ns is None else int(start_ns)
+    if sig.size < cwru.FRAME:
+        return
+    frames = sliding_window_view(sig, cwru.FRAME)[::hop]
+    offsets = np.arange(frames.shape[0], dtype=np.int64) * hop
+    t0 = _ns(start_ns, offsets, cwru.FS)
     for i in range(frames.shape[0]):
         yield SensorWindow(
             stream=stream,
@@ -205,10 +258,61 @@ def vibration_windows(
             t0_ns=int(t0[i]),
             seq=i,
             samples=frames[i],
-            label=rec.fault,
+            label=label,
             features={},
-            meta={**meta_base, "offset": str(int(offsets[i]))},
+            meta={**meta, "offset": str(int(offsets[i]))},
         )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# a user's own recordings (any format of models.data.recording, any rate): resampled to the model's rate
+
+
+def file_stream(modality: str, path: str | Path) -> str:
+    """The stream name of a replayed file: ``<modality>-<file stem>``, other characters replaced by ``_``.
+
+    >>> file_stream("ecg", "/data/incart/I01.hea"), file_stream("vibration", "run 3 (bearing).mat")
+    ('ecg-I01', 'vibration-run_3__bearing_')
+    """
+    stem = Path(path).name.split(".")[0] if Path(path).suffix in (".hea", ".dat") else Path(path).stem
+    return re.sub(r"[^A-Za-z0-9_.:/@-]", "_", f"{modality}-{stem}")[:MAX_STREAM_CHARS]
+
+
+def _file_meta(rec: Recording, path: str | Path) -> dict[str, str]:
+    return {"source": "file", "file": Path(path).name, "channel": rec.channel, "source_fs": f"{rec.fs:g}"}
+
+
+def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
+                     channel: str | None = None, chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
+    """Beat windows (:func:`beat_windows`) of an ECG recording file (:func:`models.data.recording.read_recording`:
+    WFDB, .mat, .npy, .csv), stream :func:`file_stream`, the lead named by the file (a column number for arrays).
+
+    ``channel``: the lead to stream (default: MLII, else II, else the file's only channel). The lead is converted to
+    mV (WFDB units; arrays are taken as mV) and resampled from its own rate (``fs`` Hz for files that do not say it)
+    to 360 Hz. A WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz, label the windows.
+    """
+    rec = read_recording(path, fs=fs, channel=channel, preferred=(mitdb.LEAD, "II"))
+    sig = resample(to_unit(rec.signal, rec.unit, "mV"), rec.fs, mitdb.FS)
+    reference = None
+    if rec.beats is not None:
+        samples, symbols = rec.beats
+        is_beat = np.isin(symbols, list(mitdb.SYMBOL_TO_AAMI))
+        at = np.clip(np.rint(samples[is_beat] * (mitdb.FS / rec.fs)).astype(np.int64), 0, max(sig.size - 1, 0))
+        reference = (at, np.asarray([mitdb.SYMBOL_TO_AAMI[c] for c in symbols[is_beat]], dtype="<U1"))
+    return beat_windows(sig, lead=rec.channel, stream=file_stream("ecg", path), meta=_file_meta(rec, path),
+                        reference=reference, start_ns=start_ns, chunk_s=chunk_s)
+
+
+def vibration_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
+                           channel: str | None = None, hop: int = cwru.FRAME) -> Iterator[SensorWindow]:
+    """Frames (:func:`frame_windows`) of a vibration recording file (:func:`models.data.recording.read_recording`),
+    stream :func:`file_stream`, unlabelled. ``channel``: default the drive-end one (a name ending in ``DE_time``,
+    as CWRU names them), else the file's only channel; in g (WFDB units; other files are taken as g), resampled
+    from its own rate (``fs`` Hz) to 12 kHz."""
+    rec = read_recording(path, fs=fs, channel=channel, preferred=("DE_time",))
+    sig = resample(to_unit(rec.signal, rec.unit, "g"), rec.fs, cwru.FS)
+    return frame_windows(sig, stream=file_stream("vibration", path), meta=_file_meta(rec, path), hop=hop,
+                         start_ns=start_ns)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -516,27 +620,46 @@ class Replayer:
 
 def replay_command(
     settings: Settings,
-    dataset: str,
+    dataset: str | None = None,
     records: Sequence[str | int] | None = None,
     speed: float = 1.0,
     max_windows: int | None = None,
     progress: bool = True,
     replay: str | None = None,
+    *,
+    files: Sequence[str | Path] = (),
+    modality: str | None = None,
+    fs: float | None = None,
+    channel: str | None = None,
 ) -> ReplaySummary:
-    """`sci-monitor replay`: publish the recordings of a replay dataset of :mod:`streams.modalities` (``mitdb``:
-    record names, ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``) to the windows
-    topic at ``settings.kafka_bootstrap``, with the Kafka security settings; ``replay``: the id of an earlier
-    replay to repeat with its stamps."""
-    from streams.modalities import replay_datasets
+    """`sci-monitor replay`: publish recordings to the windows topic at ``settings.kafka_bootstrap``, with the Kafka
+    security settings; ``replay``: the id of an earlier replay to repeat with its stamps.
+
+    Either the recordings of a replay dataset of :mod:`streams.modalities` (``dataset`` ``mitdb``: record names,
+    ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``), or a user's own recording
+    ``files`` of ``modality`` (read at ``fs`` Hz when a file does not state its rate, lead or variable
+    ``channel``). Every file is opened before anything is sent, so a wrong path or a missing rate fails at once.
+    """
+    from streams import modalities
     from streams.security import check_secrets, kafka_client_config
 
     check_secrets(settings)
-    specs = replay_datasets()
-    if dataset not in specs:
-        raise ValueError(f"dataset must be one of {', '.join(specs)}, got {dataset!r}")
-    spec, start_ns = specs[dataset], time.time_ns()
-    streams = [spec.replay_windows(r, start_ns=start_ns, root=settings.data_dir)
-               for r in (records or spec.replay_recordings)]
+    start_ns = time.time_ns()
+    if files:
+        if dataset is not None or records:
+            raise ValueError("give either a dataset (with its records) or files, not both")
+        if modality not in modalities.file_modalities():
+            raise ValueError(f"modality must be one of {', '.join(modalities.file_modalities())} to replay files, "
+                             f"got {modality!r}")
+        spec = modalities.get(modality)
+        streams = [spec.file_windows(str(f), start_ns=start_ns, fs=fs, channel=channel) for f in files]
+    else:
+        specs = modalities.replay_datasets()
+        if dataset not in specs:
+            raise ValueError(f"dataset must be one of {', '.join(specs)}, got {dataset!r}")
+        spec = specs[dataset]
+        streams = [spec.replay_windows(r, start_ns=start_ns, root=settings.data_dir)
+                   for r in (records or spec.replay_recordings)]
     replayer = Replayer(settings.kafka_bootstrap, settings.topics["windows"], speed=speed, progress=progress,
                         producer_config=kafka_client_config(settings), replay=replay)
     return replayer.run(streams, max_windows=max_windows)

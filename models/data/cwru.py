@@ -42,9 +42,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.io
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.signal import resample_poly
 
 from models.data.paths import DataNotFoundError, dataset_dir
+from models.data.recording import resample
 
 FS = 12000
 FRAME = 1024
@@ -173,15 +173,13 @@ def load_signal(rec: CwruRecording) -> np.ndarray:
 
     Reads the one variable ending in ``_DE_time`` whatever its number (the 0.028" files hold e.g.
     ``X048_DE_time`` in file 3005); 48 kHz normal baselines are resampled to 12 kHz
-    (``resample_poly(x, 1, 4)``).
+    (:func:`models.data.recording.resample`, i.e. ``resample_poly(x, 1, 4)``).
     """
     var = _variable(rec.path, "_DE_time")
     if var is None:
         raise ValueError(f"{rec.path}: no drive-end variable (*_DE_time)")
     x = np.asarray(scipy.io.loadmat(str(rec.path), variable_names=[var])[var], dtype=np.float64).ravel()
-    if rec.native_fs != FS:
-        x = resample_poly(x, FS, rec.native_fs)
-    return x.astype(np.float32)
+    return resample(x, rec.native_fs, FS)
 
 
 def split_blocks(

@@ -17,11 +17,27 @@ def _datasets() -> list[str]:
     return list(replay_datasets())
 
 
+def _file_modalities() -> list[str]:
+    from streams.modalities import file_modalities
+
+    return list(file_modalities())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_settings(p, influx=False)
-    p.add_argument("--dataset", choices=options.LazyChoices(_datasets), required=True, metavar="NAME",
-                   help="a replay dataset of the modality registry (mitdb, cwru)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=options.LazyChoices(_datasets), metavar="NAME",
+                        help="a replay dataset of the modality registry (mitdb, cwru)")
+    source.add_argument("--files", nargs="+", metavar="PATH",
+                        help="your own recordings (WFDB record, .mat, .npy, .csv; any rate), resampled to the model's "
+                        "rate; needs --modality")
     p.add_argument("--records", nargs="+", help="MIT-BIH record names or CWRU file ids (default: a few test ones)")
+    p.add_argument("--modality", choices=options.LazyChoices(_file_modalities), metavar="NAME",
+                   help="what --files hold (ecg, vibration)")
+    p.add_argument("--fs", type=options.positive_float, metavar="HZ",
+                   help="sampling rate of --files that do not state it (.mat, .npy, .csv); WFDB headers state theirs")
+    p.add_argument("--channel", metavar="NAME", help="lead, variable or column of --files to stream (default: ECG "
+                   "MLII, else II; vibration *DE_time; else the file's only channel)")
     p.add_argument("--speed", type=options.non_negative_float, default=1.0,
                    help="× real time; 0 = as fast as possible (default 1)")
     p.add_argument("--max-windows", type=options.positive_int, help="stop after this many windows")
@@ -55,9 +71,16 @@ def render(summary) -> None:
 def run(a: argparse.Namespace) -> int:
     from streams.replay import replay_command
 
+    if a.files and a.modality is None:
+        raise ValueError("--files needs --modality (what the files hold)")
+    if a.files and a.records:
+        raise ValueError("--records names recordings of a --dataset; with --files, list the files")
+    if a.dataset and (a.modality or a.fs or a.channel):
+        raise ValueError("--modality, --fs and --channel describe --files; a --dataset knows its own")
     summary = replay_command(options.settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
                              max_windows=a.max_windows, progress=not a.no_progress and a.json != "-",
-                             replay=a.replay_id)
+                             replay=a.replay_id, files=a.files or (), modality=a.modality, fs=a.fs,
+                             channel=a.channel)
     options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s, "ok": summary.ok},
                  lambda: render(summary))
     if not summary.ok:  # a window the broker never acknowledged is a lost window: say so in the exit code
