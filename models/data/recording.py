@@ -35,7 +35,7 @@ _SCALE_TO = {  # unit -> its factor in the target unit
 
 @dataclass(frozen=True)
 class Recording:
-    """One channel of a recording: ``signal`` float32[L] in ``unit`` at ``fs`` Hz (``unit`` "" when the file does
+    """One channel of a recording: ``signal`` float64[L] in ``unit`` at ``fs`` Hz (``unit`` "" when the file does
     not say), named ``channel``; ``beats``: annotated beat positions int64[n] (samples at ``fs``) and their symbols
     str[n] (WFDB ``.atr`` beat codes), or None when the recording has no annotations."""
 
@@ -68,8 +68,8 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
 
 
 def to_unit(x: np.ndarray, unit: str, target: str) -> np.ndarray:
-    """``x`` converted from ``unit`` to ``target`` (``"mV"`` for ECG, ``"g"`` for vibration); an empty ``unit``
-    (the file does not say) is taken as ``target``.
+    """``x`` float64[L] converted from ``unit`` to ``target`` (``"mV"`` for ECG, ``"g"`` for vibration); an empty
+    ``unit`` (the file does not say) is taken as ``target``.
 
     >>> to_unit(np.array([500.0, -250.0]), "uV", "mV").tolist()
     [0.5, -0.25]
@@ -77,11 +77,11 @@ def to_unit(x: np.ndarray, unit: str, target: str) -> np.ndarray:
     [1.0]
     """
     if not unit or unit == target:
-        return np.asarray(x, dtype=np.float32)
+        return np.asarray(x, dtype=np.float64)
     factors = _SCALE_TO.get(target, {})
     if unit not in factors:
         raise ValueError(f"cannot convert {unit!r} to {target!r} (known: {', '.join(factors) or 'none'})")
-    return (np.asarray(x, dtype=np.float64) * factors[unit]).astype(np.float32)
+    return np.asarray(x, dtype=np.float64) * factors[unit]
 
 
 def _pick(names: list[str], channel: str | None, preferred: tuple[str, ...], source: str) -> int:
@@ -124,7 +124,7 @@ def _wfdb(base: Path, channel: str | None, fs: float | None, preferred: tuple[st
 
 
 def _finite(x: np.ndarray, name: str, channel: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float64)
     if not np.isfinite(x).all():
         raise ValueError(f"{name}: channel {channel} holds NaN or infinite samples (gaps in the recording); "
                          "cut them out first")
