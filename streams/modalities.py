@@ -39,8 +39,8 @@ class ModalitySpec:
     ``sci-monitor replay --dataset`` name, a ``"module:function"`` yielding :class:`~streams.contracts.SensorWindow`
     for ``function(recording, start_ns=..., root=...)`` (imported only when used) and the recordings replayed by
     default; ``file_source``: a ``"module:function"`` yielding the windows of a user's own recording file for
-    ``function(path, start_ns=..., fs=..., channel=...)``, which reads the file when called so that a bad file fails
-    before anything is sent (``sci-monitor replay --files``); ``check``: an optional extra input check,
+    ``function(path, start_ns=..., fs=..., channel=..., lead=...)``, which reads the file when called so that a bad
+    file fails before anything is sent (``sci-monitor replay --files``); ``check``: an optional extra input check,
     ``check(window) -> reason or None`` (a reason makes the window a dead letter).
     """
 
@@ -72,13 +72,13 @@ class ModalitySpec:
             raise ValueError(f"modality {self.name} has no replay source")
         return _resolve(self.replay_source)(recording, start_ns=start_ns, root=root)
 
-    def file_windows(self, path: str, *, start_ns: int, fs: float | None = None,
-                     channel: str | None = None) -> Iterator[Any]:
+    def file_windows(self, path: str, *, start_ns: int, fs: float | None = None, channel: str | None = None,
+                     lead: str | None = None) -> Iterator[Any]:
         """The windows of a user's recording file (at ``fs`` Hz when the file does not say; ``channel``: the lead or
-        variable to read) from this modality's file source."""
+        variable to read; ``lead``: the lead to announce) from this modality's file source."""
         if self.file_source is None:
             raise ValueError(f"modality {self.name} cannot replay files")
-        return _resolve(self.file_source)(path, start_ns=start_ns, fs=fs, channel=channel)
+        return _resolve(self.file_source)(path, start_ns=start_ns, fs=fs, channel=channel, lead=lead)
 
 
 def _resolve(target: str) -> Callable[..., Any]:

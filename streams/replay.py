@@ -236,10 +236,11 @@ def frame_windows(
     label: str | None = None,
     hop: int = cwru.FRAME,
     start_ns: int | None = None,
+    lead: str = VIBRATION_LEAD,
 ) -> Iterator[SensorWindow]:
     """Frames of one accelerometer ``signal`` float32[L] in g at 12 kHz: ``samples`` float32[1024], one every
-    ``hop`` samples, lead ``DE``, ``t0_ns = start_ns + offset·1e9/12000`` (``start_ns`` defaults to now), ``meta``
-    plus the frame's ``offset`` (samples)."""
+    ``hop`` samples, of sensor ``lead``, ``t0_ns = start_ns + offset·1e9/12000`` (``start_ns`` defaults to now),
+    ``meta`` plus the frame's ``offset`` (samples)."""
     if hop < 1:
         raise ValueError(f"hop must be >= 1 sample, got {hop}")
     sig = np.asarray(signal, dtype=np.float32).ravel()
@@ -253,7 +254,7 @@ def frame_windows(
         yield SensorWindow(
             stream=stream,
             modality="vibration",
-            lead=VIBRATION_LEAD,
+            lead=lead,
             fs=float(cwru.FS),
             t0_ns=int(t0[i]),
             seq=i,
@@ -283,13 +284,16 @@ def _file_meta(rec: Recording, path: str | Path) -> dict[str, str]:
 
 
 def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
-                     channel: str | None = None, chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
+                     channel: str | None = None, lead: str | None = None,
+                     chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
     """Beat windows (:func:`beat_windows`) of an ECG recording file (:func:`models.data.recording.read_recording`:
-    WFDB, .mat, .npy, .csv), stream :func:`file_stream`, the lead named by the file (a column number for arrays).
+    WFDB, .mat, .npy, .csv), stream :func:`file_stream`.
 
-    ``channel``: the lead to stream (default: MLII, else II, else the file's only channel). The lead is converted to
-    mV (WFDB units; arrays are taken as mV) and resampled from its own rate (``fs`` Hz for files that do not say it)
-    to 360 Hz. A WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz, label the windows.
+    ``channel``: the lead to stream (default: MLII, else II, else the file's only channel); ``lead``: the lead
+    announced in the windows (default: the channel's name; an array's columns are numbered, not named, so its lead
+    is "0", "1", ..., which no model serves until ``lead`` names it). The lead is converted to mV (WFDB units; other
+    files are taken as mV) and resampled from its own rate (``fs`` Hz for files that do not say it) to 360 Hz. A
+    WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz, label the windows.
     """
     rec = read_recording(path, fs=fs, channel=channel, preferred=(mitdb.LEAD, "II"))
     sig = resample(to_unit(rec.signal, rec.unit, "mV"), rec.fs, mitdb.FS)
@@ -299,20 +303,23 @@ def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float
         is_beat = np.isin(symbols, list(mitdb.SYMBOL_TO_AAMI))
         at = np.clip(np.rint(samples[is_beat] * (mitdb.FS / rec.fs)).astype(np.int64), 0, max(sig.size - 1, 0))
         reference = (at, np.asarray([mitdb.SYMBOL_TO_AAMI[c] for c in symbols[is_beat]], dtype="<U1"))
-    return beat_windows(sig, lead=rec.channel, stream=file_stream("ecg", path), meta=_file_meta(rec, path),
+    return beat_windows(sig, lead=lead or rec.channel, stream=file_stream("ecg", path), meta=_file_meta(rec, path),
                         reference=reference, start_ns=start_ns, chunk_s=chunk_s)
 
 
 def vibration_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
-                           channel: str | None = None, hop: int = cwru.FRAME) -> Iterator[SensorWindow]:
+                           channel: str | None = None, lead: str | None = None,
+                           hop: int = cwru.FRAME) -> Iterator[SensorWindow]:
     """Frames (:func:`frame_windows`) of a vibration recording file (:func:`models.data.recording.read_recording`),
     stream :func:`file_stream`, unlabelled. ``channel``: default the drive-end one (a name ending in ``DE_time``,
     as CWRU names them), else the file's only channel; in g (WFDB units; other files are taken as g), resampled
-    from its own rate (``fs`` Hz) to 12 kHz."""
+    from its own rate (``fs`` Hz) to 12 kHz. ``lead``: the sensor announced (default: ``DE`` / ``FE`` / ``BA`` for
+    CWRU's ``*_DE_time`` / ``*_FE_time`` / ``*_BA_time`` variables, else the channel's name)."""
     rec = read_recording(path, fs=fs, channel=channel, preferred=("DE_time",))
     sig = resample(to_unit(rec.signal, rec.unit, "g"), rec.fs, cwru.FS)
+    cwru_sensor = re.fullmatch(r".*_(DE|FE|BA)_time", rec.channel)
     return frame_windows(sig, stream=file_stream("vibration", path), meta=_file_meta(rec, path), hop=hop,
-                         start_ns=start_ns)
+                         start_ns=start_ns, lead=lead or (cwru_sensor[1] if cwru_sensor else rec.channel))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -631,6 +638,7 @@ def replay_command(
     modality: str | None = None,
     fs: float | None = None,
     channel: str | None = None,
+    lead: str | None = None,
 ) -> ReplaySummary:
     """`sci-monitor replay`: publish recordings to the windows topic at ``settings.kafka_bootstrap``, with the Kafka
     security settings; ``replay``: the id of an earlier replay to repeat with its stamps.
@@ -638,7 +646,8 @@ def replay_command(
     Either the recordings of a replay dataset of :mod:`streams.modalities` (``dataset`` ``mitdb``: record names,
     ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``), or a user's own recording
     ``files`` of ``modality`` (read at ``fs`` Hz when a file does not state its rate, lead or variable
-    ``channel``). Every file is opened before anything is sent, so a wrong path or a missing rate fails at once.
+    ``channel``, announced as ``lead``). Every file is opened before anything is sent, so a wrong path or a missing
+    rate fails at once.
     """
     from streams import modalities
     from streams.security import check_secrets, kafka_client_config
@@ -652,7 +661,8 @@ def replay_command(
             raise ValueError(f"modality must be one of {', '.join(modalities.file_modalities())} to replay files, "
                              f"got {modality!r}")
         spec = modalities.get(modality)
-        streams = [spec.file_windows(str(f), start_ns=start_ns, fs=fs, channel=channel) for f in files]
+        streams = [spec.file_windows(str(f), start_ns=start_ns, fs=fs, channel=channel, lead=lead)
+                   for f in files]
     else:
         specs = modalities.replay_datasets()
         if dataset not in specs:

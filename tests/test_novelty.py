@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 
-from controller.novelty import conformal_threshold, fit_gaussian, fit_knn, from_state
+from controller.novelty import conformal_threshold, fit_gaussian, fit_knn, fit_spectrum, from_state
+from controller.quality import band_edges, bands_below, signal_stats
 from models.checkpoint import load_density, save_density
 
 
@@ -55,6 +56,40 @@ def test_state_round_trip_gives_the_same_scores():
     q = torch.tensor(h[:30] + 1.0, dtype=torch.float32)
     for m in (fit_gaussian(torch.tensor(h), torch.tensor(y), 3), fit_knn(torch.tensor(h), k=3)):
         assert torch.equal(from_state(m.state()).score(q), m.score(q))
+    bands = torch.randn(200, 15)
+    spectrum = fit_spectrum(bands, 10)
+    assert torch.equal(from_state(spectrum.state()).score(bands[:20]), spectrum.score(bands[:20]))
+
+
+def _lowpass(x: torch.Tensor, top_bin: int) -> torch.Tensor:
+    """x with every FFT bin above ``top_bin`` removed (an ideal anti-alias filter)."""
+    f = torch.fft.rfft(x, dim=1)
+    f[:, top_bin + 1 :] = 0
+    return torch.fft.irfft(f, n=x.shape[1], dim=1)
+
+
+def test_the_spectrum_detector_ignores_power_above_its_band_and_sees_it_below():
+    """A window that lost everything above the band limit (a source sampled at a lower rate, resampled) scores as
+    it did; one whose power moved inside the band does not."""
+    g = torch.Generator().manual_seed(0)
+    n, length, fs = 400, 256, 360.0
+    t = torch.arange(length) / fs
+    # in-distribution: a 1-3 Hz wave, a 10-20 Hz component and broadband noise at random levels
+    x = (torch.sin(2 * torch.pi * (1 + 2 * torch.rand(n, 1, generator=g)) * t)
+         + 0.3 * torch.rand(n, 1, generator=g) * torch.sin(2 * torch.pi * (10 + 10 * torch.rand(n, 1, generator=g)) * t)
+         + 0.05 * torch.randn(n, length, generator=g))
+    m = bands_below(length, fs, 40.0)
+    top_bin = band_edges(length // 2)[m]  # the band limit's highest FFT bin
+    assert top_bin * fs / length <= 40.0
+    detector = fit_spectrum(signal_stats(x).bands, m)
+    full = fit_spectrum(signal_stats(x).bands, len(band_edges(length // 2)) - 1)
+    q = x[:50]
+    cut = _lowpass(q, top_bin)
+    np.testing.assert_allclose(detector.score(signal_stats(cut).bands), detector.score(signal_stats(q).bands),
+                               rtol=1e-3, atol=1e-3)
+    assert full.score(signal_stats(cut).bands).median() > 10 * full.score(signal_stats(q).bands).median()
+    hum = q + 0.5 * torch.sin(2 * torch.pi * 30.0 * t)  # a strong 30 Hz line: inside the band
+    assert detector.score(signal_stats(hum).bands).median() > 10 * detector.score(signal_stats(q).bands).median()
 
 
 @settings(max_examples=40, deadline=None)

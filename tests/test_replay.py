@@ -275,14 +275,7 @@ def test_replay_pacing_and_raw_payloads(local_stack) -> None:
 @pytest.mark.integration
 def test_replay_command_uses_settings(local_stack) -> None:
     settings = dataclasses.replace(local_stack.settings, topic_prefix=f"rt{uuid.uuid4().hex[:8]}")
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(settings.topics["windows"], 1, 1)])
-    finally:
-        admin.close()
+    _create_topic_named(settings.kafka_bootstrap, settings.topics["windows"])
     summary = replay_command(settings, "cwru", records=[106, "12k_Drive_End_B007_3_121"], speed=0,
                              max_windows=40, progress=False)  # fmt: skip
     assert summary.produced == 40 and set(summary.per_stream) == {"cwru-106", "cwru-121"}
@@ -291,6 +284,42 @@ def test_replay_command_uses_settings(local_stack) -> None:
     assert len(windows) == 40 and {w.label for w in windows} == {"inner", "ball"}
     with pytest.raises(ValueError, match="dataset must be"):
         replay_command(settings, "eeg")
+
+
+@pytest.mark.integration
+def test_replay_command_streams_a_users_own_files(local_stack, tmp_path) -> None:
+    """`replay --files`: an ECG array from a 250 Hz device and a 48 kHz CWRU .mat, resampled, on the real broker."""
+    from models.data.recording import resample
+
+    settings = dataclasses.replace(local_stack.settings, topic_prefix=f"rf{uuid.uuid4().hex[:8]}")
+    _create_topic_named(settings.kafka_bootstrap, settings.topics["windows"])
+    np.save(tmp_path / "patch 7.npy", resample(rec100().signal[: 60 * mitdb.FS], mitdb.FS, 250))
+    summary = replay_command(settings, files=[tmp_path / "patch 7.npy"], modality="ecg", fs=250, lead="MLII",
+                             speed=0, progress=False)
+    windows = [decode_window(r.value) for r in _consume(settings.kafka_bootstrap, settings.topics["windows"],
+                                                        summary.produced)]
+    assert summary.ok and summary.per_stream == {"ecg-patch_7": summary.produced} and 60 <= summary.produced <= 80
+    assert {(w.lead, w.fs, w.meta["source_fs"], w.label) for w in windows} == {("MLII", 360.0, "250", None)}
+    assert sorted(w.seq for w in windows) == list(range(summary.produced))
+    normal = next(r for r in cwru.list_recordings(read_rpms=False) if r.file_id == 97).path
+    summary = replay_command(settings, files=[normal], modality="vibration", fs=48000, speed=0, max_windows=30,
+                             progress=False)
+    assert summary.ok and summary.per_stream == {"vibration-normal_0_97": 30} and summary.labelled == 0
+    with pytest.raises(ValueError, match="does not say its sampling rate"):
+        replay_command(settings, files=[tmp_path / "patch 7.npy"], modality="ecg")
+    with pytest.raises(ValueError, match=r"either a dataset .* or files"):
+        replay_command(settings, "mitdb", files=[tmp_path / "patch 7.npy"], modality="ecg", fs=250)
+
+
+def _create_topic_named(bootstrap: str, topic: str) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
 
 
 # ------------------------------------------------------------------------------------------------------------
