@@ -119,28 +119,32 @@ class KnnNovelty:
 
 @dataclass(frozen=True)
 class SpectrumNovelty:
-    """The spectrum-shape detector: ``density`` scores :func:`controller.quality.band_shape` of the first ``bands``
-    log band shares (the bands below the recipe's ``spectrum_band_hz``) of ``SignalStats.bands`` float[B, N]."""
+    """The spectrum-shape detector: ``density`` scores :func:`controller.quality.band_shape` of ``SignalStats.bands``
+    float[B, N] against a band limit: the shape of the first ``bands`` bands (those below the recipe's
+    ``spectrum_band_hz``), and any excess of power above them over ``floor`` float[N − bands] (the training means)."""
 
     density: GaussianNovelty
     bands: int
+    floor: Tensor
     method: str = "spectrum_shape"
 
     def score(self, b: Tensor) -> Tensor:
-        return self.density.score(band_shape(b, self.bands))
+        return self.density.score(band_shape(b, self.bands, self.floor))
 
     def state(self) -> dict[str, Tensor | str]:
-        return {"method": self.method, "bands": torch.tensor(self.bands), "density": self.density.state()}
+        return {"method": self.method, "bands": torch.tensor(self.bands), "floor": self.floor.cpu(),
+                "density": self.density.state()}
 
     def to(self, device: torch.device | str) -> SpectrumNovelty:
-        return SpectrumNovelty(self.density.to(device), self.bands)
+        return SpectrumNovelty(self.density.to(device), self.bands, self.floor.to(device))
 
 
 def fit_spectrum(bands: Tensor, n: int) -> SpectrumNovelty:
-    """One Gaussian of the training windows' spectrum shape below the band limit (``n`` leading bands of
-    ``bands`` float[N, N_BANDS])."""
-    shape = band_shape(bands, n)
-    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n)
+    """One Gaussian of the training windows' spectrum shape against the band limit (``n`` leading bands of
+    ``bands`` float[N, N_BANDS] below it; the floor of the others = their training means)."""
+    floor = band_shape(bands, n)[:, n:].mean(0)
+    shape = band_shape(bands, n, floor)
+    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n, floor)
 
 
 def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:
@@ -155,7 +159,7 @@ def from_state(state: dict) -> NoveltyModel:
     if state["method"] == "knn":
         return KnnNovelty(state["bank"], int(state["k"]))
     if state["method"] == "spectrum_shape":
-        return SpectrumNovelty(from_state(state["density"]), int(state["bands"]))
+        return SpectrumNovelty(from_state(state["density"]), int(state["bands"]), state["floor"])
     raise ValueError(f"unknown novelty method {state['method']!r}")
 
 

@@ -164,17 +164,25 @@ def bands_below(length: int, fs: float, band_hz: float | None) -> int:
     return n
 
 
-def band_shape(bands: Tensor, n: int) -> Tensor:
-    """The spectrum's shape below a band limit: the leading ``n`` log band shares of ``bands`` float[B, N_BANDS]
-    (:attr:`SignalStats.bands`), renormalised so that their shares sum to 1, float[B, n]. Power above the limit
-    (which a source sampled at a lower rate may not carry at all) changes nothing.
+def band_shape(bands: Tensor, n: int, floor: Tensor | None = None) -> Tensor:
+    """The spectrum's shape judged against a band limit, float[B, N]: the log power of every band of ``bands``
+    float[B, N] (:attr:`SignalStats.bands`, log shares) relative to the power of the leading ``n`` bands (those below
+    the limit); the ``N − n`` bands above it are floored at ``floor`` float[N − n] (their training means).
+
+    Below the limit this is the shape whatever the total; above it only *excess* power counts: a source sampled at
+    a lower rate has none there (it reads as the floor, like a typical training window), while noise that adds
+    power there (muscle, a 50/60 Hz harmonic) still stands out.
 
     >>> b = torch.tensor([[0.5, 0.3, 0.2]]).log()   # shares of three bands
-    >>> band_shape(b, 2).exp().round(decimals=3).tolist()
-    [[0.625, 0.375]]
+    >>> band_shape(b, 2).exp().round(decimals=3).tolist()   # relative to the power of the first two
+    [[0.625, 0.375, 0.25]]
+    >>> band_shape(b, 2, floor=torch.tensor([0.5]).log()).exp().round(decimals=3).tolist()
+    [[0.625, 0.375, 0.5]]
     """
-    head = bands[:, :n]
-    return head - torch.logsumexp(head, dim=1, keepdim=True)
+    z = bands - torch.logsumexp(bands[:, :n], dim=1, keepdim=True)
+    if floor is None or n >= z.shape[1]:
+        return z
+    return torch.cat([z[:, :n], torch.maximum(z[:, n:], floor.to(z))], dim=1)
 
 
 def _range(v: np.ndarray, margin: float) -> tuple[float, float]:
