@@ -17,6 +17,11 @@ ECG (``ecg_shifts``; ``ECG_WINDOWS`` beats drawn once from DS2, the same beats i
 - ``gain_x0.25``, ``gain_x4``: amplitude scaled; ``polarity``: sign flipped;
 - ``resampled_250hz``, ``resampled_500hz``: the MLII record resampled (``resample_poly``) to 250 / 500 Hz as if
   recorded at that rate, then windowed and given RR features as if it were 360 Hz (the announced rate).
+- ``source_128hz``, ``source_250hz``: not a fault but the commonest difference between ECG sources: the MLII record
+  as a device sampling at 128 / 250 Hz records it (everything above 64 / 125 Hz lost), honestly resampled to 360 Hz
+  (:func:`models.data.recording.resample`, what ``sci-monitor replay --files`` does), windows at the fiducials a
+  live stream finds on it, the record's RR features. The model should be robust to it and the gate should let it
+  through: its escalation rate says whether new sources flood the operator.
 Vibration (``vibration_shifts``; the cwru test frames):
 - ``gain_x0.25``, ``gain_x4``; ``resampled_8khz``, ``resampled_16khz``: each recording resampled to 8 / 16 kHz as if
   recorded at that rate, frames from its test time block announced as 12 kHz;
@@ -36,6 +41,7 @@ from scipy.signal import butter, resample_poly, sosfiltfilt
 from models.data import cwru, mitdb
 from models.data.fiducial import r_fiducial
 from models.data.morph import morph_features, running_template
+from models.data.recording import resample
 from models.training import Arrays
 
 ECG_WINDOWS = 3000
@@ -89,6 +95,12 @@ def _other_lead(name: str) -> np.ndarray:
     return rec.p_signal[:, other].astype(np.float32)
 
 
+def _from_source(name: str, fs_source: int) -> np.ndarray:
+    """MLII of record ``name`` as a device sampling at ``fs_source`` Hz records it, resampled back to 360 Hz."""
+    sig = mitdb.load_record(name).signal
+    return resample(resample(sig, mitdb.FS, fs_source), fs_source, mitdb.FS)[: sig.size]
+
+
 def _resampled_record(name: str, fs_true: int) -> tuple[np.ndarray, np.ndarray]:
     """MLII recorded at ``fs_true`` (resampled from 360 Hz) and its beat samples at that rate."""
     rec = mitdb.load_record(name)
@@ -129,18 +141,22 @@ def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str
         return Arrays(np.concatenate(xs), np.concatenate(aux), np.concatenate(ys))
 
     shifts: dict[str, Arrays] = {}
-    def other_lead_windows(r: str) -> np.ndarray:  # centred on the fiducial a live stream of that lead would find
-        sig = _other_lead(r)  # (clipped so that every beat of the MLII stream keeps a window)
+    def _windows_at_beats(r: str, sig: np.ndarray) -> np.ndarray:
+        """Windows of ``sig`` (360 Hz) centred on the fiducial a live stream of it would find at each of record r's
+        beats (clipped so that every beat of the MLII stream keeps a window)."""
         fid = np.clip(r_fiducial(sig, per_record[r].sample, mitdb.FS), mitdb.BEFORE, sig.size - mitdb.AFTER)
         return mitdb.beat_windows(sig, fid)[0]
 
-    shifts["lead2"] = whole_streams(lambda r, x: other_lead_windows(r))
+    shifts["lead2"] = whole_streams(lambda r, x: _windows_at_beats(r, _other_lead(r)))
     length = b.x.shape[1]
     for kind, make in (("baseline_wander", baseline_wander), ("muscle", muscle),
                        ("electrode_motion", electrode_motion)):
         for snr in SNRS_DB:
             shifts[f"{kind}_{snr}db"] = whole_streams(
                 lambda r, x, make=make, snr=snr: add_at_snr(x, make(rng, len(x), length, float(mitdb.FS)), snr))
+    for fs_source in (128, 250):
+        shifts[f"source_{fs_source}hz"] = whole_streams(
+            lambda r, x, fs_source=fs_source: _windows_at_beats(r, _from_source(r, fs_source)))
     shifts["gain_x0.25"] = whole_streams(lambda r, x: x * np.float32(0.25))
     shifts["gain_x4"] = whole_streams(lambda r, x: x * np.float32(4.0))
     shifts["polarity"] = whole_streams(lambda r, x: -x)
