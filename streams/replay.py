@@ -12,8 +12,8 @@
   in ``meta["lead"]``).
 - :func:`frame_windows`: an accelerometer signal at 12 kHz cut into ``FRAME = 1024``-sample frames;
   :func:`vibration_windows` streams a CWRU recording this way.
-- :func:`ecg_file_windows`, :func:`vibration_file_windows`: a user's own recording (WFDB, .mat, .npy, .csv, any
-  rate; :mod:`models.data.recording`) converted to the model's units and resampled to its rate, then streamed as
+- :func:`ecg_file_windows`, :func:`vibration_file_windows`: a user's own recording (WFDB, EDF, .mat, .npy, .csv,
+  any rate; :mod:`models.data.recording`) converted to the model's units and resampled to its rate, then streamed as
   above (``sci-monitor replay --files``).
 - :class:`Replayer`: merges many streams by ``t0_ns`` (``heapq.merge``), paces them by the wall clock
   (``speed`` × real time, 0 = as fast as possible) and produces them with kafka-python (key = window key).
@@ -287,7 +287,7 @@ def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float
                      channel: str | None = None, lead: str | None = None,
                      chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
     """Beat windows (:func:`beat_windows`) of an ECG recording file (:func:`models.data.recording.read_recording`:
-    WFDB, .mat, .npy, .csv), stream :func:`file_stream`.
+    WFDB, EDF, .mat, .npy, .csv), stream :func:`file_stream`.
 
     ``channel``: the lead to stream (default: MLII, else II, else the file's only channel); ``lead``: the lead
     announced in the windows (default: the channel's name; an array's columns are numbered, not named, so its lead

@@ -148,6 +148,25 @@ def test_a_foreign_ecg_source_streams_the_same_beats(tmp_path_factory, fs: int) 
     assert 0.5 < np.median([np.ptp(w.samples) for w in windows]) < 3.0
 
 
+@needs_data("mitdb")
+def test_an_edf_file_is_read_with_its_rate_leads_and_units(tmp_path_factory) -> None:
+    from wfdb.io.convert.edf import wfdb_to_edf
+
+    root = tmp_path_factory.mktemp("edf")
+    base = _foreign_100(str(root), 250)
+    wfdb_to_edf(base, output_filename=f"{base}.edf")
+    r = read_recording(f"{base}.edf", preferred=(mitdb.LEAD, "II"))
+    wf = read_recording(f"{base}.hea")
+    assert (r.name, r.fs, r.channel, r.unit, r.beats) == ("dev250", 250.0, "II", "uV", None)
+    n = wf.signal.size  # EDF pads its last data record
+    assert r.signal.size >= n and np.allclose(r.signal[:n], wf.signal, atol=1.0)  # µV, 16-bit both ways
+    with pytest.raises(ValueError, match="header says 250 Hz"):
+        read_recording(f"{base}.edf", fs=360)
+    windows = list(ecg_file_windows(f"{base}.edf", start_ns=START_NS))
+    assert windows[0].stream == "ecg-dev250" and windows[0].lead == "II" and windows[0].label is None
+    assert abs(len(windows) - len(_original_100())) <= 0.01 * len(_original_100())
+
+
 @needs_data("cwru")
 def test_a_vibration_file_at_48khz_gives_the_loaders_frames(tmp_path) -> None:
     rec = next(r for r in cwru.list_recordings(read_rpms=False) if r.file_id == 97)  # the 48 kHz normal baseline

@@ -24,7 +24,7 @@ from scipy.signal import resample_poly
 
 __all__ = ["FORMATS", "Recording", "read_recording", "resample", "to_unit"]
 
-FORMATS = ("WFDB (.hea/.dat)", ".mat", ".npy", ".csv / .txt")
+FORMATS = ("WFDB (.hea/.dat)", "EDF (.edf)", ".mat", ".npy", ".csv / .txt")
 MIN_SAMPLES = 16  # a .mat variable shorter than this is metadata (an RPM, a file number), not a channel
 _RATE_DENOMINATOR = 1000  # rational approximation of non-integer rate ratios: error below 1e-6 of the rate
 _SCALE_TO = {  # unit -> its factor in the target unit
@@ -104,22 +104,25 @@ def _pick(names: list[str], channel: str | None, preferred: tuple[str, ...], sou
 
 
 def _wfdb(base: Path, channel: str | None, fs: float | None, preferred: tuple[str, ...]) -> Recording:
+    """A WFDB record (``base`` without extension), or an EDF file (``base`` ending in .edf), through wfdb."""
     import warnings
 
     with warnings.catch_warnings():  # wfdb 4.3 uses a pandas call deprecated since pandas 2
         warnings.filterwarnings("ignore", message=".*inplace keyword.*", module="wfdb")
         import wfdb
+        from wfdb.io.convert.edf import read_edf
 
-        rec = wfdb.rdrecord(str(base))
+        rec = read_edf(str(base)) if base.suffix == ".edf" else wfdb.rdrecord(str(base))
         beats = None
-        if base.with_suffix(".atr").is_file():
+        if base.suffix != ".edf" and base.with_suffix(".atr").is_file():
             ann = wfdb.rdann(str(base), "atr")
             beats = (np.asarray(ann.sample, dtype=np.int64), np.asarray(ann.symbol, dtype="<U2"))
     if fs is not None and not math.isclose(fs, rec.fs, rel_tol=1e-9):
-        raise ValueError(f"{base.name}: its header says {rec.fs:g} Hz, not {fs:g} Hz (leave out --fs for WFDB)")
+        raise ValueError(f"{base.name}: its header says {rec.fs:g} Hz, not {fs:g} Hz (leave out --fs for WFDB and EDF)")
     i = _pick(list(rec.sig_name), channel, preferred, f"record {base.name}")
     unit = rec.units[i] if rec.units else ""
-    return Recording(base.name, _finite(rec.p_signal[:, i], base.name, rec.sig_name[i]), float(rec.fs),
+    name = base.stem if base.suffix == ".edf" else base.name
+    return Recording(name, _finite(rec.p_signal[:, i], base.name, rec.sig_name[i]), float(rec.fs),
                      rec.sig_name[i], unit, beats)
 
 
@@ -158,7 +161,7 @@ def _matlab(path: Path) -> tuple[list[str], list[np.ndarray]]:
 def read_recording(path: str | Path, *, fs: float | None = None, channel: str | None = None,
                    preferred: tuple[str, ...] = ()) -> Recording:
     """One channel of the recording at ``path`` (:data:`FORMATS`; a WFDB record may be named with or without its
-    ``.hea``/``.dat``), at its own rate: the header's for WFDB, ``fs`` Hz for the others (required there).
+    ``.hea``/``.dat``), at its own rate: the header's for WFDB and EDF, ``fs`` Hz for the others (required there).
 
     ``channel``: the lead, variable or column (``0``, ``1``, ...) to read, or a suffix of one; by default the
     first of ``preferred`` the file has, else its only channel. ``ValueError`` saying what is missing otherwise.
@@ -178,6 +181,8 @@ def read_recording(path: str | Path, *, fs: float | None = None, channel: str | 
         return _wfdb(base, channel, fs, preferred)
     if not path.is_file():
         raise ValueError(f"no such recording: {path}")
+    if path.suffix == ".edf":
+        return _wfdb(path, channel, fs, preferred)
     if path.suffix not in (".mat", ".npy", ".csv", ".txt"):
         raise ValueError(f"{path.name}: unknown format; readable: {', '.join(FORMATS)}")
     if fs is None:

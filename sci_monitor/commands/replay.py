@@ -29,13 +29,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--dataset", choices=options.LazyChoices(_datasets), metavar="NAME",
                         help="a replay dataset of the modality registry (mitdb, cwru)")
     source.add_argument("--files", nargs="+", metavar="PATH",
-                        help="your own recordings (WFDB record, .mat, .npy, .csv; any rate), resampled to the model's "
-                        "rate; needs --modality")
+                        help="your own recordings (WFDB record, EDF, .mat, .npy, .csv; any rate), resampled to the "
+                        "model's rate; needs --modality")
     p.add_argument("--records", nargs="+", help="MIT-BIH record names or CWRU file ids (default: a few test ones)")
     p.add_argument("--modality", choices=options.LazyChoices(_file_modalities), metavar="NAME",
                    help="what --files hold (ecg, vibration)")
     p.add_argument("--fs", type=options.positive_float, metavar="HZ",
-                   help="sampling rate of --files that do not state it (.mat, .npy, .csv); WFDB headers state theirs")
+                   help="sampling rate of --files that do not state it (.mat, .npy, .csv); WFDB and EDF headers "
+                   "state theirs")
     p.add_argument("--channel", metavar="NAME", help="lead, variable or column of --files to stream (default: ECG "
                    "MLII, else II; vibration *DE_time; else the file's only channel)")
     p.add_argument("--lead", metavar="NAME", help="the lead --files announce (default: the channel's name; name it "
