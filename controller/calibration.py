@@ -234,9 +234,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
         if spec.false_novelty_rate is not None:
             novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device,
                                               spec.knn_bank)
-            if spec.spectrum_band_hz is not None and fs is None:
-                raise ValueError("spectrum_band_hz needs the model's input rate: calibrate(..., fs=...)")
-            n_bands = bands_below(model.input_length, fs or 1.0, spec.spectrum_band_hz)
+            n_bands = bands_below(model.input_length, fs, spec.spectrum_band_hz)
             spectrum_model = fit_spectrum(train_stats.bands, n_bands)
             passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
             half = spec.false_novelty_rate / 2  # two detectors: union bound

@@ -145,10 +145,10 @@ def band_edges(n_bins: int, n_bands: int = N_BANDS) -> list[int]:
     return [0, *(e for e in inner if 0 < e < n_bins), n_bins]
 
 
-def bands_below(length: int, fs: float, band_hz: float | None) -> int:
+def bands_below(length: int, fs: float | None, band_hz: float | None) -> int:
     """How many of the leading :func:`band_edges` bands of a window of ``length`` samples at ``fs`` Hz lie wholly at
-    or below ``band_hz`` (None: all of them). A band covers FFT bins ``edges[i] + 1 .. edges[i + 1]`` (bin j is at
-    ``j · fs / length`` Hz).
+    or below ``band_hz`` (None: all of them, whatever ``fs``). A band covers FFT bins ``edges[i] + 1 .. edges[i + 1]``
+    (bin j is at ``j · fs / length`` Hz).
 
     >>> bands_below(256, 360.0, 40.0), bands_below(256, 360.0, None), bands_below(256, 360.0, 1e6)
     (10, 15, 15)
@@ -156,6 +156,8 @@ def bands_below(length: int, fs: float, band_hz: float | None) -> int:
     edges = band_edges(length // 2)
     if band_hz is None:
         return len(edges) - 1
+    if fs is None:
+        raise ValueError(f"a spectrum band limit ({band_hz:g} Hz) needs the input rate fs")
     tops = np.asarray(edges[1:]) * fs / length
     n = int(np.count_nonzero(tops <= band_hz + 1e-9))
     if n < 2:

@@ -275,8 +275,7 @@ def file_stream(modality: str, path: str | Path) -> str:
     >>> file_stream("ecg", "/data/incart/I01.hea"), file_stream("vibration", "run 3 (bearing).mat")
     ('ecg-I01', 'vibration-run_3__bearing_')
     """
-    stem = Path(path).name.split(".")[0] if Path(path).suffix in (".hea", ".dat") else Path(path).stem
-    return re.sub(r"[^A-Za-z0-9_.:/@-]", "_", f"{modality}-{stem}")[:MAX_STREAM_CHARS]
+    return re.sub(r"[^A-Za-z0-9_.:/@-]", "_", f"{modality}-{Path(path).stem}")[:MAX_STREAM_CHARS]
 
 
 def _file_meta(rec: Recording, path: str | Path) -> dict[str, str]:

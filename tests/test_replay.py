@@ -164,11 +164,11 @@ def test_replayer_rejects_missing_bootstrap(monkeypatch: pytest.MonkeyPatch) -> 
 # integration: a real broker
 
 
-def _create_topic(bootstrap: str, partitions: int) -> str:
+def _create_topic(bootstrap: str, partitions: int, topic: str | None = None) -> str:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    topic = f"test.replay.{uuid.uuid4().hex[:10]}"
+    topic = topic or f"test.replay.{uuid.uuid4().hex[:10]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-replay")
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
@@ -275,7 +275,7 @@ def test_replay_pacing_and_raw_payloads(local_stack) -> None:
 @pytest.mark.integration
 def test_replay_command_uses_settings(local_stack) -> None:
     settings = dataclasses.replace(local_stack.settings, topic_prefix=f"rt{uuid.uuid4().hex[:8]}")
-    _create_topic_named(settings.kafka_bootstrap, settings.topics["windows"])
+    _create_topic(settings.kafka_bootstrap, 1, settings.topics["windows"])
     summary = replay_command(settings, "cwru", records=[106, "12k_Drive_End_B007_3_121"], speed=0,
                              max_windows=40, progress=False)  # fmt: skip
     assert summary.produced == 40 and set(summary.per_stream) == {"cwru-106", "cwru-121"}
@@ -292,7 +292,7 @@ def test_replay_command_streams_a_users_own_files(local_stack, tmp_path) -> None
     from models.data.recording import resample
 
     settings = dataclasses.replace(local_stack.settings, topic_prefix=f"rf{uuid.uuid4().hex[:8]}")
-    _create_topic_named(settings.kafka_bootstrap, settings.topics["windows"])
+    _create_topic(settings.kafka_bootstrap, 1, settings.topics["windows"])
     np.save(tmp_path / "patch 7.npy", resample(rec100().signal[: 60 * mitdb.FS], mitdb.FS, 250))
     summary = replay_command(settings, files=[tmp_path / "patch 7.npy"], modality="ecg", fs=250, lead="MLII",
                              speed=0, progress=False)
@@ -309,17 +309,6 @@ def test_replay_command_streams_a_users_own_files(local_stack, tmp_path) -> None
         replay_command(settings, files=[tmp_path / "patch 7.npy"], modality="ecg")
     with pytest.raises(ValueError, match=r"either a dataset .* or files"):
         replay_command(settings, "mitdb", files=[tmp_path / "patch 7.npy"], modality="ecg", fs=250)
-
-
-def _create_topic_named(bootstrap: str, topic: str) -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        admin.close()
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ ECG (``ecg_shifts``; ``ECG_WINDOWS`` beats drawn once from DS2, the same beats i
   (2 × the noise RMS) at a random sample (electrode-motion artefact);
   SNR is per window: 10·log10(P_signal / P_noise), P = mean square of the mean-removed window;
 - ``gain_x0.25``, ``gain_x4``: amplitude scaled; ``polarity``: sign flipped;
-- ``resampled_250hz``, ``resampled_500hz``: the MLII record resampled (``resample_poly``) to 250 / 500 Hz as if
-  recorded at that rate, then windowed and given RR features as if it were 360 Hz (the announced rate).
+- ``resampled_250hz``, ``resampled_500hz``: the MLII record resampled (:func:`models.data.recording.resample`) to
+  250 / 500 Hz as if recorded at that rate, then windowed and given RR features as if it were 360 Hz (the announced
+  rate).
 - ``source_128hz``, ``source_250hz``: not a fault but the commonest difference between ECG sources: the MLII record
   as a device sampling at 128 / 250 Hz records it (everything above 64 / 125 Hz lost), honestly resampled to 360 Hz
   (:func:`models.data.recording.resample`, what ``sci-monitor replay --files`` does), windows at the fiducials a
@@ -36,7 +37,7 @@ import warnings
 
 import numpy as np
 import scipy.io
-from scipy.signal import butter, resample_poly, sosfiltfilt
+from scipy.signal import butter, sosfiltfilt
 
 from models.data import cwru, mitdb
 from models.data.fiducial import r_fiducial
@@ -104,7 +105,7 @@ def _from_source(name: str, fs_source: int) -> np.ndarray:
 def _resampled_record(name: str, fs_true: int) -> tuple[np.ndarray, np.ndarray]:
     """MLII recorded at ``fs_true`` (resampled from 360 Hz) and its beat samples at that rate."""
     rec = mitdb.load_record(name)
-    sig = resample_poly(rec.signal.astype(np.float64), fs_true, mitdb.FS).astype(np.float32)
+    sig = resample(rec.signal, mitdb.FS, fs_true)
     return sig, np.rint(rec.beat_samples * fs_true / mitdb.FS).astype(np.int64)
 
 
@@ -202,7 +203,7 @@ def vibration_shifts() -> tuple[Arrays, dict[str, Arrays]]:
     for fs_true in (8000, 16000):
         parts = []
         for rec in recs:
-            sig = resample_poly(cwru.load_signal(rec).astype(np.float64), fs_true, cwru.FS)
+            sig = resample(cwru.load_signal(rec), cwru.FS, fs_true)
             parts.append(_test_block_frames(sig, rec.label))
         shifts[f"resampled_{fs_true // 1000}khz"] = _concat(parts)
     shifts["normal_wrong_rate"] = normal_at_wrong_rate(recs)

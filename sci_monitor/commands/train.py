@@ -11,6 +11,12 @@ NAME = "train"
 HELP = "train a model, calibrate it on validation and save a checkpoint"
 
 
+def _protocols() -> list[str]:
+    from models.selection import PROTOCOLS
+
+    return list(PROTOCOLS)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=options.recipe_names(extra=("all",)), required=True, metavar="NAME",
                    help="a recipe (mitdb, cwru, cwru-loadshift, paper-bearings, paper-mitdb) or all")
@@ -20,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv", action="store_true",
                    help="instead of training the checkpoint, cross-validate the recipe on its training data, grouped "
                         "by record (mitdb: DS1 folds, never DS2; how the ECG recipe was chosen); writes nothing")
-    p.add_argument("--cv-protocol", choices=("groups", "records"), default="groups",
+    p.add_argument("--cv-protocol", choices=options.LazyChoices(_protocols), default="groups", metavar="NAME",
                    help="with --cv: 'groups' = the recipe's record groups (3 folds for mitdb), 'records' = leave one "
                         "record of those groups out at a time (16 folds for mitdb, about 5x longer)")
     options.add_json(p, "the trained models' cards (with --cv: the cross-validation report)")
