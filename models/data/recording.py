@@ -134,8 +134,8 @@ def _finite(x: np.ndarray, name: str, channel: str) -> np.ndarray:
     return x
 
 
-def _columns(path: Path) -> tuple[list[str], np.ndarray]:
-    """Channel names and float64[L, C] samples of a .npy, .csv or .txt file (one column per channel)."""
+def _columns(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    """Channel names and float64[L] samples of each column of a .npy, .csv or .txt file (one column per channel)."""
     if path.suffix == ".npy":
         a = np.load(path, allow_pickle=False)
     else:
@@ -145,7 +145,7 @@ def _columns(path: Path) -> tuple[list[str], np.ndarray]:
         a = a[:, None]
     if a.ndim != 2:
         raise ValueError(f"{path.name}: expected samples as one column per channel, got an array of shape {a.shape}")
-    return [str(c) for c in range(a.shape[1])], a
+    return [str(c) for c in range(a.shape[1])], list(a.T)
 
 
 def _matlab(path: Path) -> tuple[list[str], list[np.ndarray]]:
@@ -190,7 +190,5 @@ def read_recording(path: str | Path, *, fs: float | None = None, channel: str | 
     if not (math.isfinite(fs) and fs > 0):
         raise ValueError(f"fs must be finite and > 0 Hz, got {fs}")
     names, cols = _matlab(path) if path.suffix == ".mat" else _columns(path)
-    if isinstance(cols, np.ndarray):
-        cols = list(cols.T)
     i = _pick(names, channel, preferred, path.name)
     return Recording(path.stem, _finite(cols[i], path.name, names[i]), float(fs), names[i])
