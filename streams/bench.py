@@ -331,14 +331,17 @@ def percentiles(x: np.ndarray) -> dict[str, float]:
 
 
 def bench_pipeline(windows: int = 20_000, latency_s: float = 30.0, batch_size: int | None = None,
-                   workers: int = 1, timeout_s: float = 600.0, log: Log = lambda _: None) -> dict[str, Any]:
+                   workers: int = 1, timeout_s: float = 600.0, log: Log = lambda _: None,
+                   batch_timeout_s: float | None = None, fetch_wait_s: float | None = None) -> dict[str, Any]:
     """The whole pipeline benchmark on a private local stack; returns the JSON-able result. ``workers`` worker
-    processes share the pipeline's consumer group (at most ``input_partitions`` of them get partitions)."""
+    processes share the pipeline's consumer group (at most ``input_partitions`` of them get partitions);
+    ``batch_size``, ``batch_timeout_s`` and ``fetch_wait_s`` (None: the settings' defaults) apply to the workers and
+    the pass-through alike."""
     base = load_settings(env={})
     if not 1 <= workers <= base.input_partitions:
         raise ValueError(f"workers must be 1..{base.input_partitions} (the input topic's partitions), got {workers}")
-    if batch_size is not None:
-        base = dataclasses.replace(base, batch_size=batch_size)
+    given = {"batch_size": batch_size, "batch_timeout_s": batch_timeout_s, "fetch_wait_s": fetch_wait_s}
+    base = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     base = dataclasses.replace(base, device="cpu" if base.device == "auto" else base.device)
     log(f"[bench] encoding {windows} windows ...")
     msgs = bench_messages(windows, time.time_ns())

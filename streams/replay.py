@@ -53,7 +53,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from models.data import cwru, mitdb
 from models.data.fiducial import r_fiducial
 from models.data.morph import TEMPLATE_BEATS, morph_features, running_template
-from models.data.recording import Recording, read_recording, resample, to_unit
+from models.data.recording import Recording, finite_runs, read_recording, resample, to_unit
 from models.data.rr import rr_features
 from streams.contracts import MAX_STREAM_CHARS, SensorWindow, encode_window, window_key
 from streams.rpeaks import StreamingRPeakDetector
@@ -127,6 +127,7 @@ def beat_windows(
     reference: tuple[np.ndarray, np.ndarray] | None = None,
     start_ns: int | None = None,
     chunk_s: float = CHUNK_S,
+    seq0: int = 0,
 ) -> Iterator[SensorWindow]:
     """Beat windows of one ECG lead ``signal`` float32[L] in mV at 360 Hz as they become available in a live
     stream: the signal goes through :class:`~streams.rpeaks.StreamingRPeakDetector` in ``chunk_s`` chunks.
@@ -136,7 +137,7 @@ def beat_windows(
     (:data:`models.data.mitdb.BEAT_AUX` numbers): RR features of :func:`models.data.rr.rr_features` on the peaks
     detected so far, then :func:`models.data.morph.morph_features` and :func:`models.data.morph.running_template`
     over the stream's windows so far; ``t0_ns = start_ns + (peak − 96)·1e9/360`` (``start_ns`` defaults to now),
-    ``seq`` from 0, ``meta`` plus ``lead``, ``peak_index`` and ``sample``. Beats whose window would cross the
+    ``seq`` from ``seq0``, ``meta`` plus ``lead``, ``peak_index`` and ``sample``. Beats whose window would cross the
     signal's start or end are skipped. ``reference``: annotated beat positions int64[n] (samples at 360 Hz) and
     their AAMI classes str[n]; a window's label is the class of the annotation whose R fiducial lies within 50 ms
     of its detected peak (None when there is none, it is Q, or there is no reference).
@@ -162,7 +163,7 @@ def beat_windows(
     peaks = np.zeros(0, np.int64)
     emitted = 0  # beats (detected peaks) already handled
     history = np.zeros((0, mitdb.WINDOW), np.float32)  # the stream's last windows, for the running template
-    seq = 0
+    seq = seq0
     for start in [*range(0, sig.size, step), None]:
         final = start is None
         new = det.flush() if final else det.push(sig[start : start + step])
@@ -237,10 +238,11 @@ def frame_windows(
     hop: int = cwru.FRAME,
     start_ns: int | None = None,
     lead: str = VIBRATION_LEAD,
+    seq0: int = 0,
 ) -> Iterator[SensorWindow]:
     """Frames of one accelerometer ``signal`` float32[L] in g at 12 kHz: ``samples`` float32[1024], one every
     ``hop`` samples, of sensor ``lead``, ``t0_ns = start_ns + offset·1e9/12000`` (``start_ns`` defaults to now),
-    ``meta`` plus the frame's ``offset`` (samples)."""
+    ``seq`` from ``seq0``, ``meta`` plus the frame's ``offset`` (samples)."""
     if hop < 1:
         raise ValueError(f"hop must be >= 1 sample, got {hop}")
     sig = np.asarray(signal, dtype=np.float32).ravel()
@@ -257,7 +259,7 @@ def frame_windows(
             lead=lead,
             fs=float(cwru.FS),
             t0_ns=int(t0[i]),
-            seq=i,
+            seq=seq0 + i,
             samples=frames[i],
             label=label,
             features={},
@@ -282,43 +284,96 @@ def _file_meta(rec: Recording, path: str | Path) -> dict[str, str]:
     return {"source": "file", "file": Path(path).name, "channel": rec.channel, "source_fs": f"{rec.fs:g}"}
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One gap-free part of a recording: its place ``run`` (samples at the source rate), its samples resampled to
+    the model's rate, and the time its first sample was recorded (ns)."""
+
+    index: int
+    run: slice
+    signal: np.ndarray
+    start_ns: int
+
+
+def _parts(rec: Recording, unit: str, fs: float, start_ns: int | None) -> list[_Part]:
+    """The gap-free parts of ``rec`` (:func:`models.data.recording.finite_runs`), each converted to ``unit`` and
+    resampled to ``fs`` Hz on its own (a gap must not leak into the filter), clocked from ``start_ns`` (default:
+    now) plus its offset in the recording."""
+    start_ns = time.time_ns() if start_ns is None else int(start_ns)
+    runs = finite_runs(rec.signal)
+    if len(runs) > 1:
+        missing = (rec.signal.size - sum(r.stop - r.start for r in runs)) / rec.fs
+        log.warning("%s, channel %s: %d parts between gaps (%.3g s without samples), each streamed as a "
+                    "recording's start", rec.name, rec.channel, len(runs), missing)
+    return [_Part(k, run, resample(to_unit(rec.signal[run], rec.unit, unit), rec.fs, fs),
+                  start_ns + round(run.start * 1e9 / rec.fs)) for k, run in enumerate(runs)]
+
+
+def _stream_parts(parts: list[_Part], windows_of) -> Iterator[SensorWindow]:
+    """Chain ``windows_of(part, seq0)`` over the parts; ``seq`` continues from one part to the next."""
+    seq = 0
+    for part in parts:
+        for w in windows_of(part, seq):
+            seq = w.seq + 1
+            yield w
+
+
 def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
                      channel: str | None = None, lead: str | None = None,
                      chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
     """Beat windows (:func:`beat_windows`) of an ECG recording file (:func:`models.data.recording.read_recording`:
-    WFDB, EDF, .mat, .npy, .csv), stream :func:`file_stream`.
+    WFDB, EDF, .mat, .npy, .csv), stream :func:`file_stream`. The file is read when this is called, before any
+    window is made.
 
     ``channel``: the lead to stream (default: MLII, else II, else the file's only channel); ``lead``: the lead
     announced in the windows (default: the channel's name; an array's columns are numbered, not named, so its lead
     is "0", "1", ..., which no model serves until ``lead`` names it). The lead is converted to mV (WFDB units; other
     files are taken as mV) and resampled from its own rate (``fs`` Hz for files that do not say it) to 360 Hz. A
     WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz, label the windows.
+
+    Gaps (NaN or invalid samples): each part between them is streamed as the start of a recording is, with its
+    own R-peak detector, RR average and template warm-up (an interval across a gap is not an RR interval), at its
+    own time, in the same stream, ``seq`` continuing; ``meta["segment"]`` numbers the parts from 0.
     """
     rec = read_recording(path, fs=fs, channel=channel, preferred=(mitdb.LEAD, "II"))
-    sig = resample(to_unit(rec.signal, rec.unit, "mV"), rec.fs, mitdb.FS)
-    reference = None
+    meta = _file_meta(rec, path)
     if rec.beats is not None:
         samples, symbols = rec.beats
         is_beat = np.isin(symbols, list(mitdb.SYMBOL_TO_AAMI))
-        at = np.clip(np.rint(samples[is_beat] * (mitdb.FS / rec.fs)).astype(np.int64), 0, max(sig.size - 1, 0))
-        reference = (at, np.asarray([mitdb.SYMBOL_TO_AAMI[c] for c in symbols[is_beat]], dtype="<U1"))
-    return beat_windows(sig, lead=lead or rec.channel, stream=file_stream("ecg", path), meta=_file_meta(rec, path),
-                        reference=reference, start_ns=start_ns, chunk_s=chunk_s)
+        ann, aami = samples[is_beat], np.asarray([mitdb.SYMBOL_TO_AAMI[c] for c in symbols[is_beat]], dtype="<U1")
+
+    def windows_of(part: _Part, seq0: int) -> Iterator[SensorWindow]:
+        reference = None
+        if rec.beats is not None:
+            inside = (ann >= part.run.start) & (ann < part.run.stop)
+            at = np.rint((ann[inside] - part.run.start) * (mitdb.FS / rec.fs)).astype(np.int64)
+            reference = (np.clip(at, 0, max(part.signal.size - 1, 0)), aami[inside])
+        return beat_windows(part.signal, lead=lead or rec.channel, stream=file_stream("ecg", path),
+                            meta={**meta, "segment": str(part.index)}, reference=reference, start_ns=part.start_ns,
+                            chunk_s=chunk_s, seq0=seq0)
+
+    return _stream_parts(_parts(rec, "mV", mitdb.FS, start_ns), windows_of)
 
 
 def vibration_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
                            channel: str | None = None, lead: str | None = None,
                            hop: int = cwru.FRAME) -> Iterator[SensorWindow]:
     """Frames (:func:`frame_windows`) of a vibration recording file (:func:`models.data.recording.read_recording`),
-    stream :func:`file_stream`, unlabelled. ``channel``: default the drive-end one (a name ending in ``DE_time``,
-    as CWRU names them), else the file's only channel; in g (WFDB units; other files are taken as g), resampled
-    from its own rate (``fs`` Hz) to 12 kHz. ``lead``: the sensor announced (default: ``DE`` / ``FE`` / ``BA`` for
-    CWRU's ``*_DE_time`` / ``*_FE_time`` / ``*_BA_time`` variables, else the channel's name)."""
+    stream :func:`file_stream`, unlabelled, read when this is called. ``channel``: default the drive-end one (a
+    name ending in ``DE_time``, as CWRU names them), else the file's only channel; in g (WFDB units; other files are
+    taken as g), resampled from its own rate (``fs`` Hz) to 12 kHz. ``lead``: the sensor announced (default: ``DE``
+    / ``FE`` / ``BA`` for CWRU's ``*_DE_time`` / ``*_FE_time`` / ``*_BA_time`` variables, else the channel's name).
+    Gaps: as :func:`ecg_file_windows` (no frame spans one)."""
     rec = read_recording(path, fs=fs, channel=channel, preferred=("DE_time",))
-    sig = resample(to_unit(rec.signal, rec.unit, "g"), rec.fs, cwru.FS)
     cwru_sensor = re.fullmatch(r".*_(DE|FE|BA)_time", rec.channel)
-    return frame_windows(sig, stream=file_stream("vibration", path), meta=_file_meta(rec, path), hop=hop,
-                         start_ns=start_ns, lead=lead or (cwru_sensor[1] if cwru_sensor else rec.channel))
+    meta = _file_meta(rec, path)
+
+    def windows_of(part: _Part, seq0: int) -> Iterator[SensorWindow]:
+        return frame_windows(part.signal, stream=file_stream("vibration", path),
+                             meta={**meta, "segment": str(part.index)}, hop=hop, start_ns=part.start_ns,
+                             lead=lead or (cwru_sensor[1] if cwru_sensor else rec.channel), seq0=seq0)
+
+    return _stream_parts(_parts(rec, "g", cwru.FS, start_ns), windows_of)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from data_marks import needs_data
 from scipy.signal import resample_poly
 
 from models.data import cwru, mitdb
-from models.data.recording import read_recording, resample, to_unit
+from models.data.recording import finite_runs, read_recording, resample, to_unit
 from streams.contracts import decode_window, encode_window
 from streams.replay import ecg_file_windows, ecg_windows, file_stream, vibration_file_windows, vibration_windows
 
@@ -73,9 +73,13 @@ def test_files_of_each_format_and_their_channels(tmp_path) -> None:
     (tmp_path / "notes.json").write_text("{}")
     with pytest.raises(ValueError, match="unknown format"):
         read_recording(tmp_path / "notes.json", fs=1)
-    np.save(tmp_path / "gap.npy", np.r_[sig, np.nan])
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        read_recording(tmp_path / "gap.npy", fs=500)
+    # gaps (NaN, infinite samples) are kept as NaN for the replay to stream around; a channel of nothing is refused
+    np.save(tmp_path / "gap.npy", np.r_[sig, np.nan, np.inf, sig])
+    gap = read_recording(tmp_path / "gap.npy", fs=500).signal
+    assert np.isnan(gap[400:402]).all() and np.array_equal(gap[402:], sig)
+    np.save(tmp_path / "none.npy", np.full(100, np.nan))
+    with pytest.raises(ValueError, match="no finite sample"):
+        read_recording(tmp_path / "none.npy", fs=500)
 
 
 def test_stream_names_are_valid_for_the_contract() -> None:
@@ -89,7 +93,9 @@ def test_stream_names_are_valid_for_the_contract() -> None:
 
 
 @functools.cache
-def _foreign_100(root: str, fs: int) -> str:
+def _foreign_100(root: str, fs: int, gap_s: tuple[float, float] | None = None) -> str:
+    """Record 100's first minutes as a ``fs`` Hz device in µV writes them (WFDB format 16, lead "II", with its
+    annotations); ``gap_s``: (start, end) seconds of the recording lost (stored as WFDB invalid samples)."""
     import warnings
 
     import wfdb
@@ -101,8 +107,11 @@ def _foreign_100(root: str, fs: int) -> str:
     keep = rec.beat_samples < n
     at = np.rint(rec.beat_samples[keep] * fs / mitdb.FS).astype(np.int64)
     name = f"dev{fs}"
-    wfdb.wrsamp(name, fs=fs, units=["uV"], sig_name=["II"], p_signal=(sig * 1000.0)[:, None].astype(np.float64),
-                fmt=["16"], write_dir=root)
+    uv = (sig * 1000.0).astype(np.float64)
+    if gap_s is not None:
+        uv[round(gap_s[0] * fs) : round(gap_s[1] * fs)] = np.nan
+        name += "gap"
+    wfdb.wrsamp(name, fs=fs, units=["uV"], sig_name=["II"], p_signal=uv[:, None], fmt=["16"], write_dir=root)
     wfdb.wrann(name, "atr", at, list(rec.beat_symbols[keep]), write_dir=root)
     return f"{root}/{name}"
 
@@ -146,6 +155,55 @@ def test_a_foreign_ecg_source_streams_the_same_beats(tmp_path_factory, fs: int) 
     assert abs(len(windows) - len(original)) <= 0.01 * len(original)
     # the signal is in mV again (the file holds µV): the R waves of record 100 are about 1-2 mV high
     assert 0.5 < np.median([np.ptp(w.samples) for w in windows]) < 3.0
+
+
+@needs_data("mitdb")
+def test_a_recording_with_a_gap_streams_both_sides_of_it(tmp_path_factory) -> None:
+    """A gap (invalid samples, as WFDB stores a lost stretch) neither aborts the replay nor reaches a window: each
+    part is streamed as the start of a recording is, in the same stream, at its own time."""
+    fs, gap = 250, (100.0, 110.0)
+    path = _foreign_100(str(tmp_path_factory.mktemp("gap")), fs, gap)
+    rec = read_recording(path + ".hea")
+    assert [(r.start, r.stop) for r in finite_runs(rec.signal)] == [(0, 25_000), (27_500, MINUTES * 60 * fs)]
+    windows = list(ecg_file_windows(path + ".hea", start_ns=START_NS))
+    assert [w.seq for w in windows] == list(range(len(windows)))
+    assert {w.stream for w in windows} == {"ecg-dev250gap"}
+    assert all(np.isfinite(w.samples).all() and np.isfinite(w.features["beat"]).all() for w in windows)
+    parts = [[w for w in windows if w.meta["segment"] == k] for k in ("0", "1")]
+    assert len(parts[0]) + len(parts[1]) == len(windows) and min(map(len, parts)) > 100
+    gap_ns = [START_NS + round(t * 1e9) for t in gap]
+    assert max(w.t0_ns for w in parts[0]) < gap_ns[0] and min(w.t0_ns for w in parts[1]) >= gap_ns[1]
+    # the part after the gap: its clock and samples are the recording's own (a beat's sample counts from the part)
+    whole = list(ecg_file_windows(_foreign_100(str(tmp_path_factory.mktemp("whole")), fs), start_ns=START_NS))
+    by_t0 = {w.t0_ns: w for w in whole}
+    away = [w for w in parts[1] if w.t0_ns > gap_ns[1] + 2e9]  # clear of the part's edge and filter tail
+    same = [w for w in away if w.t0_ns in by_t0]
+    assert len(same) >= 0.99 * len(away)
+    assert all(np.allclose(w.samples, by_t0[w.t0_ns].samples, atol=2e-3) for w in same)
+    assert sum(w.label == by_t0[w.t0_ns].label for w in same) >= 0.99 * len(away)
+    # lost: at least the beats whose window overlaps the gap, at most those within a second of it (part edges)
+    span_ns = mitdb.WINDOW * 1e9 / mitdb.FS
+    overlapping = sum(gap_ns[0] - span_ns < w.t0_ns < gap_ns[1] for w in whole)
+    near = sum(gap_ns[0] - 1e9 - span_ns < w.t0_ns < gap_ns[1] + 1e9 for w in whole)
+    assert len(whole) - near <= len(windows) <= len(whole) - overlapping
+
+
+def test_a_vibration_file_with_gaps_gives_frames_of_each_part_only(tmp_path) -> None:
+    fs = 48_000
+    sig = np.sin(2 * np.pi * 157.0 * np.arange(fs) / fs)  # 1 s
+    sig[12_000:12_100] = np.nan  # a 2 ms dropout ...
+    sig[30_000:30_010] = np.inf  # ... and a clipped-to-inf burst
+    np.save(tmp_path / "drops.npy", sig)
+    frames = list(vibration_file_windows(tmp_path / "drops.npy", fs=fs, lead="DE", start_ns=START_NS))
+    assert [w.seq for w in frames] == list(range(len(frames)))
+    assert [w.meta["segment"] for w in frames] == sorted(w.meta["segment"] for w in frames)
+    assert {w.meta["segment"] for w in frames} == {"0", "1", "2"}
+    assert all(np.isfinite(w.samples).all() for w in frames)
+    starts = {k: min(w.t0_ns for w in frames if w.meta["segment"] == k) for k in ("1", "2")}
+    assert starts == {"1": START_NS + 12_100 * 10**9 // fs, "2": START_NS + 30_010 * 10**9 // fs}
+    # each part at 12 kHz: floor((its samples / 4 - 1024) / 1024) + 1 frames
+    sizes = [12_000, 30_000 - 12_100, fs - 30_010]
+    assert len(frames) == sum((-(-n // 4) - 1024) // 1024 + 1 for n in sizes)
 
 
 @needs_data("mitdb")

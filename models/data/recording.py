@@ -22,7 +22,7 @@ import numpy as np
 from scipy.io import loadmat
 from scipy.signal import resample_poly
 
-__all__ = ["FORMATS", "Recording", "read_recording", "resample", "to_unit"]
+__all__ = ["FORMATS", "Recording", "finite_runs", "read_recording", "resample", "to_unit"]
 
 FORMATS = ("WFDB (.hea/.dat)", "EDF (.edf)", ".mat", ".npy", ".csv / .txt")
 MIN_SAMPLES = 16  # a .mat variable shorter than this is metadata (an RPM, a file number), not a channel
@@ -36,8 +36,10 @@ _SCALE_TO = {  # unit -> its factor in the target unit
 @dataclass(frozen=True)
 class Recording:
     """One channel of a recording: ``signal`` float64[L] in ``unit`` at ``fs`` Hz (``unit`` "" when the file does
-    not say), named ``channel``; ``beats``: annotated beat positions int64[n] (samples at ``fs``) and their symbols
-    str[n] (WFDB ``.atr`` beat codes), or None when the recording has no annotations."""
+    not say), named ``channel``, NaN where the recording has a gap (a WFDB invalid sample, a NaN or an infinite
+    value in the file: :func:`finite_runs` gives the parts between them); ``beats``: annotated beat positions
+    int64[n] (samples at ``fs``) and their symbols str[n] (WFDB ``.atr`` beat codes), or None when the recording has
+    no annotations."""
 
     name: str
     signal: np.ndarray
@@ -65,6 +67,18 @@ def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
         return x.astype(np.float32)
     ratio = Fraction(fs_out / fs_in).limit_denominator(_RATE_DENOMINATOR)
     return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def finite_runs(x: np.ndarray, min_samples: int = 1) -> list[slice]:
+    """The maximal runs of finite samples of ``x`` float[L] that are at least ``min_samples`` long, in order: the
+    parts of a recording between its gaps.
+
+    >>> finite_runs(np.array([1.0, 2.0, np.nan, np.nan, 3.0, np.inf, 4.0, 5.0, 6.0]), min_samples=2)
+    [slice(0, 2, None), slice(6, 9, None)]
+    """
+    ok = np.concatenate(([False], np.isfinite(np.asarray(x, dtype=np.float64).ravel()), [False]))
+    edges = np.flatnonzero(np.diff(ok.astype(np.int8)))  # alternating run starts and ends
+    return [slice(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_samples]
 
 
 def to_unit(x: np.ndarray, unit: str, target: str) -> np.ndarray:
@@ -122,16 +136,17 @@ def _wfdb(base: Path, channel: str | None, fs: float | None, preferred: tuple[st
     i = _pick(list(rec.sig_name), channel, preferred, f"record {base.name}")
     unit = rec.units[i] if rec.units else ""
     name = base.stem if base.suffix == ".edf" else base.name
-    return Recording(name, _finite(rec.p_signal[:, i], base.name, rec.sig_name[i]), float(rec.fs),
+    return Recording(name, _with_gaps(rec.p_signal[:, i], base.name, rec.sig_name[i]), float(rec.fs),
                      rec.sig_name[i], unit, beats)
 
 
-def _finite(x: np.ndarray, name: str, channel: str) -> np.ndarray:
+def _with_gaps(x: np.ndarray, name: str, channel: str) -> np.ndarray:
+    """float64[L] samples, non-finite ones (gaps) as NaN; ``ValueError`` when no sample is finite."""
     x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: channel {channel} holds NaN or infinite samples (gaps in the recording); "
-                         "cut them out first")
-    return x
+    finite = np.isfinite(x)
+    if not finite.any():
+        raise ValueError(f"{name}: channel {channel} holds no finite sample")
+    return x if finite.all() else np.where(finite, x, np.nan)
 
 
 def _columns(path: Path) -> tuple[list[str], list[np.ndarray]]:
@@ -191,4 +206,4 @@ def read_recording(path: str | Path, *, fs: float | None = None, channel: str | 
         raise ValueError(f"fs must be finite and > 0 Hz, got {fs}")
     names, cols = _matlab(path) if path.suffix == ".mat" else _columns(path)
     i = _pick(names, channel, preferred, path.name)
-    return Recording(path.stem, _finite(cols[i], path.name, names[i]), float(fs), names[i])
+    return Recording(path.stem, _with_gaps(cols[i], path.name, names[i]), float(fs), names[i])

@@ -33,6 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="paced phase at half the pipeline rate (default 30)")
     p_.add_argument("--batch-size", type=options.positive_int,
                     help="worker and pass-through batch (default: the setting)")
+    p_.add_argument("--batch-timeout", type=options.positive_float, metavar="S",
+                    help="worker and pass-through wait to fill a batch, s (default: the setting)")
+    p_.add_argument("--fetch-wait", type=options.positive_float, metavar="S",
+                    help="worker and pass-through Kafka fetch wait, s (default: the setting)")
     p_.add_argument("--workers", type=options.positive_int, default=1,
                     help="worker processes in the pipeline's consumer group (default 1; at most the input topic's "
                          "partitions)")
@@ -53,6 +57,7 @@ def run(a: argparse.Namespace) -> int:
         from streams.bench import bench_pipeline
 
         options.prepare_output(a.json)
-        result = bench_pipeline(a.windows, a.latency_seconds, a.batch_size, a.workers, log=options.log)
+        result = bench_pipeline(a.windows, a.latency_seconds, a.batch_size, a.workers, log=options.log,
+                                batch_timeout_s=a.batch_timeout, fetch_wait_s=a.fetch_wait)
     options.emit(a, result, lambda: options.console().print_json(data=result))
     return 0
