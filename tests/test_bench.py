@@ -42,10 +42,12 @@ def test_controller_bench_writes_its_keys(tmp_path):
 @pytest.mark.integration
 def test_pipeline_bench_writes_its_keys(tmp_path):
     out = tmp_path / "pipeline.json"
-    r = cli("bench", "pipeline", "--windows", "200", "--latency-seconds", "2", "--workers", "2", "--json", str(out))
+    r = cli("bench", "pipeline", "--windows", "200", "--latency-seconds", "2", "--workers", "2",
+            "--batch-timeout", "0.04", "--json", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["settings"]["workers"] == 2  # two worker processes in one consumer group
+    assert result["settings"]["batch_timeout_s"] == 0.04 and result["settings"]["fetch_wait_s"] == 0.05  # default
     assert result["passthrough_windows_per_s"] > 0 and result["pipeline_windows_per_s"] > 0
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
     assert 0 <= result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
