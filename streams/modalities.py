@@ -73,12 +73,13 @@ class ModalitySpec:
         return _resolve(self.replay_source)(recording, start_ns=start_ns, root=root)
 
     def file_windows(self, path: str, *, start_ns: int, fs: float | None = None, channel: str | None = None,
-                     lead: str | None = None) -> Iterator[Any]:
-        """The windows of a user's recording file (at ``fs`` Hz when the file does not say; ``channel``: the lead or
-        variable to read; ``lead``: the lead to announce) from this modality's file source."""
+                     lead: str | None = None, unit: str | None = None) -> Iterator[Any]:
+        """The windows of a user's recording file (at ``fs`` Hz and in ``unit`` when the file does not say;
+        ``channel``: the lead or variable to read; ``lead``: the lead to announce) from this modality's file
+        source."""
         if self.file_source is None:
             raise ValueError(f"modality {self.name} cannot replay files")
-        return _resolve(self.file_source)(path, start_ns=start_ns, fs=fs, channel=channel, lead=lead)
+        return _resolve(self.file_source)(path, start_ns=start_ns, fs=fs, channel=channel, lead=lead, unit=unit)
 
 
 def _resolve(target: str) -> Callable[..., Any]:

@@ -319,7 +319,7 @@ def _stream_parts(parts: list[_Part], windows_of) -> Iterator[SensorWindow]:
 
 
 def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
-                     channel: str | None = None, lead: str | None = None,
+                     channel: str | None = None, lead: str | None = None, unit: str | None = None,
                      chunk_s: float = CHUNK_S) -> Iterator[SensorWindow]:
     """Beat windows (:func:`beat_windows`) of an ECG recording file (:func:`models.data.recording.read_recording`:
     WFDB, EDF, .mat, .npy, .csv), stream :func:`file_stream`. The file is read when this is called, before any
@@ -327,15 +327,16 @@ def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float
 
     ``channel``: the lead to stream (default: MLII, else II, else the file's only channel); ``lead``: the lead
     announced in the windows (default: the channel's name; an array's columns are numbered, not named, so its lead
-    is "0", "1", ..., which no model serves until ``lead`` names it). The lead is converted to mV (WFDB units; other
-    files are taken as mV) and resampled from its own rate (``fs`` Hz for files that do not say it) to 360 Hz. A
-    WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz, label the windows.
+    is "0", "1", ..., which no model serves until ``lead`` names it). The lead is converted to mV (from the WFDB or
+    EDF header's unit; other files from ``unit``, default mV) and resampled from its own rate (``fs`` Hz for files
+    that do not say it) to 360 Hz. A WFDB record's beat annotations, mapped to AAMI classes and moved to 360 Hz,
+    label the windows.
 
     Gaps (NaN or invalid samples): each part between them is streamed as the start of a recording is, with its
     own R-peak detector, RR average and template warm-up (an interval across a gap is not an RR interval), at its
     own time, in the same stream, ``seq`` continuing; ``meta["segment"]`` numbers the parts from 0.
     """
-    rec = read_recording(path, fs=fs, channel=channel, preferred=(mitdb.LEAD, "II"))
+    rec = read_recording(path, fs=fs, channel=channel, unit=unit, preferred=(mitdb.LEAD, "II"))
     meta = _file_meta(rec, path)
     if rec.beats is not None:
         samples, symbols = rec.beats
@@ -356,15 +357,16 @@ def ecg_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float
 
 
 def vibration_file_windows(path: str | Path, *, start_ns: int | None = None, fs: float | None = None,
-                           channel: str | None = None, lead: str | None = None,
+                           channel: str | None = None, lead: str | None = None, unit: str | None = None,
                            hop: int = cwru.FRAME) -> Iterator[SensorWindow]:
     """Frames (:func:`frame_windows`) of a vibration recording file (:func:`models.data.recording.read_recording`),
     stream :func:`file_stream`, unlabelled, read when this is called. ``channel``: default the drive-end one (a
-    name ending in ``DE_time``, as CWRU names them), else the file's only channel; in g (WFDB units; other files are
-    taken as g), resampled from its own rate (``fs`` Hz) to 12 kHz. ``lead``: the sensor announced (default: ``DE``
-    / ``FE`` / ``BA`` for CWRU's ``*_DE_time`` / ``*_FE_time`` / ``*_BA_time`` variables, else the channel's name).
+    name ending in ``DE_time``, as CWRU names them), else the file's only channel; in g (from the WFDB or EDF
+    header's unit; other files from ``unit``, default g), resampled from its own rate (``fs`` Hz) to 12 kHz.
+    ``lead``: the sensor announced (default: ``DE`` / ``FE`` / ``BA`` for CWRU's ``*_DE_time`` / ``*_FE_time`` /
+    ``*_BA_time`` variables, else the channel's name).
     Gaps: as :func:`ecg_file_windows` (no frame spans one)."""
-    rec = read_recording(path, fs=fs, channel=channel, preferred=("DE_time",))
+    rec = read_recording(path, fs=fs, channel=channel, unit=unit, preferred=("DE_time",))
     cwru_sensor = re.fullmatch(r".*_(DE|FE|BA)_time", rec.channel)
     meta = _file_meta(rec, path)
 
@@ -693,13 +695,14 @@ def replay_command(
     fs: float | None = None,
     channel: str | None = None,
     lead: str | None = None,
+    unit: str | None = None,
 ) -> ReplaySummary:
     """`sci-monitor replay`: publish recordings to the windows topic at ``settings.kafka_bootstrap``, with the Kafka
     security settings; ``replay``: the id of an earlier replay to repeat with its stamps.
 
     Either the recordings of a replay dataset of :mod:`streams.modalities` (``dataset`` ``mitdb``: record names,
     ``cwru``: file ids or file stems; default: the spec's ``replay_recordings``), or a user's own recording
-    ``files`` of ``modality`` (read at ``fs`` Hz when a file does not state its rate, lead or variable
+    ``files`` of ``modality`` (read at ``fs`` Hz and in ``unit`` when a file does not state them, lead or variable
     ``channel``, announced as ``lead``). Every file is opened before anything is sent, so a wrong path or a missing
     rate fails at once.
     """
@@ -715,7 +718,7 @@ def replay_command(
             raise ValueError(f"modality must be one of {', '.join(modalities.file_modalities())} to replay files, "
                              f"got {modality!r}")
         spec = modalities.get(modality)
-        streams = [spec.file_windows(str(f), start_ns=start_ns, fs=fs, channel=channel, lead=lead)
+        streams = [spec.file_windows(str(f), start_ns=start_ns, fs=fs, channel=channel, lead=lead, unit=unit)
                    for f in files]
     else:
         specs = modalities.replay_datasets()

@@ -82,6 +82,17 @@ def test_files_of_each_format_and_their_channels(tmp_path) -> None:
         read_recording(tmp_path / "none.npy", fs=500)
 
 
+def test_a_file_that_does_not_state_its_unit_is_read_in_the_unit_given(tmp_path) -> None:
+    np.save(tmp_path / "mg.npy", np.full(4096, 250.0))  # a 0.25 g offset, written in mg
+    assert read_recording(tmp_path / "mg.npy", fs=12000).unit == ""  # unstated: the modality's unit is assumed
+    assert read_recording(tmp_path / "mg.npy", fs=12000, unit="mg").unit == "mg"
+    frames = list(vibration_file_windows(tmp_path / "mg.npy", fs=12000, unit="mg", start_ns=START_NS))
+    assert len(frames) == 4 and all(np.allclose(w.samples, 0.25) for w in frames)
+    assert np.allclose(next(iter(vibration_file_windows(tmp_path / "mg.npy", fs=12000))).samples, 250.0)
+    with pytest.raises(ValueError, match="cannot convert 'mmHg' to 'mV'"):
+        ecg_file_windows(tmp_path / "mg.npy", fs=360, unit="mmHg")  # refused when called, before any window
+
+
 def test_stream_names_are_valid_for_the_contract() -> None:
     assert file_stream("ecg", "/x/I01.hea") == "ecg-I01"
     assert file_stream("ecg", "/x/I01") == "ecg-I01"
@@ -141,6 +152,9 @@ def test_a_foreign_ecg_source_streams_the_same_beats(tmp_path_factory, fs: int) 
     path = _foreign_100(str(tmp_path_factory.mktemp(f"dev{fs}")), fs)
     with pytest.raises(ValueError, match="header says"):
         ecg_file_windows(path + ".hea", fs=360)
+    with pytest.raises(ValueError, match=r"header says II is in 'uV', not 'mV' \(leave out --unit"):
+        ecg_file_windows(path + ".hea", unit="mV")
+    assert read_recording(path + ".hea", unit="uV").unit == "uV"  # agreeing with the header is fine
     windows = list(ecg_file_windows(path + ".hea", start_ns=START_NS))
     original = _original_100()
     w0 = windows[0]

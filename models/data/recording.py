@@ -117,7 +117,8 @@ def _pick(names: list[str], channel: str | None, preferred: tuple[str, ...], sou
     raise ValueError(f"{source} has {len(names)} channels ({', '.join(names)}): choose one with --channel")
 
 
-def _wfdb(base: Path, channel: str | None, fs: float | None, preferred: tuple[str, ...]) -> Recording:
+def _wfdb(base: Path, channel: str | None, fs: float | None, unit: str | None, preferred: tuple[str, ...]
+          ) -> Recording:
     """A WFDB record (``base`` without extension), or an EDF file (``base`` ending in .edf), through wfdb."""
     import warnings
 
@@ -134,7 +135,11 @@ def _wfdb(base: Path, channel: str | None, fs: float | None, preferred: tuple[st
     if fs is not None and not math.isclose(fs, rec.fs, rel_tol=1e-9):
         raise ValueError(f"{base.name}: its header says {rec.fs:g} Hz, not {fs:g} Hz (leave out --fs for WFDB and EDF)")
     i = _pick(list(rec.sig_name), channel, preferred, f"record {base.name}")
-    unit = rec.units[i] if rec.units else ""
+    stated = rec.units[i] if rec.units else ""
+    if unit and stated and unit != stated:
+        raise ValueError(f"{base.name}: its header says {rec.sig_name[i]} is in {stated!r}, not {unit!r} (leave out "
+                         "--unit for WFDB and EDF)")
+    unit = stated or unit or ""
     name = base.stem if base.suffix == ".edf" else base.name
     return Recording(name, _with_gaps(rec.p_signal[:, i], base.name, rec.sig_name[i]), float(rec.fs),
                      rec.sig_name[i], unit, beats)
@@ -174,9 +179,10 @@ def _matlab(path: Path) -> tuple[list[str], list[np.ndarray]]:
 
 
 def read_recording(path: str | Path, *, fs: float | None = None, channel: str | None = None,
-                   preferred: tuple[str, ...] = ()) -> Recording:
+                   unit: str | None = None, preferred: tuple[str, ...] = ()) -> Recording:
     """One channel of the recording at ``path`` (:data:`FORMATS`; a WFDB record may be named with or without its
     ``.hea``/``.dat``), at its own rate: the header's for WFDB and EDF, ``fs`` Hz for the others (required there).
+    Its unit: the header's for WFDB and EDF (``unit``, when given, must agree), else ``unit`` (default "": unstated).
 
     ``channel``: the lead, variable or column (``0``, ``1``, ...) to read, or a suffix of one; by default the
     first of ``preferred`` the file has, else its only channel. ``ValueError`` saying what is missing otherwise.
@@ -193,11 +199,11 @@ def read_recording(path: str | Path, *, fs: float | None = None, channel: str | 
         base = path.with_suffix("")
         if not base.with_suffix(".hea").is_file():
             raise ValueError(f"no WFDB header {base.with_suffix('.hea')}")
-        return _wfdb(base, channel, fs, preferred)
+        return _wfdb(base, channel, fs, unit, preferred)
     if not path.is_file():
         raise ValueError(f"no such recording: {path}")
     if path.suffix == ".edf":
-        return _wfdb(path, channel, fs, preferred)
+        return _wfdb(path, channel, fs, unit, preferred)
     if path.suffix not in (".mat", ".npy", ".csv", ".txt"):
         raise ValueError(f"{path.name}: unknown format; readable: {', '.join(FORMATS)}")
     if fs is None:
@@ -206,4 +212,4 @@ def read_recording(path: str | Path, *, fs: float | None = None, channel: str | 
         raise ValueError(f"fs must be finite and > 0 Hz, got {fs}")
     names, cols = _matlab(path) if path.suffix == ".mat" else _columns(path)
     i = _pick(names, channel, preferred, path.name)
-    return Recording(path.stem, _with_gaps(cols[i], path.name, names[i]), float(fs), names[i])
+    return Recording(path.stem, _with_gaps(cols[i], path.name, names[i]), float(fs), names[i], unit or "")

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "MLII, else II; vibration *DE_time; else the file's only channel)")
     p.add_argument("--lead", metavar="NAME", help="the lead --files announce (default: the channel's name; name it "
                    "for arrays, whose columns are numbered: a lead no model serves is escalated as unsupported_lead)")
+    p.add_argument("--unit", metavar="UNIT", help="unit of --files that do not state it (.mat, .npy, .csv): ECG mV "
+                   "(default), uV or V; vibration g (default), m/s^2 or mg; WFDB and EDF headers state theirs")
     p.add_argument("--speed", type=options.non_negative_float, default=1.0,
                    help="× real time; 0 = as fast as possible (default 1)")
     p.add_argument("--max-windows", type=options.positive_int, help="stop after this many windows")
@@ -78,12 +80,12 @@ def run(a: argparse.Namespace) -> int:
         raise ValueError("--files needs --modality (what the files hold)")
     if a.files and a.records:
         raise ValueError("--records names recordings of a --dataset; with --files, list the files")
-    if a.dataset and (a.modality or a.fs or a.channel or a.lead):
-        raise ValueError("--modality, --fs, --channel and --lead describe --files; a --dataset knows its own")
+    if a.dataset and (a.modality or a.fs or a.channel or a.lead or a.unit):
+        raise ValueError("--modality, --fs, --channel, --lead and --unit describe --files; a --dataset knows its own")
     summary = replay_command(options.settings(a), dataset=a.dataset, records=a.records, speed=a.speed,
                              max_windows=a.max_windows, progress=not a.no_progress and a.json != "-",
                              replay=a.replay_id, files=a.files or (), modality=a.modality, fs=a.fs,
-                             channel=a.channel, lead=a.lead)
+                             channel=a.channel, lead=a.lead, unit=a.unit)
     options.emit(a, {**dataclasses.asdict(summary), "windows_per_s": summary.windows_per_s, "ok": summary.ok},
                  lambda: render(summary))
     if not summary.ok:  # a window the broker never acknowledged is a lost window: say so in the exit code
