@@ -77,6 +77,19 @@ def test_files_of_each_format_and_their_channels(tmp_path) -> None:
     np.save(tmp_path / "gap.npy", np.r_[sig, np.nan, np.inf, sig])
     gap = read_recording(tmp_path / "gap.npy", fs=500).signal
     assert np.isnan(gap[400:402]).all() and np.array_equal(gap[402:], sig)
+    # a text file whose first line names its columns (as exports do), with an empty field: named channels, a gap
+    rows = [f"{i / 500:.3f},{'' if i == 1 else f'{v:.6f}'},{-v:.6f}\n" for i, v in enumerate(sig)]
+    (tmp_path / "export.csv").write_text("time_s,ECG,resp\n" + "".join(rows))
+    ecg = read_recording(tmp_path / "export.csv", fs=500, channel="ECG")
+    assert ecg.channel == "ECG" and np.flatnonzero(np.isnan(ecg.signal)).tolist() == [1]
+    assert np.allclose(np.delete(ecg.signal, 1), np.delete(sig, 1), atol=1e-6)
+    assert read_recording(tmp_path / "export.csv", fs=500, channel="resp").channel == "resp"
+    (tmp_path / "bad.csv").write_text("1.0,2.0\n3.0,oops\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: not a table of numbers"):
+        read_recording(tmp_path / "bad.csv", fs=500, channel="1")
+    (tmp_path / "ragged.csv").write_text("a,b\n1,2,3\n")
+    with pytest.raises(ValueError, match="first line names 2 columns, its rows have 3"):
+        read_recording(tmp_path / "ragged.csv", fs=500, channel="a")
     np.save(tmp_path / "none.npy", np.full(100, np.nan))
     with pytest.raises(ValueError, match="no finite sample"):
         read_recording(tmp_path / "none.npy", fs=500)

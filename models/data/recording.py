@@ -154,18 +154,48 @@ def _with_gaps(x: np.ndarray, name: str, channel: str) -> np.ndarray:
     return x if finite.all() else np.where(finite, x, np.nan)
 
 
+def _number_or_gap(field: str) -> float:
+    """A text field as a number; an empty field is a gap (NaN)."""
+    field = field.strip()
+    return float(field) if field else math.nan
+
+
+def _header_names(path: Path, delimiter: str | None) -> list[str] | None:
+    """The column names of a text file whose first line names its columns (any field that is not a number), or None
+    when the first line is data."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        first = f.readline().strip()
+    fields = [c.strip().strip('"').strip("'") for c in first.split(delimiter)]
+    try:
+        [float(c) for c in fields]
+    except ValueError:
+        return fields
+    return None
+
+
 def _columns(path: Path) -> tuple[list[str], list[np.ndarray]]:
-    """Channel names and float64[L] samples of each column of a .npy, .csv or .txt file (one column per channel)."""
+    """Channel names and float64[L] samples of each column of a .npy, .csv or .txt file (one column per channel).
+    A text file's first line may name its columns (``time,ECG,resp``); otherwise they are numbered "0", "1", ...
+    Empty fields and ``nan`` are gaps (NaN)."""
+    names = None
     if path.suffix == ".npy":
         a = np.load(path, allow_pickle=False)
     else:
-        a = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2, dtype=np.float64)
+        delimiter = "," if path.suffix == ".csv" else None
+        names = _header_names(path, delimiter)
+        try:
+            a = np.loadtxt(path, delimiter=delimiter, skiprows=int(names is not None), dtype=np.float64, ndmin=2,
+                           converters=_number_or_gap, encoding="utf-8")
+        except ValueError as e:
+            raise ValueError(f"{path.name}: not a table of numbers ({str(e).strip().splitlines()[-1]})") from None
     a = np.asarray(a, dtype=np.float64)
     if a.ndim == 1:
         a = a[:, None]
     if a.ndim != 2:
         raise ValueError(f"{path.name}: expected samples as one column per channel, got an array of shape {a.shape}")
-    return [str(c) for c in range(a.shape[1])], list(a.T)
+    if names is not None and len(names) != a.shape[1]:
+        raise ValueError(f"{path.name}: its first line names {len(names)} columns, its rows have {a.shape[1]}")
+    return names or [str(c) for c in range(a.shape[1])], list(a.T)
 
 
 def _matlab(path: Path) -> tuple[list[str], list[np.ndarray]]:
