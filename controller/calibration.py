@@ -20,8 +20,9 @@ banks of :data:`KNN_BANKS` training features up to the recipe's ``knn_bank``) wh
 from label-free proxy outliers made from them (time-reversed and phase-scrambled copies; see ``controller.novelty``)
 within :data:`NOVELTY_AUROC_TOLERANCE` AUROC of the best candidate (a kNN score costs one matmul against its bank
 per window, as much as the trunk at 10,000 rows); beside it, a Gaussian of the spectrum's shape
-(``controller.quality.SignalStats.bands``, up to the recipe's ``spectrum_band_hz``), which those proxies cannot test
-(they keep the amplitude spectrum), so it is a design choice, not a validated one.
+(``controller.quality.SignalStats.spectrum``, up to the recipe's ``spectrum_band_hz``, its ``spectrum_lines_hz``
+left out), which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a
+validated one.
 Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
 windows that pass the gate.
 """
@@ -53,7 +54,7 @@ from controller.novelty import (
 )
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
-from controller.quality import SignalStats, bands_below, check, fit_ranges, signal_stats
+from controller.quality import SignalStats, bands_below, check, fit_ranges, lines_kept, signal_stats
 from controller.risk import SCORES, alert_level, combined_features, confidence, learn_then_test, split_halves
 from controller.risk import threshold_grid as risk_grid
 from models.architectures import McModel
@@ -235,11 +236,12 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
             novelty_model, sel = _fit_novelty(model, train_h, train.y, fit_arrays, fit.trunk, n_classes, device,
                                               spec.knn_bank)
             n_bands = bands_below(model.input_length, fs, spec.spectrum_band_hz)
-            spectrum_model = fit_spectrum(train_stats.bands, n_bands)
+            keep = lines_kept(model.input_length, fs, spec.spectrum_lines_hz)
+            spectrum_model = fit_spectrum(train_stats.spectrum, n_bands, keep)
             passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
             half = spec.false_novelty_rate / 2  # two detectors: union bound
             thr = conformal_threshold(novelty_model.score(fit.trunk)[passed], half)
-            spec_thr = conformal_threshold(spectrum_model.score(fit.signal.bands)[passed], half)
+            spec_thr = conformal_threshold(spectrum_model.score(fit.signal.spectrum)[passed], half)
             novelty_rule = NoveltyRule(novelty_model.method, thr, spec.false_novelty_rate, spec_thr, sel)
             novelty_models = {"trunk": novelty_model, "spectrum": spectrum_model}
             bank = f" over {len(novelty_model.bank)} training features" if isinstance(novelty_model, KnnNovelty) else ""

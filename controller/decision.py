@@ -59,7 +59,7 @@ def evidence(model: McModel, x: Tensor, aux: Tensor | None) -> Evidence:
 @dataclass(frozen=True)
 class Gate:
     """Checks before the policy: input ranges (None: no checks) and the novelty gate: a density model of the trunk
-    features and one of the spectrum's shape (``SignalStats.bands``), each with its threshold. The window's novelty
+    features and one of the spectrum's shape (``SignalStats.spectrum``), each with its threshold. The window's novelty
     is max(trunk score / its threshold, spectrum score / its threshold): above 1 it is unfamiliar."""
 
     quality: QualityRanges | None = None
@@ -78,7 +78,7 @@ class Gate:
         if self.novelty is not None:
             parts.append(self.novelty.score(ev.trunk.to(device)) / self.novelty_threshold)
         if self.spectrum is not None:
-            parts.append(self.spectrum.score(ev.signal.bands.to(device)) / self.spectrum_threshold)
+            parts.append(self.spectrum.score(ev.signal.spectrum.to(device)) / self.spectrum_threshold)
         if not parts:
             return torch.full((ev.trunk.shape[0],), float("nan"), device=device)
         return torch.stack(parts).amax(0)

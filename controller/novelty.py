@@ -24,7 +24,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from controller.quality import band_shape
+from controller.quality import band_log_shares, band_shape
 
 KNN_K = 10
 KNN_BANK = 10_000
@@ -119,32 +119,38 @@ class KnnNovelty:
 
 @dataclass(frozen=True)
 class SpectrumNovelty:
-    """The spectrum-shape detector: ``density`` scores :func:`controller.quality.band_shape` of ``SignalStats.bands``
-    float[B, N] against a band limit: the shape of the first ``bands`` bands (those below the recipe's
-    ``spectrum_band_hz``), and any excess of power above them over ``floor`` float[N − bands] (the training means)."""
+    """The spectrum-shape detector: ``density`` scores :func:`controller.quality.band_shape` of the band log shares
+    (:func:`controller.quality.band_log_shares`) of ``SignalStats.spectrum`` float[B, n_bins] over the bins ``keep``
+    bool[n_bins] (mains lines left out), against a band limit: the shape of the first ``bands`` bands (those below
+    the recipe's ``spectrum_band_hz``), and any excess of power above them over ``floor`` float[N − bands] (the
+    training means)."""
 
     density: GaussianNovelty
     bands: int
     floor: Tensor
+    keep: Tensor
     method: str = "spectrum_shape"
 
-    def score(self, b: Tensor) -> Tensor:
-        return self.density.score(band_shape(b, self.bands, self.floor))
+    def score(self, spectrum: Tensor) -> Tensor:
+        return self.density.score(band_shape(band_log_shares(spectrum, self.keep), self.bands, self.floor))
 
     def state(self) -> dict[str, Tensor | str]:
-        return {"method": self.method, "bands": torch.tensor(self.bands), "floor": self.floor.cpu(),
-                "density": self.density.state()}
+        return {"method": self.method, "window": "hann", "bands": torch.tensor(self.bands),
+                "floor": self.floor.cpu(), "keep": self.keep.cpu(), "density": self.density.state()}
 
     def to(self, device: torch.device | str) -> SpectrumNovelty:
-        return SpectrumNovelty(self.density.to(device), self.bands, self.floor.to(device))
+        return SpectrumNovelty(self.density.to(device), self.bands, self.floor.to(device), self.keep.to(device))
 
 
-def fit_spectrum(bands: Tensor, n: int) -> SpectrumNovelty:
-    """One Gaussian of the training windows' spectrum shape against the band limit (``n`` leading bands of
-    ``bands`` float[N, N_BANDS] below it; the floor of the others = their training means)."""
-    floor = band_shape(bands, n)[:, n:].mean(0)
-    shape = band_shape(bands, n, floor)
-    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n, floor)
+def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None) -> SpectrumNovelty:
+    """One Gaussian of the training windows' spectrum shape against the band limit: ``spectrum`` float[N, n_bins]
+    (:attr:`controller.quality.SignalStats.spectrum`), ``n`` leading bands below the limit (the floor of the others
+    = their training means), only the bins where ``keep`` bool[n_bins] is True (None: all)."""
+    keep = torch.ones(spectrum.shape[1], dtype=torch.bool) if keep is None else keep.to(torch.bool).cpu()
+    shares = band_log_shares(spectrum, keep.to(spectrum.device))
+    floor = band_shape(shares, n)[:, n:].mean(0)
+    shape = band_shape(shares, n, floor)
+    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n, floor.cpu(), keep)
 
 
 def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:
@@ -158,8 +164,11 @@ def from_state(state: dict) -> NoveltyModel:
         return GaussianNovelty(state["means"], state["whiten"])
     if state["method"] == "knn":
         return KnnNovelty(state["bank"], int(state["k"]))
+    if state["method"] == "spectrum_shape" and state.get("window") == "hann":
+        return SpectrumNovelty(from_state(state["density"]), int(state["bands"]), state["floor"], state["keep"])
     if state["method"] == "spectrum_shape":
-        return SpectrumNovelty(from_state(state["density"]), int(state["bands"]), state["floor"])
+        raise ValueError("this spectrum-shape detector was fitted by an older version, on the spectrum without a "
+                         "window: recalibrate the checkpoint (`sci-monitor calibrate --dataset NAME`)")
     raise ValueError(f"unknown novelty method {state['method']!r}")
 
 

@@ -45,6 +45,8 @@ LF_BINS = 2  # lowest non-DC FFT bins = slow baseline drift
 # (README, "Knowing when it does not know")
 POLARITY_MARGIN = 0.5
 N_BANDS = 16
+# half-width of a spectral line under the Hann window: its main lobe spans ±2 FFT bins
+LINE_HALF_WIDTH_BINS = 2
 
 
 class QualityFlag(IntFlag):
@@ -66,15 +68,16 @@ class QualityFlag(IntFlag):
 
 @dataclass(frozen=True)
 class SignalStats:
-    """Per-window statistics, float32[B] each, and bands float32[B, N_BANDS] (on the device of the input);
-    ``polarity``: skewness of the stream context (NaN when the model has none)."""
+    """Per-window statistics, float32[B] each (on the device of the input); ``spectrum`` float32[B, L // 2]: the
+    Hann-windowed power spectrum (FFT bins 1 .. L/2, bin j at j·fs/L Hz), the input of the novelty gate's
+    spectrum-shape detector; ``polarity``: skewness of the stream context (NaN when the model has none)."""
 
     ptp: Tensor
     clip_fraction: Tensor
     log_rms: Tensor
     hf_ratio: Tensor
     lf_ratio: Tensor
-    bands: Tensor
+    spectrum: Tensor
     polarity: Tensor
 
     def index(self, idx: Tensor) -> SignalStats:
@@ -94,8 +97,8 @@ def signal_stats(x: Tensor, context: Tensor | None = None) -> SignalStats:
     ptp = max − min; clip_fraction = share of samples within CLIP_TOL·ptp of the max or of the min;
     log_rms = log RMS of x − median(x) (floor 1e-12); hf_ratio = power above fs/4 (upper half of the band) / total;
     lf_ratio = power in the LF_BINS lowest non-DC bins / total (mean removed, total floor 1e-20);
-    bands = log of the share of power in N_BANDS log-spaced bands from the lowest non-DC bin to fs/2 (the shape of
-    the spectrum, whatever the amplitude; the novelty gate's input-side density model uses it);
+    spectrum = power of the mean-removed window under a Hann window, bins 1 .. L/2 (the window keeps a strong
+    low-frequency wave from leaking into the high bins, and a spectral line within ±2 bins of its frequency);
     polarity = :func:`skewness` of the context.
 
     >>> s = signal_stats(torch.ones(1, 64))
@@ -114,11 +117,10 @@ def signal_stats(x: Tensor, context: Tensor | None = None) -> SignalStats:
     n_bins = power.shape[1]
     hf = power[:, n_bins // 2 :].sum(1) / total
     lf = power[:, :LF_BINS].sum(1) / total
-    edges = band_edges(n_bins)
-    cum = torch.nn.functional.pad(power.cumsum(1), (1, 0))
-    bands = ((cum[:, edges[1:]] - cum[:, edges[:-1]]) / total[:, None] + 1e-8).log()
+    hann = torch.hann_window(x.shape[1], periodic=False, device=x.device)
+    spectrum = torch.fft.rfft((x - x.mean(1, keepdim=True)) * hann, dim=1).abs().pow(2)[:, 1 : x.shape[1] // 2 + 1]
     polarity = torch.full_like(ptp, float("nan")) if context is None else skewness(context.to(x))
-    return SignalStats(ptp, clip, log_rms, hf, lf, bands, polarity)
+    return SignalStats(ptp, clip, log_rms, hf, lf, spectrum, polarity)
 
 
 def skewness(t: Tensor) -> Tensor:
@@ -143,6 +145,46 @@ def band_edges(n_bins: int, n_bands: int = N_BANDS) -> list[int]:
     """
     inner = np.unique(np.round(np.geomspace(1, n_bins, n_bands + 1)[1:-1]).astype(int)).tolist()
     return [0, *(e for e in inner if 0 < e < n_bins), n_bins]
+
+
+def band_log_shares(spectrum: Tensor, keep: Tensor | None = None) -> Tensor:
+    """float[B, N] log share of the power of ``spectrum`` float[B, n_bins] (:attr:`SignalStats.spectrum`) in each of
+    the N :func:`band_edges` bands, counting only the bins where ``keep`` bool[n_bins] is True (None: all): the shape
+    of the spectrum, whatever the amplitude (floor 1e-8 on shares, 1e-20 on the total).
+
+    >>> p = torch.tensor([[1.0, 1.0, 2.0, 4.0]])   # 4 bins: 4 one-bin bands
+    >>> band_log_shares(p).exp().round(decimals=3).tolist()
+    [[0.125, 0.125, 0.25, 0.5]]
+    >>> band_log_shares(p, torch.tensor([True, True, True, False])).exp().round(decimals=3).tolist()
+    [[0.25, 0.25, 0.5, 0.0]]
+    """
+    p = spectrum if keep is None else spectrum * keep.to(spectrum)
+    edges = band_edges(p.shape[1])
+    total = p.sum(1).clamp_min(1e-20)
+    cum = torch.nn.functional.pad(p.cumsum(1), (1, 0))
+    return ((cum[:, edges[1:]] - cum[:, edges[:-1]]) / total[:, None] + 1e-8).log()
+
+
+def lines_kept(length: int, fs: float | None, lines_hz: tuple[float, ...] = ()) -> Tensor:
+    """bool[length // 2]: the FFT bins 1 .. length/2 of a window of ``length`` samples at ``fs`` Hz that lie more
+    than :data:`LINE_HALF_WIDTH_BINS` bins from every harmonic (up to fs/2) of every frequency in ``lines_hz`` (all
+    True without lines).
+
+    >>> kept = lines_kept(256, 360.0, (60.0,))   # bins 1.41 Hz apart; 60, 120 and 180 Hz and 2 bins either side
+    >>> (~kept).nonzero().squeeze(1).add(1).tolist()
+    [41, 42, 43, 44, 84, 85, 86, 87, 126, 127, 128]
+    """
+    n_bins = length // 2
+    if not lines_hz:
+        return torch.ones(n_bins, dtype=torch.bool)
+    if fs is None:
+        raise ValueError(f"spectral lines to leave out ({lines_hz} Hz) need the input rate fs")
+    freq = np.arange(1, n_bins + 1) * fs / length
+    near = np.zeros(n_bins, dtype=bool)
+    for f0 in lines_hz:
+        harmonics = np.arange(f0, fs / 2 + f0, f0)
+        near |= (np.abs(freq[:, None] - harmonics[None, :]) <= LINE_HALF_WIDTH_BINS * fs / length).any(1)
+    return torch.as_tensor(~near)
 
 
 def bands_below(length: int, fs: float | None, band_hz: float | None) -> int:
@@ -208,7 +250,7 @@ def polarity_bound(polarity: np.ndarray) -> float | None:
 def fit_ranges(stats: SignalStats) -> QualityRanges:
     """Allowed ranges from training windows' statistics (see the module docstring for the rule)."""
     s = {f: getattr(stats, f).detach().cpu().double().numpy() for f in SignalStats.__dataclass_fields__
-         if f != "bands"}
+         if f != "spectrum"}
     ranges = QualityRanges(
         flat_ptp=float(FLAT_FACTOR * np.quantile(s["ptp"], Q_LO)),
         clip_fraction=float(max(np.quantile(s["clip_fraction"], Q_HI), MIN_CLIP_FRACTION)),

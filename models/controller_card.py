@@ -40,7 +40,9 @@ class ControllerSpec:
     quality_checks: fit the cheap input checks on training windows; alert_rates: shares of validation windows above
     the ΔSP warning / critical levels; spectrum_band_hz: the novelty gate judges the spectrum's shape up to this
     frequency only, the band every honest source of the modality carries (None: up to fs/2), so a recording from a
-    source sampled at a lower rate, resampled to the model's, is not unfamiliar for the power it never had.
+    source sampled at a lower rate, resampled to the model's, is not unfamiliar for the power it never had;
+    spectrum_lines_hz: spectral lines (with their harmonics, ±2 FFT bins) the spectrum-shape detector leaves out:
+    interference the modality's devices remove with a notch (ECG: 50 and 60 Hz mains), not a different signal.
     """
 
     t_max: int = 25
@@ -54,6 +56,7 @@ class ControllerSpec:
     quality_checks: bool = False
     alert_rates: tuple[float, float] = (0.05, 0.01)
     spectrum_band_hz: float | None = None
+    spectrum_lines_hz: tuple[float, ...] = ()
 
     def candidate(self, name: str) -> PolicySpec:
         for p in self.candidates:
@@ -72,8 +75,9 @@ class ControllerSpec:
             cands = [{"name": k, "params": v} for k, v in cands.items()]
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if "alert_rates" in kw:
-            kw["alert_rates"] = tuple(kw["alert_rates"])
+        for k in ("alert_rates", "spectrum_lines_hz"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
         return cls(candidates=tuple(PolicySpec(c["name"], dict(c["params"])) for c in cands), **kw)
 
 

@@ -10,10 +10,10 @@ from controller.calibration import decider_from_card
 from controller.decision import Decider, Evidence, Gate, decide
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import controller
-from controller.novelty import fit_gaussian
+from controller.novelty import fit_gaussian, fit_spectrum
 from controller.passes import eval_keys, sample_passes
 from controller.policies import Threshold
-from controller.quality import QualityFlag, fit_ranges, signal_stats
+from controller.quality import QualityFlag, band_edges, fit_ranges, signal_stats
 from controller.reasons import Reason
 from controller.sci import SciController
 from models.architectures import BearingFrameNet
@@ -95,9 +95,9 @@ def test_live_controller_and_offline_evaluation_take_the_same_decisions():
         h = model.trunk(torch.tensor(train))
     novelty = fit_gaussian(h, torch.zeros(300, dtype=torch.int64), 1)
     stats = signal_stats(torch.tensor(train))
-    spectrum = fit_gaussian(stats.bands, torch.zeros(300, dtype=torch.int64), 1)
+    spectrum = fit_spectrum(stats.spectrum, len(band_edges(512)) - 1)
     gate = Gate(fit_ranges(stats), novelty, float(novelty.score(h).quantile(0.9)), spectrum,
-                float(spectrum.score(stats.bands).quantile(0.99)))
+                float(spectrum.score(stats.spectrum).quantile(0.99)))
     rule = RiskRule("max_prob_det", threshold=0.3, alpha=0.02, delta=0.1, certified=True)
     d = Decider(Threshold(sp_star=0.2, t_min=2), SciConfig(1.0, 8, 0.85), gate, rule)
     passes = sample_passes(model, Arrays(x, None, np.zeros(len(x), np.int64)), 8, key_offset=123)
@@ -126,8 +126,8 @@ def test_novelty_is_the_larger_of_the_two_detectors_relative_to_their_thresholds
     stats = signal_stats(torch.tensor(x, dtype=torch.float32))
     ev = Evidence(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [3.0, 0.0]]), stats)
     trunk = _gaussian_near_origin()
-    spectrum = fit_gaussian(stats.bands.repeat(5, 1) + 0.01 * torch.randn(10, stats.bands.shape[1]),
-                            torch.zeros(10, dtype=torch.int64), 1)
+    spectrum = fit_spectrum(stats.spectrum.repeat(5, 1) * (1 + 0.01 * torch.rand(10, stats.spectrum.shape[1])),
+                            len(band_edges(32)) - 1)
     gate = Gate(None, trunk, 4.0, spectrum, 1e9)
     expected = trunk.score(ev.trunk) / 4.0
     torch.testing.assert_close(gate.novelty_score(ev, torch.device("cpu")), expected)
