@@ -23,6 +23,9 @@ ECG (``ecg_shifts``; ``ECG_WINDOWS`` beats drawn once from DS2, the same beats i
   (:func:`models.data.recording.resample`, what ``sci-monitor replay --files`` does), windows at the fiducials a
   live stream finds on it, the record's RR features. The model should be robust to it and the gate should let it
   through: its escalation rate says whether new sources flood the operator.
+- ``mains_50hz``, ``mains_60hz``: also a false-alarm check, the commonest interference in real recordings: the MLII
+  record + mains hum of ``MAINS_MV`` mV at 50 / 60 Hz with a third harmonic of a third of it (random phase per
+  record), windows at the fiducials a live stream finds on it.
 Vibration (``vibration_shifts``; the cwru test frames):
 - ``gain_x0.25``, ``gain_x4``; ``resampled_8khz``, ``resampled_16khz``: each recording resampled to 8 / 16 kHz as if
   recorded at that rate, frames from its test time block announced as 12 kHz;
@@ -46,6 +49,7 @@ from models.data.recording import resample
 from models.training import Arrays
 
 ECG_WINDOWS = 3000
+MAINS_MV = 0.1  # hum amplitude: mild (MIT-BIH's R waves are about 1-2 mV); devices without a notch show more
 SNRS_DB = (0, 6, 12)
 SEED = 20240601
 
@@ -179,7 +183,18 @@ def ecg_shifts(n: int = ECG_WINDOWS, seed: int = SEED) -> tuple[Arrays, dict[str
             auxs.append(aux[sel])
             ys.append(rb.y[kept][sel])
         shifts[f"resampled_{fs_true}hz"] = Arrays(np.concatenate(xs), np.concatenate(auxs), np.concatenate(ys))
+    for f0 in (50.0, 60.0):
+        shifts[f"mains_{f0:.0f}hz"] = whole_streams(
+            lambda r, x, f0=f0: _windows_at_beats(r, _with_hum(mitdb.load_record(r).signal, f0, rng)))
     return ref, shifts
+
+
+def _with_hum(sig: np.ndarray, f0: float, rng: np.random.Generator) -> np.ndarray:
+    """``sig`` (360 Hz, mV) + mains hum: ``MAINS_MV`` mV at ``f0`` Hz and a third of that at 3·f0, random phase."""
+    t = np.arange(sig.size) / mitdb.FS
+    ph = rng.uniform(0, 2 * np.pi)
+    hum = MAINS_MV * (np.sin(2 * np.pi * f0 * t + ph) + np.sin(2 * np.pi * 3 * f0 * t + 3 * ph) / 3)
+    return (sig + hum).astype(np.float32)
 
 
 def _test_block_frames(signal: np.ndarray, label: int) -> Arrays:
