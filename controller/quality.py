@@ -2,9 +2,9 @@
 and the polarity of the stream's usual window.
 
 Per window (``x: float[B, L]`` in the model's input units at its fs) a few statistics are computed on the device in
-one FFT (:func:`signal_stats`); :func:`fit_ranges` sets the allowed ranges from the training windows and
-:func:`check` returns a bit mask of failed checks (0 = passed). A failed window abstains before any MC pass with
-reason ``signal_quality``.
+two FFTs (:func:`signal_stats`: plain, and Hann-windowed for the spectrum-shape detector); :func:`fit_ranges` sets
+the allowed ranges from the training windows and :func:`check` returns a bit mask of failed checks (0 = passed). A
+failed window abstains before any MC pass with reason ``signal_quality``.
 
 **Stream context.** A model whose side features carry the stream's usual window (``McModel.context``: a slice of
 ``aux`` holding a running template, same length and units as ``x``; the ECG model's is the 256-sample running
@@ -210,12 +210,12 @@ def bands_below(length: int, fs: float | None, band_hz: float | None) -> int:
 
 def band_shape(bands: Tensor, n: int, floor: Tensor | None = None) -> Tensor:
     """The spectrum's shape judged against a band limit, float[B, N]: the log power of every band of ``bands``
-    float[B, N] (:attr:`SignalStats.bands`, log shares) relative to the power of the leading ``n`` bands (those below
+    float[B, N] (:func:`band_log_shares`) relative to the power of the leading ``n`` bands (those below
     the limit); the ``N − n`` bands above it are floored at ``floor`` float[N − n] (their training means).
 
     Below the limit this is the shape whatever the total; above it only *excess* power counts: a source sampled at
     a lower rate has none there (it reads as the floor, like a typical training window), while noise that adds
-    power there (muscle, a 50/60 Hz harmonic) still stands out.
+    power there (muscle) still stands out.
 
     >>> b = torch.tensor([[0.5, 0.3, 0.2]]).log()   # shares of three bands
     >>> band_shape(b, 2).exp().round(decimals=3).tolist()   # relative to the power of the first two
