@@ -126,8 +126,10 @@ def test_novelty_is_the_larger_of_the_two_detectors_relative_to_their_thresholds
     stats = signal_stats(torch.tensor(x, dtype=torch.float32))
     ev = Evidence(torch.zeros(2, 2), torch.tensor([[0.0, 0.0], [3.0, 0.0]]), stats)
     trunk = _gaussian_near_origin()
-    spectrum = fit_spectrum(stats.spectrum.repeat(5, 1) * (1 + 0.01 * torch.rand(10, stats.spectrum.shape[1])),
-                            len(band_edges(32)) - 1)
+    g = torch.Generator().manual_seed(0)
+    spread = 1 + 0.2 * torch.rand(50, stats.spectrum.shape[1], generator=g)  # a well-conditioned fit
+    spectrum = fit_spectrum(stats.spectrum.repeat(25, 1) * spread, len(band_edges(32)) - 1)
+    assert spectrum.score(stats.spectrum).max() < 1e3  # so at a threshold of 1e9 it cannot be the larger
     gate = Gate(None, trunk, 4.0, spectrum, 1e9)
     expected = trunk.score(ev.trunk) / 4.0
     torch.testing.assert_close(gate.novelty_score(ev, torch.device("cpu")), expected)
