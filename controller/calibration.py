@@ -237,7 +237,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
                                               spec.knn_bank)
             n_bands = bands_below(model.input_length, fs, spec.spectrum_band_hz)
             keep = lines_kept(model.input_length, fs, spec.spectrum_lines_hz)
-            spectrum_model = fit_spectrum(train_stats.spectrum, n_bands, keep)
+            spectrum_model = fit_spectrum(train_stats.spectrum, n_bands, keep, torch.as_tensor(train.y), n_classes)
             passed = torch.ones(len(fit.y), dtype=torch.bool) if quality is None else check(fit.signal, quality) == 0
             half = spec.false_novelty_rate / 2  # two detectors: union bound
             thr = conformal_threshold(novelty_model.score(fit.trunk)[passed], half)

@@ -142,15 +142,22 @@ class SpectrumNovelty:
         return SpectrumNovelty(self.density.to(device), self.bands, self.floor.to(device), self.keep.to(device))
 
 
-def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None) -> SpectrumNovelty:
-    """One Gaussian of the training windows' spectrum shape against the band limit: ``spectrum`` float[N, n_bins]
-    (:attr:`controller.quality.SignalStats.spectrum`), ``n`` leading bands below the limit (the floor of the others
-    = their training means), only the bins where ``keep`` bool[n_bins] is True (None: all)."""
+def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None, y: Tensor | None = None,
+                 n_classes: int = 1) -> SpectrumNovelty:
+    """Class-conditional Gaussians (one shared covariance, :func:`fit_gaussian`) of the training windows' spectrum
+    shape against the band limit: ``spectrum`` float[N, n_bins] (:attr:`controller.quality.SignalStats.spectrum`),
+    ``n`` leading bands below the limit (the floor of the others = their training means), only the bins where
+    ``keep`` bool[n_bins] is True (None: all); ``y`` int64[N] training labels of ``n_classes`` classes (None: one).
+
+    Per class, because a class's spectrum is its own: one Gaussian of all CWRU training frames, 99 % of them faults,
+    flagged 91 % of the training frames of healthy bearings unfamiliar (the score is the distance to the nearest
+    class's mean, as for the trunk's Mahalanobis model)."""
     keep = torch.ones(spectrum.shape[1], dtype=torch.bool) if keep is None else keep.to(torch.bool).cpu()
     shares = band_log_shares(spectrum, keep.to(spectrum.device))
     floor = band_shape(shares, n)[:, n:].mean(0)
     shape = band_shape(shares, n, floor)
-    return SpectrumNovelty(fit_gaussian(shape, torch.zeros(len(shape), dtype=torch.int64), 1), n, floor.cpu(), keep)
+    labels = torch.zeros(len(shape), dtype=torch.int64) if y is None else torch.as_tensor(y, dtype=torch.int64)
+    return SpectrumNovelty(fit_gaussian(shape, labels.cpu(), n_classes if y is not None else 1), n, floor.cpu(), keep)
 
 
 def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:

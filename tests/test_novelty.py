@@ -154,3 +154,26 @@ def test_the_ecg_spectrum_detector_leaves_mains_lines_out_but_not_broadband_nois
         assert plain.score(signal_stats(hum).spectrum).median() > 10 * plain.score(signal_stats(q).spectrum).median()
     hiss = q + 0.1 * _highpass(torch.randn(50, length, generator=g), band_edges(length // 2)[m])
     assert lines.score(signal_stats(hiss).spectrum).median() > 10 * lines.score(signal_stats(q).spectrum).median()
+
+
+def test_the_spectrum_detector_knows_each_class_so_a_rare_class_is_not_unfamiliar():
+    """One Gaussian of all training spectra is the majority's: a rare class with a spectrum of its own (healthy
+    bearings among fault frames) reads as unfamiliar. One Gaussian per class (shared covariance) does not."""
+    g = torch.Generator().manual_seed(2)
+    length, fs = 256, 360.0
+    t = torch.arange(length) / fs
+    common = torch.sin(2 * torch.pi * (5 + 10 * torch.rand(950, 1, generator=g)) * t) + 0.05 * torch.randn(
+        950, length, generator=g)
+    rare = 0.2 * torch.sin(2 * torch.pi * (5 + 10 * torch.rand(50, 1, generator=g)) * t) + 0.3 * _highpass(
+        torch.randn(50, length, generator=g), 20)
+    x, y = torch.cat([common, rare]), torch.cat([torch.zeros(950), torch.ones(50)]).long()
+    m = len(band_edges(length // 2)) - 1
+    pooled, per_class = fit_spectrum(signal_stats(x).spectrum, m), fit_spectrum(signal_stats(x).spectrum, m, y=y,
+                                                                               n_classes=2)
+    for model in (pooled, per_class):
+        assert model.density.means.shape[0] == (1 if model is pooled else 2)
+    spec = signal_stats(x).spectrum
+    flagged = {name: float((model.score(spec[950:]) > model.score(spec[:950]).quantile(0.99)).float().mean())
+               for name, model in (("pooled", pooled), ("per_class", per_class))}
+    assert flagged["pooled"] > 0.5 and flagged["per_class"] < 0.1, flagged
+    assert from_state(per_class.state()).density.means.shape == per_class.density.means.shape
