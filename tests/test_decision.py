@@ -133,5 +133,8 @@ def test_novelty_is_the_larger_of_the_two_detectors_relative_to_their_thresholds
     gate = Gate(None, trunk, 4.0, spectrum, 1e9)
     expected = trunk.score(ev.trunk) / 4.0
     torch.testing.assert_close(gate.novelty_score(ev, torch.device("cpu")), expected)
-    gate = Gate(None, trunk, 4.0, spectrum, 1e-12)  # the spectrum detector dominates
-    assert (gate.novelty_score(ev, torch.device("cpu")) > 1e3).all()
+    hiss = torch.randn(2, 64, generator=g)  # a spectrum unlike the fitted one: the spectrum detector dominates
+    far = Evidence(ev.deterministic, ev.trunk, signal_stats(hiss))
+    assert (spectrum.score(far.signal.spectrum) > 1.0).all()
+    gate = Gate(None, trunk, 4.0, spectrum, 1e-9)
+    torch.testing.assert_close(gate.novelty_score(far, torch.device("cpu")), spectrum.score(far.signal.spectrum) / 1e-9)
