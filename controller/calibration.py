@@ -46,6 +46,7 @@ from controller.methods import confidence_threshold, deterministic, sci
 from controller.novelty import (
     KnnNovelty,
     NoveltyModel,
+    SpectrumNovelty,
     conformal_threshold,
     fit_gaussian,
     fit_knn,
@@ -286,7 +287,10 @@ def decider_from_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Deci
         if state is None:
             raise FileNotFoundError(f"checkpoint {card.name} needs {card.name}.novelty.pt in {directory}; "
                                     "run `sci-monitor calibrate`")
-        gate = Gate(c.quality, from_state(state["trunk"]), c.novelty.threshold, from_state(state["spectrum"]),
-                    c.novelty.spectrum_threshold)
+        spectrum = from_state(state["spectrum"])
+        if not isinstance(spectrum, SpectrumNovelty):  # a Gaussian of unwindowed band shares, before the detector
+            raise ValueError(f"checkpoint {card.name}: its spectrum detector was fitted by an older version; "
+                             f"recalibrate it (`sci-monitor calibrate --dataset {card.name}`)")
+        gate = Gate(c.quality, from_state(state["trunk"]), c.novelty.threshold, spectrum, c.novelty.spectrum_threshold)
     return Decider(make_policy(c.policy.name, **c.policy.params), SciConfig(card.temperature, c.t_max, c.sp_star),
                    gate, c.risk)

@@ -4,6 +4,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from controller.calibration import decider_from_card
@@ -109,6 +110,20 @@ def test_live_controller_and_offline_evaluation_take_the_same_decisions():
         np.testing.assert_allclose(getattr(live, field), getattr(offline, field), rtol=1e-5, atol=1e-6)
     reasons = {Reason(c).label for c in live.reason}
     assert {"signal_quality", "unfamiliar"} <= reasons  # the crafted windows reach the gate
+
+
+def test_a_card_whose_spectrum_detector_is_from_an_older_version_says_to_recalibrate(tmp_path):
+    import shutil
+
+    from models.checkpoint import CHECKPOINT_DIR, load_density, save_density
+
+    for f in CHECKPOINT_DIR.glob("cwru.*"):
+        shutil.copy(f, tmp_path / f.name)
+    _, card = load_checkpoint("cwru", directory=tmp_path)
+    state = load_density("cwru", tmp_path)
+    save_density("cwru", {**state, "spectrum": state["spectrum"]["density"]}, tmp_path)  # a bare Gaussian, as once
+    with pytest.raises(ValueError, match="recalibrate it"):
+        decider_from_card(card, tmp_path)
 
 
 def test_every_committed_card_round_trips_and_builds_its_controller():
