@@ -121,7 +121,7 @@ def _fit_novelty(model: McModel, train_h: torch.Tensor, train_y: np.ndarray, fit
     # cheapest first: the Gaussians cost a [D, D] product per window, kNN one matmul against its bank
     candidates: dict[str, NoveltyModel] = {"mahalanobis": fit_gaussian(train_h, y, n_classes)}
     for bank in sorted({min(b, knn_bank, len(train_h)) for b in (*KNN_BANKS, knn_bank)}):
-        candidates[f"knn_{bank}"] = fit_knn(train_h, bank=bank)
+        candidates[f"knn_{bank}"] = fit_knn(train_h, bank=bank, y=y)
     px = proxy_outliers(fit.x)
     aux = None if fit.aux is None else np.concatenate([fit.aux, fit.aux])
     proxy_h, _ = _trunk_and_stats(model, Arrays(px, aux, np.zeros(len(px), np.int64)), device)

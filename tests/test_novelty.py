@@ -177,3 +177,19 @@ def test_the_spectrum_detector_knows_each_class_so_a_rare_class_is_not_unfamilia
                for name, model in (("pooled", pooled), ("per_class", per_class))}
     assert flagged["pooled"] > 0.5 and flagged["per_class"] < 0.1, flagged
     assert from_state(per_class.state()).density.means.shape == per_class.density.means.shape
+
+
+def test_a_stratified_knn_bank_keeps_a_rare_class_familiar():
+    """A random bank holds a rare class in proportion: too few of its windows to be anyone's k nearest neighbours.
+    A class-stratified bank of the same size holds as many of them as of the common class."""
+    g = torch.Generator().manual_seed(3)
+    common = torch.randn(5000, 8, generator=g) + 4 * torch.eye(8)[0]
+    rare = torch.randn(300, 8, generator=g) + 4 * torch.eye(8)[1]
+    h, y = torch.cat([common, rare]), torch.cat([torch.zeros(5000), torch.ones(300)]).long()
+    random, stratified = fit_knn(h, k=10, bank=500), fit_knn(h, k=10, bank=500, y=y)
+    assert stratified.bank.shape[0] == 500 and random.bank.shape[0] == 500
+    query = torch.randn(40, 8, generator=g) + 4 * torch.eye(8)[1]  # new windows of the rare class
+    common_q = torch.randn(40, 8, generator=g) + 4 * torch.eye(8)[0]
+    flagged = {name: float((m.score(query) > m.score(common_q).quantile(0.99)).float().mean())
+               for name, m in (("random", random), ("stratified", stratified))}
+    assert flagged["random"] > 0.5 and flagged["stratified"] < 0.1, flagged
