@@ -147,7 +147,8 @@ def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None, y: Tensor
     """Class-conditional Gaussians (one shared covariance, :func:`fit_gaussian`) of the training windows' spectrum
     shape against the band limit: ``spectrum`` float[N, n_bins] (:attr:`controller.quality.SignalStats.spectrum`),
     ``n`` leading bands below the limit (the floor of the others = their training means), only the bins where
-    ``keep`` bool[n_bins] is True (None: all); ``y`` int64[N] training labels of ``n_classes`` classes (None: one).
+    ``keep`` bool[n_bins] is True (None: all); ``y`` int64[N] training labels of ``n_classes`` classes (None: one
+    class).
 
     Per class, because a class's spectrum is its own: one Gaussian of all CWRU training frames, 99 % of them faults,
     flagged 73 % of the training frames of healthy bearings unfamiliar (91 % unwindowed). The score is the distance
@@ -157,7 +158,7 @@ def fit_spectrum(spectrum: Tensor, n: int, keep: Tensor | None = None, y: Tensor
     floor = band_shape(shares, n)[:, n:].mean(0)
     shape = band_shape(shares, n, floor)
     labels = torch.zeros(len(shape), dtype=torch.int64) if y is None else torch.as_tensor(y, dtype=torch.int64)
-    return SpectrumNovelty(fit_gaussian(shape, labels.cpu(), n_classes if y is not None else 1), n, floor.cpu(), keep)
+    return SpectrumNovelty(fit_gaussian(shape, labels.cpu(), 1 if y is None else n_classes), n, floor.cpu(), keep)
 
 
 def stratified_bank(y: Tensor, bank: int, g: torch.Generator) -> Tensor:

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -309,7 +309,8 @@ def _parts(rec: Recording, unit: str, fs: float, start_ns: int | None) -> list[_
                   start_ns + round(run.start * 1e9 / rec.fs)) for k, run in enumerate(runs)]
 
 
-def _stream_parts(parts: list[_Part], windows_of) -> Iterator[SensorWindow]:
+def _stream_parts(parts: list[_Part], windows_of: Callable[[_Part, int], Iterator[SensorWindow]]
+                  ) -> Iterator[SensorWindow]:
     """Chain ``windows_of(part, seq0)`` over the parts; ``seq`` continues from one part to the next."""
     seq = 0
     for part in parts:

@@ -153,8 +153,9 @@ def _normal_frame(seq: int) -> SensorWindow:
     from models.data import cwru
 
     rec = next(r for r in cwru.list_recordings(read_rpms=False) if r.fault == "normal")
-    start, _ = cwru.split_blocks(cwru.load_signal(rec).size)["test"]
-    frame = cwru.load_signal(rec)[start + seq * cwru.FRAME : start + (seq + 1) * cwru.FRAME]
+    signal = cwru.load_signal(rec)
+    start, _ = cwru.split_blocks(signal.size)["test"]
+    frame = signal[start + seq * cwru.FRAME : start + (seq + 1) * cwru.FRAME]
     return SensorWindow("vib-1", "vibration", 12000.0, 1_700_000_000_000_000_000 + seq, seq,
                         np.asarray(frame, np.float32), label="normal")
 
