@@ -21,15 +21,20 @@ from models.checkpoint import CHECKPOINT_DIR, ModelCard
 from models.controller_card import RiskRule
 from models.keyed_dropout import PassNoise
 
-# bytes of trunk features per head call: larger calls spill out of the CPU caches into fresh pages (a 6 MB call ran
-# 3× slower per row than 3 MB calls on the paper-bearings head), smaller ones pay more per-call overhead
-HEAD_CALL_BYTES = 2 << 20
-# feature values per round of drawn-ahead passes and per head: a round's fixed cost (a few hundred µs of op
-# overhead per head on CPU) is worth about this many rows × features of that head's work, so wide heads draw fewer
-# passes ahead than narrow ones; an ensemble's heads each add their fixed cost and their width, so its rounds are
-# sized by one member's width (sized by the whole width, 56 instead of 170 rows per round, the 3-member mitdb
-# ensemble took 329 instead of 301 µs per window in 64-window batches and 231 instead of 215 in 256-window ones)
-BLOCK_FEATURES = 1 << 14
+# How big a head call and a round of drawn-ahead passes are, per device type (results never depend on them).
+# CPU: bytes of trunk features per head call: larger calls spill out of the CPU caches into fresh pages (a 6 MB
+# call ran 3× slower per row than 3 MB calls on the paper-bearings head), smaller ones pay more per-call overhead.
+# Feature values per round and per head: a round's fixed cost (a few hundred µs of op overhead per head on CPU) is
+# worth about this many rows × features of that head's work, so wide heads draw fewer passes ahead than narrow
+# ones; an ensemble's heads each add their fixed cost and their width, so its rounds are sized by one member's width
+# (sized by the whole width, 56 instead of 170 rows per round, the 3-member mitdb ensemble took 329 instead of 301
+# µs per window in 64-window batches and 231 instead of 215 in 256-window ones).
+# CUDA: a round costs kernel launches and a host sync whatever its size, and rows are nearly free, so a batch draws
+# all its passes in one round (64 MB of features per round and per head call bound the memory of huge batches):
+# on an H100 (2026-11-22), the CPU sizes ran the mitdb controller at 13.2k windows/s in 1024-window batches, while
+# all 25 passes in one call (fixed-T) ran at 138.7k.
+HEAD_CALL_BYTES = {"cpu": 2 << 20, "cuda": 64 << 20}
+BLOCK_FEATURES = {"cpu": 1 << 14, "cuda": 1 << 24}
 
 
 def _as_tensor(a: np.ndarray | Tensor | None, device: torch.device, dtype: torch.dtype) -> Tensor | None:
@@ -79,8 +84,9 @@ class SciController:
         kt = _as_tensor(keys, self.device, torch.int64)
         ev = evidence(self.model, xt, at)
         h = ev.trunk
-        rows_per_call = max(2, HEAD_CALL_BYTES // (h[0].numel() * h.element_size()))
-        block_rows = max(32, BLOCK_FEATURES * self.model.n_heads // h[0].numel())
+        kind = "cuda" if self.device.type == "cuda" else "cpu"
+        rows_per_call = max(2, HEAD_CALL_BYTES[kind] // (h[0].numel() * h.element_size()))
+        block_rows = max(32, BLOCK_FEATURES[kind] * self.model.n_heads // h[0].numel())
 
         def sampler(idx: Tensor, t: int | Tensor) -> Tensor:
             n_calls = -(-idx.numel() // rows_per_call)
