@@ -156,6 +156,8 @@ class Pipeline(faust.Service):
         self.health.start(self.settings.health_port)
         self.runtime = await loop.run_in_executor(self._model_thread, self._runtime_factory)
         log.info("models loaded on %s: %s", self.runtime.device, self.runtime.describe())
+        for (modality, lead), served in self.runtime.models.items():
+            self.metrics.model_served.labels(modality, lead, served.card.name, str(self.runtime.device)).set(1)
         self._log_alert_levels()
         self.health.set_flag("models", True, f"{len(self.runtime.models)} served on {self.runtime.device}")
         self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)

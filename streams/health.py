@@ -64,6 +64,9 @@ class WorkerMetrics:
         self.ready = Gauge("sci_ready", "1 when every readiness check passes", registry=r)
         self.dependency_up = Gauge("sci_dependency_up", "1 when the dependency answered its last check",
                                    ("dependency",), registry=r)
+        self.model_served = Gauge("sci_model_served", "1 per (modality, lead) the worker serves, with its checkpoint "
+                                  "and the torch device it runs on", ("modality", "lead", "checkpoint", "device"),
+                                  registry=r)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

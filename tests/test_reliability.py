@@ -278,6 +278,10 @@ def test_fuzz_10000_hostile_and_valid_messages_exact_counts(local_stack, tmp_pat
         assert worker.total("sci_dead_letters_total") == n_dead
         lag = {dict(labels)["partition"] for (name, labels) in worker.metrics() if name == "sci_consumer_lag"}
         assert lag == {"0", "1", "2", "3"}  # one gauge per input partition (values: see README, tansu)
+        served = {(d["modality"], d["lead"], d["checkpoint"], d["device"])
+                  for (name, labels), v in worker.metrics().items() if name == "sci_model_served" and v == 1
+                  for d in [dict(labels)]}
+        assert served == {(m, lead, ckpt, "cpu") for (m, lead), ckpt in s.served_models.items()}
 
         # still consuming
         more = _real_windows(0, 10, "after", time.time_ns() + 10**12)
