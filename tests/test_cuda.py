@@ -69,3 +69,23 @@ def test_controller_on_cuda_decides_as_on_cpu(name: str) -> None:
     np.testing.assert_allclose(on_gpu.sp[same_decision], on_cpu.sp[same_decision], atol=1e-5)
     np.testing.assert_allclose(on_gpu.novelty, on_cpu.novelty, rtol=1e-3, atol=1e-3)
     assert np.array_equal(on_gpu.quality, on_cpu.quality)
+
+
+@needs_data("mitdb")
+@needs_data("cwru")
+def test_the_workers_models_serve_live_windows_on_cuda_as_on_cpu() -> None:
+    """The worker's model thread (``ModelRuntime``, every default (modality, lead)) on the GPU, fed live windows:
+    beats found by the streaming detector in two DS2 records and frames of two CWRU recordings."""
+    from streams.replay import ecg_windows, vibration_windows
+    from streams.runtime import ModelRuntime
+
+    windows = [w for r in ("200", "232") for w in list(ecg_windows(r, start_ns=0))[:600]]
+    windows += [w for f in (97, 105) for w in list(vibration_windows(f, start_ns=0))[:150]]  # normal, inner race
+    on_gpu = ModelRuntime(resolve_device("cuda"))
+    assert {str(s.controller.device) for s in on_gpu.models.values()} == {"cuda"}
+    gpu, cpu = on_gpu.classify(windows), ModelRuntime("cpu").classify(windows)
+    assert all(not isinstance(r, str) for r in gpu + cpu)  # every window served
+    same = [(a.model, a.label, a.reason, a.passes) == (b.model, b.label, b.reason, b.passes)
+            for a, b in zip(gpu, cpu, strict=True)]
+    assert np.mean(same) >= 0.998, f"{len(same) - sum(same)} of {len(same)} windows decided differently"
+    assert {r.model for r in gpu} == {"mitdb", "cwru"}
