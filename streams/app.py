@@ -655,12 +655,18 @@ class StartupError(RuntimeError):
 
 
 def preflight(settings: Settings) -> None:
-    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, every served
-    checkpoint present, then the broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each
-    while one is down). Raises :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
+    """Check what the worker needs before Faust starts: no ``change-me`` placeholder among the secrets, the torch
+    device (``cuda`` with no GPU visible fails here, not after the wait), every served checkpoint present, then the
+    broker and InfluxDB reachable within ``settings.startup_wait_s`` (one log line each while one is down). Raises
+    :class:`StartupError` (or ``SettingsError``) with one line for what is missing."""
     from models.checkpoint import available_checkpoints
+    from models.device import resolve_device
 
     check_secrets(settings)
+    try:
+        resolve_device(settings.device)
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
     known = available_checkpoints()
     missing = sorted({name for name in settings.served_models.values()
                       if name not in known and not (name.endswith(".json") and os.path.isfile(name))})

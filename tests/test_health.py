@@ -128,3 +128,18 @@ def test_placeholder_secrets_stop_the_worker_before_it_connects() -> None:
     r = subprocess.run([sys.executable, "-m", "sci_monitor", "worker"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "placeholder 'change-me'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is visible here")
+def test_worker_asked_for_cuda_without_a_gpu_says_so_before_waiting_for_services() -> None:
+    import subprocess
+    import sys
+
+    kafka, influx = free_ports(2)
+    env = {**os.environ, "SCI_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}", "SCI_INFLUX_URL": f"http://127.0.0.1:{influx}",
+           "SCI_STARTUP_WAIT_S": "60", "SCI_HEALTH_PORT": "0", "SCI_DEVICE": "cuda"}
+    r = subprocess.run([sys.executable, "-m", "sci_monitor", "worker"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "CUDA is not available" in out, (r.returncode, out[-2000:])
+    assert "waiting for" not in out and "Traceback" not in out  # no silent CPU fallback, no 60 s wait first
