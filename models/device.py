@@ -27,7 +27,7 @@ def full_float32() -> None:
     The cards' thresholds (novelty, SP, risk rule) were fitted in float32 on the CPU. Measured on an H100
     (2026-11-22, 1,024 DS2 beats, mitdb): with TF32 the logits moved by up to 2.3e-3 and the novelty score by 1.1e-2
     (one decision differed from the CPU's), in float32 by 2.9e-6 and 4.2e-4 (none differed), at about the same speed
-    (controller 19.0k vs 17.5k windows/s; cwru 127k vs 145k).
+    (the controller on 1024-window batches: mitdb 119k windows/s in float32 vs 116k in TF32, cwru 139k vs 149k).
     """
     # the specific settings, not torch.backends.fp32_precision: torch 2.11 kept cuDNN convolutions at TF32 under it
     torch.backends.cudnn.conv.fp32_precision = "ieee"
