@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from controller.engine import BLOCK_ROWS, Sampler, SciConfig, SciResult, run_sci
+from controller.engine import BLOCK_ROWS, Sampler, SciConfig, SciResult, is_abstention, run_sci_on_device
 from controller.interpretive_state import delta_sp, normalized_entropy
 from controller.novelty import NoveltyModel
 from controller.policies import Policy
 from controller.quality import SignalStats, check, signal_stats
-from controller.reasons import ABSTAIN_REASONS, Reason
+from controller.reasons import Reason
 from controller.risk import confidence
 from models.architectures import McModel
 from models.controller_card import QualityRanges, RiskRule
@@ -115,12 +115,9 @@ def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | st
     passes = torch.zeros(b, dtype=torch.int64, device=dev)
     reason = torch.where(bad, Reason.SIGNAL_QUALITY, Reason.UNFAMILIAR).to(torch.int64)
     if active.numel():
-        r = run_sci(lambda idx, t: sampler(active[idx.to(active.device)], t), active.numel(), k, d.policy, d.config,
-                    dev, block_rows)
-        probs[active] = torch.as_tensor(r.probs, device=dev)
-        sp[active] = torch.as_tensor(r.sp, device=dev)
-        passes[active] = torch.as_tensor(r.passes, device=dev)
-        reason[active] = torch.as_tensor(r.reason, device=dev)
+        probs[active], sp[active], passes[active], reason[active] = run_sci_on_device(
+            lambda idx, t: sampler(active[idx.to(active.device)], t), active.numel(), k, d.policy, d.config, dev,
+            block_rows)
 
     conf = torch.full((b,), float("nan"), device=dev)
     if d.risk is not None:
@@ -130,8 +127,12 @@ def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | st
         policy_done = ~(bad | unfamiliar)
         reason = torch.where(policy_done & ok & gave_up, Reason.CONFIDENT, reason)
         reason = torch.where(policy_done & ~ok & ~gave_up, Reason.AMBIGUOUS, reason)
-    abstained = torch.isin(reason, torch.tensor([int(r) for r in ABSTAIN_REASONS], device=dev))
-    out = [probs.argmax(1), probs, sp, delta_sp(sp, d.config.sp_star), passes, abstained, reason, novelty, quality,
-           conf]
-    host = [np.asarray(x.detach().cpu().numpy()) for x in out]
-    return SciResult(*host)
+    # to the host in two copies (one per dtype), not one per field: each is a sync on a GPU
+    scalars = [sp, delta_sp(sp, d.config.sp_star), novelty, conf]
+    reals = torch.cat([probs.float(), torch.stack([x.float() for x in scalars], 1)], 1).detach().cpu().numpy()
+    ints = torch.stack([probs.argmax(1), passes, reason, quality.long(), is_abstention(reason).long()], 1)
+    ints = ints.detach().cpu().numpy()
+    label, passes_h, reason_h, quality_h, abstained = (np.ascontiguousarray(ints[:, j]) for j in range(5))
+    sp_h, dsp_h, novelty_h, conf_h = (np.ascontiguousarray(reals[:, k + j]) for j in range(4))
+    return SciResult(label, np.ascontiguousarray(reals[:, :k]), sp_h, dsp_h, passes_h, abstained.astype(bool),
+                     reason_h, novelty_h, quality_h, conf_h)

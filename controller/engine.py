@@ -7,7 +7,8 @@ passes had come one at a time (running sums are accumulated pass by pass in floa
 loop, so decisions are bit-identical to it). Passes drawn beyond a window's stop are discarded. Block sizes grow as
 the active set shrinks (about ``block_rows`` sampled rows per round), so a batch needs a handful of rounds instead
 of one per pass up to the slowest window. Statistics, SP, ΔSP and decisions stay on the device; the only host syncs
-are one per round (the size of the remaining active set) and one at the end (the result).
+are one per round (the size of the remaining active set) and the result (:func:`run_sci_on_device` leaves it on the
+device).
 """
 
 from __future__ import annotations
@@ -93,6 +94,22 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
 
     ``block_rows`` only trades wasted passes (drawn beyond a stop) for fewer rounds; results do not depend on it.
     """
+    probs, sp, passes, reason = run_sci_on_device(sampler, n_windows, n_classes, policy, config, device, block_rows)
+    out = [probs.argmax(1), probs, sp, delta_sp(sp, config.sp_star), passes, is_abstention(reason), reason]
+    label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h = (x.cpu().numpy() for x in out)
+    return SciResult(label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h)
+
+
+def is_abstention(reason: Tensor) -> Tensor:
+    """bool[B]: which Reason codes int64[B] are abstentions (escalations)."""
+    return torch.isin(reason, torch.tensor([int(r) for r in ABSTAIN_REASONS], device=reason.device))
+
+
+def run_sci_on_device(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, config: SciConfig,
+                      device: torch.device | str = "cpu", block_rows: int = BLOCK_ROWS
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`run_sci` with its results left on the device: probs float32[B, K] = softmax(z̄/T) at the last pass,
+    sp float32[B], passes int64[B], reason int64[B] (a Reason code)."""
     dev = torch.device(device)
     b, k, temp, t_max = n_windows, n_classes, config.temperature, config.t_max
     # one packed row of state per window: Σz (K) | Σp (K) | Σppᵀ (K²) | SP(t−2), SP(t−1), SP(t) | t | reason
@@ -136,11 +153,7 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
 
     passes, reason = state[:, c_t].long(), state[:, c_reason].long()
     probs = torch.softmax(state[:, :k] / (passes.clamp_min(1)[:, None] * temp), dim=1)
-    sp = state[:, c_sp + 2]
-    abstained = torch.isin(reason, torch.tensor([int(r) for r in ABSTAIN_REASONS], device=dev))
-    out = [probs.argmax(1), probs, sp, delta_sp(sp, config.sp_star), passes, abstained, reason]
-    label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h = (x.cpu().numpy() for x in out)
-    return SciResult(label, probs_h, sp_h, dsp_h, passes_h, abst_h, reason_h)
+    return probs, state[:, c_sp + 2], passes, reason
 
 
 def replay_sampler(logits: Tensor) -> Sampler:
