@@ -112,13 +112,14 @@ def signal_stats(x: Tensor, context: Tensor | None = None) -> SignalStats:
     clip = ((x >= hi[:, None] - tol) | (x <= lo[:, None] + tol)).float().mean(1)
     centred = x - x.median(dim=1, keepdim=True).values
     log_rms = centred.pow(2).mean(1).clamp_min(1e-24).sqrt().log()
-    power = torch.fft.rfft(x - x.mean(1, keepdim=True), dim=1).abs().pow(2)[:, 1:]
+    zero_mean = x - x.mean(1, keepdim=True)
+    power = torch.fft.rfft(zero_mean, dim=1).abs().pow(2)[:, 1:]
     total = power.sum(1).clamp_min(1e-20)
     n_bins = power.shape[1]
     hf = power[:, n_bins // 2 :].sum(1) / total
     lf = power[:, :LF_BINS].sum(1) / total
     hann = torch.hann_window(x.shape[1], periodic=False, device=x.device)
-    spectrum = torch.fft.rfft((x - x.mean(1, keepdim=True)) * hann, dim=1).abs().pow(2)[:, 1 : x.shape[1] // 2 + 1]
+    spectrum = torch.fft.rfft(zero_mean * hann, dim=1).abs().pow(2)[:, 1 : x.shape[1] // 2 + 1]
     polarity = torch.full_like(ptp, float("nan")) if context is None else skewness(context.to(x))
     return SignalStats(ptp, clip, log_rms, hf, lf, spectrum, polarity)
 
