@@ -37,11 +37,11 @@ from models.controller_card import QualityRanges, RiskRule
 @dataclass(frozen=True)
 class Evidence:
     """Per-window evidence for B windows: deterministic float[B, K] logits of the plain pass, trunk float[B, D]
-    features, signal statistics of the raw input."""
+    features, signal statistics of the raw input (None when no check of the gate reads them)."""
 
     deterministic: Tensor
     trunk: Tensor
-    signal: SignalStats
+    signal: SignalStats | None
 
 
 def stream_context(model: McModel, aux: Tensor | None) -> Tensor | None:
@@ -50,10 +50,11 @@ def stream_context(model: McModel, aux: Tensor | None) -> Tensor | None:
     return None if model.context is None or aux is None else aux[:, model.context]
 
 
-def evidence(model: McModel, x: Tensor, aux: Tensor | None) -> Evidence:
-    """Trunk once, head once without dropout, input statistics: x float32[B, L], aux float32[B, A] or None."""
+def evidence(model: McModel, x: Tensor, aux: Tensor | None, signal: bool = True) -> Evidence:
+    """Trunk once, head once without dropout, input statistics (unless ``signal`` is False): x float32[B, L], aux
+    float32[B, A] or None."""
     h = model.trunk(x, aux)
-    return Evidence(model.head(h), h, signal_stats(x, stream_context(model, aux)))
+    return Evidence(model.head(h), h, signal_stats(x, stream_context(model, aux)) if signal else None)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class Gate:
     novelty_threshold: float = float("inf")
     spectrum: NoveltyModel | None = None
     spectrum_threshold: float = float("inf")
+
+    @property
+    def reads_signal(self) -> bool:
+        """Whether a check reads the input statistics (``Evidence.signal``): input ranges or the spectrum model."""
+        return self.quality is not None or self.spectrum is not None
 
     def to(self, device: torch.device | str) -> Gate:
         return Gate(self.quality, None if self.novelty is None else self.novelty.to(device), self.novelty_threshold,
@@ -99,6 +105,8 @@ def decide(ev: Evidence, sampler: Sampler, d: Decider, device: torch.device | st
     """Decisions for the B windows of ``ev``; ``sampler(idx, t)`` gives pass t's logits of windows idx (of B);
     ``block_rows`` is the engine's passes-ahead trade-off (results do not depend on it)."""
     dev = torch.device(device)
+    if ev.signal is None and d.gate.reads_signal:
+        raise ValueError("the gate checks the input statistics, but the evidence has none (evidence(signal=False))")
     det = ev.deterministic.to(dev, torch.float32)
     b, k = det.shape
     temp = d.config.temperature

@@ -82,7 +82,7 @@ class SciController:
         xt = _as_tensor(x, self.device, torch.float32)
         at = _as_tensor(aux, self.device, torch.float32)
         kt = _as_tensor(keys, self.device, torch.int64)
-        ev = evidence(self.model, xt, at)
+        ev = evidence(self.model, xt, at, signal=self.decider.gate.reads_signal)
         h = ev.trunk
         kind = "cuda" if self.device.type == "cuda" else "cpu"
         rows_per_call = max(2, HEAD_CALL_BYTES[kind] // (h[0].numel() * h.element_size()))

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.keyed_dropout import KeyedDropout, PassNoise
+from models.keyed_dropout import KeyedDropout, PassNoise, shift_keys
 
 
 class McModel(nn.Module):
@@ -258,19 +258,22 @@ class Ensemble(McModel):
         return torch.cat([m.trunk(x, aux) for m in self.members], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        n = len(self.members)
+        # the members' masks are drawn together (one hash and one bank gather per layer), each member's exactly as
+        # member_noise would draw it alone
+        noises = [None] * n if noise is None else noise.shifted([i * MEMBER_KEY_STRIDE for i in range(n)])
         out = None  # members share one architecture, so their trunk features are equally wide
-        for i, (m, hm) in enumerate(zip(self.members, h.chunk(len(self.members), dim=1), strict=True)):
-            z = m.head(hm, None if noise is None else member_noise(noise, i))
+        for m, hm, nm in zip(self.members, h.chunk(n, dim=1), noises, strict=True):
+            z = m.head(hm, nm)
             out = z if out is None else out + z
-        return out / len(self.members)
+        return out / n
 
 
 def member_noise(noise: PassNoise, member: int) -> PassNoise:
     """The pass noise of ensemble member ``member``: keys shifted by ``member · MEMBER_KEY_STRIDE`` (mod 2⁶⁴)."""
     if member == 0:
         return noise
-    shift = (member * MEMBER_KEY_STRIDE + (1 << 63)) % (1 << 64) - (1 << 63)  # as a signed int64
-    return PassNoise(noise.keys.to(torch.int64) + shift, noise.step)
+    return PassNoise(shift_keys(noise.keys, member * MEMBER_KEY_STRIDE), noise.step)
 
 
 ARCHITECTURES[Ensemble.arch] = Ensemble

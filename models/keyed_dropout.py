@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import zlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,10 +77,16 @@ class PassNoise:
 
     keys: int64[B] window keys (e.g. hash of stream id and sequence number).
     step: int or int64[B], the 1-based pass index (per row, so one call can hold several passes of a window).
+
+    A layer's mask is drawn once per noise object and (shape, p, salt) and kept; :meth:`shifted` makes the noises of
+    several key shifts (an ensemble's members) draw theirs together.
     """
 
     keys: Tensor
     step: Tensor | int
+    # (stacked noise, rows): this noise's masks are those rows of the stacked noise's (see shifted)
+    _view: tuple[PassNoise, slice] | None = field(default=None, repr=False, compare=False)
+    _masks: dict[tuple, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @functools.cached_property
     def pass_hash(self) -> Tensor:
@@ -87,11 +94,33 @@ class PassNoise:
         step = torch.as_tensor(self.step, dtype=torch.int64, device=self.keys.device)
         return mix64(self.keys.to(torch.int64) + step * _GOLDEN)
 
+    def shifted(self, shifts: Sequence[int]) -> list[PassNoise]:
+        """One noise per key shift s (keys + s, wrapping int64: ``shift_keys``), each drawing exactly the masks it
+        would draw alone, but all of them together: every layer's masks for all shifts come from one hash and one
+        bank gather over the stacked rows, then are sliced (with 3 ensemble members, a third of the ops per pass).
+        """
+        own, step = self.keys, self.step
+        if isinstance(step, Tensor):  # keys and steps broadcast against each other (one window, several passes)
+            own, step = torch.broadcast_tensors(own, step.to(own.device))
+        b, n = own.shape[0], len(shifts)
+        keys = torch.cat([shift_keys(own, s) for s in shifts])
+        stacked = PassNoise(keys, step.repeat(n) if isinstance(step, Tensor) else step)
+        return [PassNoise(keys[i * b : (i + 1) * b], step, (stacked, slice(i * b, (i + 1) * b))) for i in range(n)]
+
     def mask(self, shape: torch.Size, p: float, salt: int) -> Tensor:
         """float32[B, *shape] inverted-dropout mask (0 or 1/(1−p)) for the layer identified by ``salt``.
 
         Unit u of the layer takes column u mod CHUNK of bank row top16(mix64(pass_hash + salt·c + (u // CHUNK + 1)·φ)).
         """
+        if self._view is not None:
+            stacked, rows = self._view
+            return stacked.mask(shape, p, salt)[rows]
+        memo = (tuple(shape), p, salt)
+        if memo not in self._masks:
+            self._masks[memo] = self._draw(shape, p, salt)
+        return self._masks[memo]
+
+    def _draw(self, shape: torch.Size, p: float, salt: int) -> Tensor:
         n = 1
         for d in shape:
             n *= d
@@ -100,6 +129,15 @@ class PassNoise:
         rows = _shr(mix64(self.pass_hash[:, None] + offsets[None, :]), 48)  # [B, n_chunks] in [0, BANK_ROWS)
         m = mask_bank(p, self.keys.device).index_select(0, rows.view(-1)).view(-1, n_chunks * CHUNK)[:, :n]
         return m if len(shape) == 1 else m.reshape(-1, *shape)
+
+
+def shift_keys(keys: Tensor, shift: int) -> Tensor:
+    """int64[B] keys + shift, wrapping modulo 2⁶⁴ (``shift`` any Python int).
+
+    >>> shift_keys(torch.tensor([2**63 - 1]), 1).item() == -2**63
+    True
+    """
+    return keys.to(torch.int64) + ((shift + (1 << 63)) % (1 << 64) - (1 << 63))
 
 
 class KeyedDropout(nn.Module):

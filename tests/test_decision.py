@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+import controller.decision as decision
 from controller.calibration import decider_from_card
-from controller.decision import Decider, Evidence, Gate, decide
+from controller.decision import Decider, Evidence, Gate, decide, evidence
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import controller
 from controller.novelty import fit_gaussian, fit_spectrum
@@ -20,6 +21,7 @@ from controller.sci import SciController
 from models.architectures import BearingFrameNet
 from models.checkpoint import available_checkpoints, load_checkpoint
 from models.controller_card import ControllerCard, QualityRanges, RiskRule
+from models.keyed_dropout import PassNoise
 from models.training import Arrays
 
 OPEN_RANGES = QualityRanges(flat_ptp=1e-3, clip_fraction=0.5, log_rms=(-50, 50), hf_ratio=(-1, 2), lf_ratio=(-1, 2))
@@ -110,6 +112,31 @@ def test_live_controller_and_offline_evaluation_take_the_same_decisions():
         np.testing.assert_allclose(getattr(live, field), getattr(offline, field), rtol=1e-5, atol=1e-6)
     reasons = {Reason(c).label for c in live.reason}
     assert {"signal_quality", "unfamiliar"} <= reasons  # the crafted windows reach the gate
+
+
+def test_input_statistics_are_computed_only_for_a_gate_that_reads_them(monkeypatch):
+    torch.manual_seed(0)
+    model = BearingFrameNet(4).eval()
+    x = np.random.default_rng(1).normal(size=(12, 1024)).astype(np.float32)
+    d = Decider(Threshold(sp_star=0.5, t_min=2), SciConfig(1.0, 6, 0.85))
+    keys = eval_keys(len(x), 7)
+    with_stats = decide(*_sampled(model, x, keys, signal=True), d)
+    # a controller without input checks never computes the statistics
+    monkeypatch.setattr(decision, "signal_stats", lambda *_: pytest.fail("statistics computed for no check"))
+    ctrl = SciController(model, d.policy, d.config)
+    r = ctrl.classify(x, None, keys)
+    for field in ("label", "passes", "reason", "probs", "sp"):
+        np.testing.assert_array_equal(getattr(r, field), getattr(with_stats, field), err_msg=field)
+    # a gate with input checks needs them: evidence without statistics is refused
+    gated = Decider(d.policy, d.config, Gate(OPEN_RANGES))
+    with pytest.raises(ValueError, match="input statistics"):
+        decide(*_sampled(model, x, keys, signal=False), gated)
+
+
+def _sampled(model, x, keys, signal):
+    with torch.inference_mode():
+        ev = evidence(model, torch.tensor(x), None, signal=signal)
+    return ev, lambda idx, t: model.head(ev.trunk[idx], PassNoise(keys[idx], t))
 
 
 def test_a_card_whose_spectrum_detector_is_from_an_older_version_says_to_recalibrate(tmp_path):

@@ -8,7 +8,7 @@ from controller.engine import SciConfig
 from controller.policies import SeparationBound
 from controller.sci import SciController
 from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet, Ensemble, member_noise
-from models.keyed_dropout import BANK_ROWS, CHUNK, KeyedDropout, PassNoise, mask_bank, window_keys
+from models.keyed_dropout import BANK_ROWS, CHUNK, KeyedDropout, PassNoise, mask_bank, shift_keys, window_keys
 
 
 def _inputs(model, b=16, seed=0):
@@ -117,6 +117,27 @@ def test_batched_and_per_window_controller_decisions_identical_on_a_real_model()
     np.testing.assert_allclose(batched.sp, np.concatenate([s.sp for s in singles]), atol=1e-6)
 
 
+def test_shifted_noises_draw_together_the_masks_each_draws_alone():
+    keys, steps = torch.arange(12) * 104729 - 50, torch.arange(12) % 5 + 1
+    shifts = [0, 3, 2**64 - 1, 2**63 + 17]  # wrapping shifts
+    for step in (steps, 3):
+        noise = PassNoise(keys, step)
+        together = noise.shifted(shifts)
+        for shift, view in zip(shifts, together, strict=True):
+            alone = PassNoise(shift_keys(keys, shift), step)
+            torch.testing.assert_close(view.keys, alone.keys, rtol=0, atol=0)
+            for shape, p, salt in (((69,), 0.5, 1), ((3, 40), 0.2, 7)):
+                torch.testing.assert_close(view.mask(torch.Size(shape), p, salt),
+                                           alone.mask(torch.Size(shape), p, salt), rtol=0, atol=0)
+    # one window, several passes: keys and steps broadcast
+    one = PassNoise(keys[:1], steps)
+    for shift, view in zip(shifts, one.shifted(shifts), strict=True):
+        torch.testing.assert_close(view.mask(torch.Size((69,)), 0.5, 1),
+                                   PassNoise(shift_keys(keys[:1], shift), steps).mask(torch.Size((69,)), 0.5, 1))
+    # a layer's mask is drawn once per noise and kept
+    assert noise.mask(torch.Size((69,)), 0.5, 1) is noise.mask(torch.Size((69,)), 0.5, 1)
+
+
 def test_window_keys_are_stable_and_distinct():
     k1 = window_keys(["a", "a", "b"], torch.tensor([0, 1, 0]))
     k2 = window_keys(["a", "a", "b"], torch.tensor([0, 1, 0]))
@@ -135,8 +156,9 @@ def test_ensemble_averages_its_members_logits_and_draws_independent_passes():
     noise = PassNoise(keys, 4)
     # member 0 draws exactly the passes a single model would; the others draw their own
     assert member_noise(noise, 0) is noise
+    # the members' masks, drawn together, are bit for bit those each member draws alone
     torch.testing.assert_close(ens(x, aux, noise), sum(m(x, aux, member_noise(noise, i)) for i, m in
-                                                       enumerate(members)) / 3, rtol=0, atol=1e-6)
+                                                       enumerate(members)) / 3, rtol=0, atol=0)
     same = members[0]
     assert not torch.equal(same(x, aux, member_noise(noise, 1)), same(x, aux, noise))
     # a checkpoint rebuilds it from its arch_params
