@@ -5,7 +5,8 @@ For each model and batch size every method classifies the same windows (an evenl
 tiled when the split is smaller) with the same keys, thread settings and device, best of ``repeats`` runs:
 
 - ``deterministic``: one plain forward pass (dropout off), probabilities to the host — the floor;
-- ``fixed_t``: trunk once, all t_max keyed head passes in one call, mean logits — the usual MC-dropout baseline;
+- ``fixed_t``: trunk once (in the controller's trunk calls), all t_max keyed head passes in one call, mean logits —
+  the usual MC-dropout baseline;
 - ``sci_<policy>``: the batched controller (``SciController.classify``) with each candidate policy of the card;
 - ``per_window_loop``: one window at a time, the full model per pass and one host sync per pass, the way the paper's
   reference scripts run (same stop rule and keys, so the same decisions); measured at batch 1 only.
@@ -29,10 +30,11 @@ import numpy as np
 import torch
 
 from controller.calibration import decider_from_card, policies_from
+from controller.decision import trunk_features
 from controller.engine import run_sci
 from controller.evaluation import TEST_KEY_OFFSET
 from controller.passes import eval_keys
-from controller.sci import SciController
+from controller.sci import TRUNK_ROWS, SciController
 from models.checkpoint import load_checkpoint
 from models.keyed_dropout import PassNoise
 from models.recipes import get_recipe
@@ -88,7 +90,7 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
 
     @torch.inference_mode()
     def fixed_t(x: np.ndarray, aux: np.ndarray | None, keys: torch.Tensor) -> np.ndarray:
-        h = model.trunk(to_dev(x), to_dev(aux))
+        h = trunk_features(model, to_dev(x), to_dev(aux), TRUNK_ROWS["cuda" if dev.type == "cuda" else "cpu"])
         n, t = h.shape[0], cfg.t_max
         rows = torch.arange(n, device=dev).repeat(t)
         steps = torch.arange(1, t + 1, device=dev).repeat_interleave(n)

@@ -50,11 +50,21 @@ def stream_context(model: McModel, aux: Tensor | None) -> Tensor | None:
     return None if model.context is None or aux is None else aux[:, model.context]
 
 
-def evidence(model: McModel, x: Tensor, aux: Tensor | None, signal: bool = True) -> Evidence:
+def evidence(model: McModel, x: Tensor, aux: Tensor | None, signal: bool = True,
+             trunk_rows: int | None = None) -> Evidence:
     """Trunk once, head once without dropout, input statistics (unless ``signal`` is False): x float32[B, L], aux
-    float32[B, A] or None."""
-    h = model.trunk(x, aux)
+    float32[B, A] or None; the trunk sees at most ``trunk_rows`` windows per call (None: all in one)."""
+    h = trunk_features(model, x, aux, trunk_rows)
     return Evidence(model.head(h), h, signal_stats(x, stream_context(model, aux)) if signal else None)
+
+
+def trunk_features(model: McModel, x: Tensor, aux: Tensor | None, rows: int | None = None) -> Tensor:
+    """float32[B, D] trunk features of x float32[B, L] (aux float32[B, A] or None), ``rows`` windows per call at most
+    (None: one call)."""
+    if rows is None or x.shape[0] <= rows:
+        return model.trunk(x, aux)
+    return torch.cat([model.trunk(x[i : i + rows], None if aux is None else aux[i : i + rows])
+                      for i in range(0, x.shape[0], rows)])
 
 
 @dataclass(frozen=True)
