@@ -47,13 +47,23 @@ class ModelCard:
             self.controller = ControllerCard.from_dict(self.controller)
 
 
-def code_version() -> str:
-    """``git describe`` of the working tree (with -dirty), or "unknown" outside a git checkout."""
+def code_version(here: Path = Path(__file__).parent, checkpoints: Path = CHECKPOINT_DIR) -> str:
+    """``git describe`` of the checkout holding ``here``, "-dirty" when tracked files outside ``checkpoints`` differ
+    from it (so training several models in one run does not mark the later ones dirty), or "unknown" outside a git
+    checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
+        described = git("describe", "--always")
+        if not described:
+            return "unknown"
+        top = git("rev-parse", "--show-toplevel")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", top,
+                      f":(exclude){checkpoints.resolve().relative_to(Path(top).resolve())}")
+        return described + ("-dirty" if changed else "")
+    except (OSError, ValueError, subprocess.SubprocessError):
         return "unknown"
 
 

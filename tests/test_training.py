@@ -1,5 +1,6 @@
 """Training helpers: the standard seeded PyTorch recipe, class weights, temperature fitting."""
 
+import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +10,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.architectures import Ensemble, PaperBearingNet
+from models.checkpoint import code_version
 from models.data.synthetic import paper_bearings
 from models.training import Arrays, TrainConfig, class_weights, fit_temperature, train_model
 
@@ -60,3 +62,24 @@ def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():
     logits = 3.0 * torch.randn(20000, 4, generator=gen)
     y = torch.multinomial(torch.softmax(logits / 2.0, dim=1), 1, generator=gen).squeeze(1)
     assert abs(fit_temperature(logits, y) - 2.0) < 0.1
+
+
+def test_code_version_is_dirty_for_changed_code_but_not_for_freshly_written_checkpoints(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    ckpt = tmp_path / "models" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (ckpt / "a.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    clean = code_version(ckpt.parent, ckpt)
+    assert clean and "dirty" not in clean and clean != "unknown"
+    (ckpt / "a.json").write_text('{"retrained": true}\n')  # the run's earlier checkpoint
+    assert code_version(ckpt.parent, ckpt) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert code_version(ckpt.parent, ckpt) == clean + "-dirty"
+    assert code_version(tmp_path.parent, ckpt) == "unknown"  # not a checkout
