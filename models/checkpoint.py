@@ -60,8 +60,8 @@ def code_version(here: Path = Path(__file__).parent, checkpoints: Path = CHECKPO
         if not described:
             return "unknown"
         top = git("rev-parse", "--show-toplevel")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", top,
-                      f":(exclude){checkpoints.resolve().relative_to(Path(top).resolve())}")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                      f":(top,exclude){checkpoints.resolve().relative_to(Path(top).resolve())}")
         return described + ("-dirty" if changed else "")
     except (OSError, ValueError, subprocess.SubprocessError):
         return "unknown"
