@@ -13,6 +13,7 @@ device).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,7 +103,13 @@ def run_sci(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, co
 
 def is_abstention(reason: Tensor) -> Tensor:
     """bool[B]: which Reason codes int64[B] are abstentions (escalations)."""
-    return torch.isin(reason, torch.tensor([int(r) for r in ABSTAIN_REASONS], device=reason.device))
+    return torch.isin(reason, _abstain_codes(reason.device))
+
+
+@functools.lru_cache(maxsize=8)
+def _abstain_codes(device: torch.device) -> Tensor:
+    """int64[R] the abstaining Reason codes, made once per device (not copied to a GPU at every call)."""
+    return torch.tensor([int(r) for r in ABSTAIN_REASONS], device=device)
 
 
 def run_sci_on_device(sampler: Sampler, n_windows: int, n_classes: int, policy: Policy, config: SciConfig,
