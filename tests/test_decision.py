@@ -9,7 +9,7 @@ import torch
 
 import controller.decision as decision
 from controller.calibration import decider_from_card
-from controller.decision import Decider, Evidence, Gate, decide, evidence
+from controller.decision import Decider, Evidence, Gate, decide, evidence, trunk_features
 from controller.engine import SciConfig, replay_sampler
 from controller.methods import controller
 from controller.novelty import fit_gaussian, fit_spectrum
@@ -131,6 +131,17 @@ def test_input_statistics_are_computed_only_for_a_gate_that_reads_them(monkeypat
     gated = Decider(d.policy, d.config, Gate(OPEN_RANGES))
     with pytest.raises(ValueError, match="input statistics"):
         decide(*_sampled(model, x, keys, signal=False), gated)
+
+
+def test_trunk_features_in_calls_of_a_few_windows_keep_the_windows_in_order():
+    torch.manual_seed(0)
+    model = BearingFrameNet(4).eval()
+    x = torch.tensor(np.random.default_rng(2).normal(size=(10, 1024)), dtype=torch.float32)
+    with torch.inference_mode():
+        whole = model.trunk(x)
+        for rows in (3, 4, 10, None):  # (tiny calls may round differently in the last bits)
+            torch.testing.assert_close(trunk_features(model, x, None, rows), whole, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(evidence(model, x, None, trunk_rows=4).trunk, whole, rtol=1e-5, atol=1e-5)
 
 
 def _sampled(model, x, keys, signal):
