@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from controller.calibration import decider_from_card, policies_from
-from controller.decision import trunk_features
 from controller.engine import run_sci
 from controller.evaluation import TEST_KEY_OFFSET
 from controller.passes import eval_keys
-from controller.sci import TRUNK_ROWS, SciController
+from controller.sci import SciController
 from models.checkpoint import load_checkpoint
 from models.keyed_dropout import PassNoise
 from models.recipes import get_recipe
@@ -90,7 +89,7 @@ def bench_model(name: str, batch_sizes: Sequence[int] = BATCH_SIZES, windows: in
 
     @torch.inference_mode()
     def fixed_t(x: np.ndarray, aux: np.ndarray | None, keys: torch.Tensor) -> np.ndarray:
-        h = trunk_features(model, to_dev(x), to_dev(aux), TRUNK_ROWS["cuda" if dev.type == "cuda" else "cpu"])
+        h = base.trunk(x, aux)
         n, t = h.shape[0], cfg.t_max
         rows = torch.arange(n, device=dev).repeat(t)
         steps = torch.arange(1, t + 1, device=dev).repeat_interleave(n)

@@ -103,10 +103,15 @@ class SciController:
         return decide(ev, sampler, self.decider, self.device, block_rows)
 
     @torch.inference_mode()
+    def trunk(self, x: np.ndarray | Tensor, aux: np.ndarray | Tensor | None) -> Tensor:
+        """Trunk features float32[B, D] on the device, in the controller's trunk calls (``TRUNK_ROWS``)."""
+        xt, at = _as_tensor(x, self.device, torch.float32), _as_tensor(aux, self.device, torch.float32)
+        return trunk_features(self.model, xt, at, TRUNK_ROWS[self._kind])
+
+    @torch.inference_mode()
     def deterministic_logits(self, x: np.ndarray | Tensor, aux: np.ndarray | Tensor | None) -> Tensor:
         """One plain forward pass (dropout off): logits float32[B, K] on the device."""
-        xt, at = _as_tensor(x, self.device, torch.float32), _as_tensor(aux, self.device, torch.float32)
-        return self.model.head(trunk_features(self.model, xt, at, TRUNK_ROWS[self._kind]))
+        return self.model.head(self.trunk(x, aux))
 
     @property
     def _kind(self) -> str:
