@@ -7,6 +7,7 @@ trunk once per window and resamples only the head: ``forward(x, aux, noise) == h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -28,6 +29,8 @@ class McModel(nn.Module):
     # heads one ``head`` call runs one after the other (an ensemble: one per member); the trunk features split
     # evenly between them. The controller sizes its rounds of drawn-ahead passes by the width of one of them.
     n_heads: int = 1
+    # the side features (a key of SIDE_FEATURES) a linear expert (SideExpert) can read from aux; None: none
+    side_kind: ClassVar[str | None] = None
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -65,6 +68,18 @@ class MlpHead(nn.Module):
         return self.fc2(self.drop_hidden(h, noise))
 
 
+def beat_side_features(aux: Tensor) -> Tensor:
+    """float32[B, 8] side features of a beat from aux float32[B, 267] (``features["beat"]``): the logs of pre, post
+    and local RR over the stream's average, of pre/local and of post/pre (clipped at 5; every ratio floored at
+    1e-3), then the 3 template scores (correlation over the QRS and the window, log QRS energy ratio)."""
+    pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
+    ratios = torch.cat([aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
+    return torch.cat([ratios, aux[:, 8:11]], dim=1)
+
+
+SIDE_FEATURES: dict[str, Callable[[Tensor], Tensor]] = {"beat": beat_side_features}
+
+
 class EcgBeatNet(McModel):
     """AAMI beat classifier: 256-sample window at 360 Hz (R fiducial at index 96) plus the per-stream beat features.
 
@@ -82,6 +97,7 @@ class EcgBeatNet(McModel):
     input_length = 256
     aux_dim = 267
     context = slice(11, 267)  # the running template of features["beat"]
+    side_kind = "beat"
 
     def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True,
                  side_width: int = 0) -> None:
@@ -109,10 +125,8 @@ class EcgBeatNet(McModel):
             chans = torch.stack([x / scale, (x - tpl) / scale], dim=1)
         else:
             chans = (x / x.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-3)).unsqueeze(1)
-        pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
-        ratios = torch.cat([aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
         h = self.embed(self.features(chans))
-        return torch.cat([h, self.side(self.side_norm(torch.cat([ratios, aux[:, 8:11]], dim=1)))], dim=1)
+        return torch.cat([h, self.side(self.side_norm(beat_side_features(aux)))], dim=1)
 
     def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
         return self.mlp(h, noise)
@@ -239,6 +253,7 @@ class Ensemble(McModel):
         self.arch_params = {"member_arch": member_arch, "member_params": dict(member_params), "n_members": n_members}
         self.members = nn.ModuleList(cls(**member_params) for _ in range(n_members))
         self.input_length, self.aux_dim, self.context = cls.input_length, cls.aux_dim, cls.context
+        self.side_kind = cls.side_kind
 
     @property
     def n_heads(self) -> int:
@@ -277,3 +292,57 @@ def member_noise(noise: PassNoise, member: int) -> PassNoise:
 
 
 ARCHITECTURES[Ensemble.arch] = Ensemble
+
+
+class SideExpert(McModel):
+    """A model and a linear expert on its side features: logits float32[B, K] = the model's logits + ``weight`` ·
+    log softmax(z Wᵀ + b), with z float32[B, S] the side features (``SIDE_FEATURES[model.side_kind]``) standardised
+    by the training means and deviations, and W, b a class-balanced multinomial logistic regression fitted on them
+    (``models.training.fit_side_expert``). With ``weight`` 1 the two are a product of experts.
+
+    trunk(x, aux) = the model's trunk features, then z (float32[B, D + S]); head(h, noise) runs the model's head
+    on the first D columns (all the dropout) and adds the expert's term, the same in every pass. z stays in the
+    trunk features, so the novelty gate's density model sees what the expert reads.
+
+    Why: trained jointly, the network lets each training patient's morphology outweigh the RR cues (the
+    inter-patient literature's main carrier of supraventricular beats); an expert fitted on the side features
+    alone cannot memorise morphology. Chosen on DS1 record-grouped folds (README, model selection).
+    """
+
+    arch = "side_expert"
+
+    def __init__(self, base_arch: str, base_params: dict, n_classes: int, weight: float = 1.0) -> None:
+        super().__init__()
+        self.arch_params = {"base_arch": base_arch, "base_params": dict(base_params), "n_classes": n_classes,
+                            "weight": weight}
+        self.base = ARCHITECTURES[base_arch](**base_params)
+        if self.base.side_kind is None:
+            raise ValueError(f"{base_arch!r} has no side features for an expert to read")
+        self.input_length, self.aux_dim, self.context = self.base.input_length, self.base.aux_dim, self.base.context
+        self.side_kind, self.weight = self.base.side_kind, float(weight)
+        n_side = SIDE_FEATURES[self.side_kind](torch.ones(1, self.aux_dim)).shape[1]
+        self.register_buffer("mean", torch.zeros(n_side))
+        self.register_buffer("scale", torch.ones(n_side))
+        self.register_buffer("coef", torch.zeros(n_classes, n_side))
+        self.register_buffer("intercept", torch.zeros(n_classes))
+
+    @property
+    def n_heads(self) -> int:
+        """The model's heads (the expert's term is one small matmul)."""
+        return self.base.n_heads
+
+    def side_inputs(self, aux: Tensor) -> Tensor:
+        """float32[B, S] standardised side features of aux float32[B, A]."""
+        return (SIDE_FEATURES[self.side_kind](aux) - self.mean) / self.scale
+
+    def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
+        assert aux is not None, "SideExpert needs the side features (aux)"
+        return torch.cat([self.base.trunk(x, aux), self.side_inputs(aux)], dim=1)
+
+    def head(self, h: Tensor, noise: PassNoise | None = None) -> Tensor:
+        n = self.mean.numel()
+        expert = torch.log_softmax(torch.addmm(self.intercept, h[:, -n:], self.coef.T), dim=1)
+        return self.base.head(h[:, :-n], noise) + self.weight * expert
+
+
+ARCHITECTURES[SideExpert.arch] = SideExpert

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
-from models.architectures import Ensemble, McModel
+from models.architectures import SIDE_FEATURES, Ensemble, McModel, SideExpert
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class TrainConfig:
     epoch_size: int | None = None  # windows per epoch when sampling (default: the training set size)
     seed: int = 42
     members: int = 1  # > 1: a deep ensemble (models.architectures.Ensemble), member m trained with seed + m
+    side_expert: float = 0.0  # > 0: add a linear expert on the side features with this weight (fit_side_expert)
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,13 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
     parameter init, each epoch's shuffle (a ``DataLoader`` with a ``RandomSampler``) and the training-time dropout:
     the standard PyTorch recipe, so a reference script seeded the same way trains bit-identical weights on CPU.
     With ``cfg.members`` > 1 it trains that many members one after another (seeds ``cfg.seed + m``; member 0 is
-    the single model of ``cfg.seed``) and returns their :class:`~models.architectures.Ensemble`.
+    the single model of ``cfg.seed``) and returns their :class:`~models.architectures.Ensemble`. With
+    ``cfg.side_expert`` > 0 the model (or ensemble) is then joined by a linear expert on its side features
+    (:func:`fit_side_expert`), fitted on the same training windows.
     """
+    if cfg.side_expert > 0:
+        model, info = train_model(make_model, data, n_classes, replace(cfg, side_expert=0.0), device, on_epoch)
+        return fit_side_expert(model, data, n_classes, cfg.side_expert), info
     if cfg.members > 1:
         start = time.perf_counter()
         fits = [train_model(make_model, data, n_classes, replace(cfg, members=1, seed=cfg.seed + m), device,
@@ -150,6 +156,30 @@ def train_model(make_model: Callable[[], McModel], data: Arrays, n_classes: int,
             on_epoch(epoch + 1, loss_value)
     model.eval()
     return model, {"seconds": round(time.perf_counter() - start, 1), "final_loss": round(loss_value, 5)}
+
+
+def fit_side_expert(model: McModel, data: Arrays, n_classes: int, weight: float = 1.0) -> SideExpert:
+    """``model`` joined by a class-balanced multinomial logistic regression (scikit-learn, L2, C = 1) on its
+    standardised side features (:class:`~models.architectures.SideExpert`), fitted on ``data`` (aux float32[N, A],
+    y int64[N]; every one of the ``n_classes`` classes must occur)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if model.side_kind is None or data.aux is None:
+        raise ValueError("a side expert needs a model with side features and training data with aux")
+    missing = sorted(set(range(n_classes)) - set(np.unique(data.y).tolist()))
+    if missing:
+        raise ValueError(f"a side expert needs training windows of every class; none of class {missing}")
+    z = SIDE_FEATURES[model.side_kind](torch.as_tensor(data.aux, dtype=torch.float32)).numpy()
+    scaler = StandardScaler().fit(z)
+    lr = LogisticRegression(class_weight="balanced", max_iter=2000).fit(scaler.transform(z), data.y)
+    device = next(model.parameters()).device
+    out = SideExpert(model.arch, model.arch_params, n_classes, weight)
+    out.base.load_state_dict(model.state_dict())
+    for name, value in (("mean", scaler.mean_), ("scale", scaler.scale_), ("coef", lr.coef_),
+                        ("intercept", lr.intercept_)):
+        getattr(out, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+    return out.to(device).eval()
 
 
 def fit_temperature(logits: Tensor, y: Tensor, max_iter: int = 200) -> float:

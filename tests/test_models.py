@@ -7,7 +7,15 @@ import torch
 from controller.engine import SciConfig
 from controller.policies import SeparationBound
 from controller.sci import SciController
-from models.architectures import ARCHITECTURES, BearingFrameNet, EcgBeatNet, Ensemble, member_noise
+from models.architectures import (
+    ARCHITECTURES,
+    BearingFrameNet,
+    EcgBeatNet,
+    Ensemble,
+    SideExpert,
+    beat_side_features,
+    member_noise,
+)
 from models.keyed_dropout import BANK_ROWS, CHUNK, KeyedDropout, PassNoise, mask_bank, shift_keys, window_keys
 
 
@@ -21,6 +29,10 @@ def _inputs(model, b=16, seed=0):
 def _build(arch: str) -> torch.nn.Module:
     if arch == Ensemble.arch:  # an ensemble of two ECG models
         return Ensemble(EcgBeatNet.arch, EcgBeatNet(side_width=32).arch_params, 2)
+    if arch == SideExpert.arch:  # an ECG model with a (random) side expert
+        model = SideExpert(EcgBeatNet.arch, EcgBeatNet(side_width=32).arch_params, 4)
+        torch.nn.init.normal_(model.coef, generator=torch.Generator().manual_seed(0))
+        return model
     return ARCHITECTURES[arch]()
 
 
@@ -136,6 +148,33 @@ def test_shifted_noises_draw_together_the_masks_each_draws_alone():
                                    PassNoise(shift_keys(keys[:1], shift), steps).mask(torch.Size((69,)), 0.5, 1))
     # a layer's mask is drawn once per noise and kept
     assert noise.mask(torch.Size((69,)), 0.5, 1) is noise.mask(torch.Size((69,)), 0.5, 1)
+
+
+def test_side_expert_adds_its_log_probabilities_to_every_pass_of_the_model():
+    torch.manual_seed(0)
+    base = Ensemble.of([EcgBeatNet(side_width=32).eval() for _ in range(2)]).eval()
+    model = SideExpert(base.arch, base.arch_params, 4, weight=0.5)
+    model.base.load_state_dict(base.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for name in ("mean", "coef", "intercept"):
+        getattr(model, name).normal_(generator=g)
+    model.scale.uniform_(0.5, 2.0, generator=g)
+    model.eval()
+    assert (model.n_heads, model.context, model.side_kind) == (2, EcgBeatNet.context, "beat")
+    x, aux = _inputs(model)
+    z = (beat_side_features(aux) - model.mean) / model.scale
+    expert = torch.log_softmax(z @ model.coef.T + model.intercept, dim=1)
+    keys = torch.arange(16) * 7919
+    for noise in (None, PassNoise(keys, 1), PassNoise(keys, 7)):  # the same term in the plain pass and every MC pass
+        torch.testing.assert_close(model(x, aux, noise), base(x, aux, noise) + 0.5 * expert, rtol=0, atol=1e-5)
+    # its trunk features are the model's, then the standardised side features (what the novelty gate sees)
+    torch.testing.assert_close(model.trunk(x, aux), torch.cat([base.trunk(x, aux), z], 1), rtol=0, atol=1e-6)
+    again = ARCHITECTURES[model.arch](**model.arch_params)  # a checkpoint rebuilds it, buffers included
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval()(x, aux, PassNoise(keys, 3)), model(x, aux, PassNoise(keys, 3)),
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no side features"):
+        SideExpert(BearingFrameNet.arch, {}, 4)
 
 
 def test_window_keys_are_stable_and_distinct():

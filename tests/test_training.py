@@ -4,15 +4,19 @@ import subprocess
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_class_weight
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from models.architectures import Ensemble, PaperBearingNet
+from models.architectures import EcgBeatNet, Ensemble, PaperBearingNet, SideExpert, beat_side_features
 from models.checkpoint import code_version
 from models.data.synthetic import paper_bearings
-from models.training import Arrays, TrainConfig, class_weights, fit_temperature, train_model
+from models.training import Arrays, TrainConfig, class_weights, fit_side_expert, fit_temperature, train_model
 
 
 def test_train_model_is_bit_identical_to_the_plain_seeded_pytorch_loop():
@@ -45,6 +49,29 @@ def test_an_ensemble_trains_its_members_with_consecutive_seeds():
                                 replace(cfg, seed=seed))
         for (name, a), b in zip(m.state_dict().items(), single.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
+
+
+def test_the_side_expert_is_scikit_learns_balanced_logistic_regression_on_the_side_features():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 4, n)
+    aux = (0.6 + 0.4 * rng.random((n, EcgBeatNet.aux_dim))).astype(np.float32)
+    aux[:, 5] *= np.where(y == 1, 0.7, 1.0).astype(np.float32)  # class 1 premature: the expert can learn it
+    x = rng.standard_normal((n, 256)).astype(np.float32)
+    cfg = TrainConfig(epochs=1, batch_size=64, seed=3)
+    base, _ = train_model(lambda: EcgBeatNet(side_width=32), Arrays(x, aux, y), 4, cfg)
+    model, _ = train_model(lambda: EcgBeatNet(side_width=32), Arrays(x, aux, y), 4, replace(cfg, side_expert=2.0))
+    assert isinstance(model, SideExpert) and not model.training
+    for a, b in zip(model.base.state_dict().values(), base.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the network trains exactly as without the expert
+    z = beat_side_features(torch.from_numpy(aux)).numpy()
+    ref = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=2000)).fit(z, y)
+    xt, at = torch.from_numpy(x), torch.from_numpy(aux)
+    with torch.no_grad():
+        got = model(xt, at) - base(xt, at)
+    np.testing.assert_allclose(got.numpy(), 2.0 * ref.predict_log_proba(z), atol=1e-4)
+    with pytest.raises(ValueError, match="every class"):
+        fit_side_expert(base, Arrays(x, aux, np.where(y == 3, 0, y)), 4)
 
 
 def test_class_weights_match_sklearn_balanced_up_to_scale():
