@@ -37,8 +37,8 @@ DRIFT_STREAM = "shift-100"
 def _streams(start_ns: int):
     """The replay: three ECG records and a CWRU recording (steady), plus ``shift-100``: record 100 whose beats,
     from ``SHIFT_AT`` on, have inverted polarity (swapped electrodes), which the model has never seen: with the
-    committed checkpoint SP drops from about 0.9 to about 0.6 and the novelty score rises from about 0.45 to about
-    0.7 (README, "Report"). (White noise of 1 mV rms,
+    committed checkpoint SP drops from about 0.9 to about 0.75 and the novelty score rises from about 0.5 to about
+    0.8 (README, "Pictures without Grafana"). (White noise of 1 mV rms,
     tried first, leaves SP unchanged: the ECG model is confidently wrong on it, a case for the novelty score, not
     for SP.)"""
     main = itertools.islice(heapq.merge(
