@@ -23,8 +23,8 @@ per window, as much as the trunk at 10,000 rows); beside it, a Gaussian of the s
 (``controller.quality.SignalStats.spectrum``, up to the recipe's ``spectrum_band_hz``, its ``spectrum_lines_hz``
 left out), which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a
 validated one.
-Confidence score: the best fit-half misclassification AUROC (``combined``: 5-fold cross-validated) among the
-windows that pass the gate.
+Confidence score: the best fit-half misclassification AUROC (the learned scores, ``combined`` and
+``max_prob_by_class``: 5-fold cross-validated) among the windows that pass the gate.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from controller.novelty import (
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import Policy, make_policy
 from controller.quality import SignalStats, bands_below, check, fit_ranges, lines_kept, signal_stats
-from controller.risk import SCORES, alert_level, combined_features, confidence, learn_then_test, split_halves
+from controller.risk import LEARNED, SCORES, alert_level, confidence, learn_then_test, split_halves
 from controller.risk import threshold_grid as risk_grid
 from models.architectures import McModel
 from models.checkpoint import CHECKPOINT_DIR, ModelCard, load_density
@@ -167,9 +167,12 @@ def _score_inputs(r: Any, det_logits: torch.Tensor, temperature: float) -> dict[
             "det_probs": torch.softmax(det_logits / temperature, dim=1), "novelty": torch.as_tensor(r.novelty)}
 
 
-def _fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
+def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
               ) -> tuple[RiskRule, dict[str, Any]]:
-    """Choose the confidence score on the fit half, certify its threshold on the calibration half."""
+    """The risk rule of ``decider`` (its gate and policy, no rule yet) for target risk ``alpha`` at confidence
+    1 − ``delta``: the confidence score with the best misclassification AUROC among the fit half's windows that pass
+    the gate (learned scores cross-validated), its threshold certified by Learn-then-Test on the calibration half.
+    Returns the rule and the fit-half AUROC of each score."""
     temp = decider.config.temperature
     rf = decide(fit.evidence(), replay_sampler(fit.mc), decider)
     rc = decide(cal.evidence(), replay_sampler(cal.mc), decider)
@@ -178,22 +181,22 @@ def _fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float
     inf, inc = _score_inputs(rf, fit.deterministic, temp), _score_inputs(rc, cal.deterministic, temp)
     has_novelty = bool(np.isfinite(rf.novelty).all())
     aurocs: dict[str, float | None] = {}
-    weights: tuple[float, ...] = ()
+    weights: dict[str, tuple[float, ...]] = {}
     for score in SCORES:
-        if score == "combined":
-            if not has_novelty or wrong_f[keep_f].sum() < 10:
+        if score in LEARNED:  # 5-fold cross-validated on the fit half, so it competes on held-out windows
+            if (score == "combined" and not has_novelty) or wrong_f[keep_f].sum() < 10:
                 continue
-            x = combined_features(inf["probs"], inf["det_probs"], inf["novelty"]).numpy()[keep_f]
+            x = LEARNED[score](inf["probs"], inf["det_probs"], inf["novelty"]).numpy()[keep_f]
             lr = LogisticRegression(max_iter=1000)
             p = cross_val_predict(lr, x, wrong_f[keep_f], cv=5, method="predict_proba")[:, 1]
             aurocs[score] = _r(metrics.auroc(p, wrong_f[keep_f]))
             lr.fit(x, wrong_f[keep_f])
-            weights = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
+            weights[score] = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
         else:
             c = confidence(score, **inf).numpy()[keep_f]
             aurocs[score] = _r(metrics.auroc(1 - c, wrong_f[keep_f]))
     best = max(aurocs, key=lambda k: aurocs[k] if aurocs[k] is not None else -1)
-    w = weights if best == "combined" else ()
+    w = weights.get(best, ())
     conf_f = confidence(best, **inf, weights=w).numpy()[keep_f]
     conf_c = confidence(best, **inc, weights=w).numpy()[keep_c]
     grid = risk_grid(conf_f, wrong_f[keep_f], int(keep_c.sum()), alpha, delta)
@@ -254,7 +257,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
 
     risk: RiskRule | None = None
     if spec.risk_alpha is not None:
-        risk, sel = _fit_risk(fit, cal, decider, spec.risk_alpha, spec.risk_delta)
+        risk, sel = fit_risk(fit, cal, decider, spec.risk_alpha, spec.risk_delta)
         selection["risk_scores"] = sel
         decider = replace(decider, risk=risk)
         log(f"risk rule: score {risk.score}, threshold {risk.threshold:.6g}, certified {risk.certified} "

@@ -124,7 +124,8 @@ class NoveltyRule:
 class RiskRule:
     """Answer a window only if its confidence ``score`` ≥ ``threshold``; certified on validation (Learn-then-Test,
     binomial p-values, fixed-sequence testing) so that the error among answered windows is ≤ ``alpha`` with
-    probability ≥ 1 − ``delta``. ``weights``: coefficients of the ``combined`` score (else empty)."""
+    probability ≥ 1 − ``delta``. ``weights``: (bias, coefficients) of a learned score (``combined``,
+    ``max_prob_by_class``: ``controller.risk.LEARNED``), else empty."""
 
     score: str
     threshold: float

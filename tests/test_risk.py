@@ -1,15 +1,26 @@
 """Risk-controlled abstention: p-values, the threshold grid, ΔSP alert levels, and a simulation showing that
 Learn-then-Test keeps its promise (risk among answered windows > α in at most δ of random validation draws)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
+from sklearn.linear_model import LogisticRegression
 
+from controller.calibration import fit_risk
+from controller.decision import Decider, decide
+from controller.engine import SciConfig, replay_sampler
+from controller.passes import SplitPasses
+from controller.policies import make_policy
 from controller.risk import (
+    LEARNED,
     alert_level,
     binomial_pvalue,
+    confidence,
     exceedance_level,
     learn_then_test,
     min_answered,
@@ -87,3 +98,52 @@ def test_alert_level_never_fires_on_a_window_at_or_above_sp_star(sp, rate, sp_st
     level = alert_level(dsp, sp_star, rate)
     assert np.mean(dsp >= level) <= rate
     assert not (dsp[sp >= sp_star] >= level).any()
+
+
+@pytest.mark.parametrize("score", sorted(LEARNED))
+def test_a_learned_confidence_is_one_minus_scikit_learns_error_probability(score):
+    rng = np.random.default_rng(3)
+    logits = torch.as_tensor(rng.normal(0, 2, (500, 4)), dtype=torch.float32)
+    probs, det = logits.softmax(1), (logits + torch.as_tensor(rng.normal(0, 0.5, (500, 4)))).float().softmax(1)
+    novelty = torch.as_tensor(rng.uniform(0, 2, 500), dtype=torch.float32)
+    x = LEARNED[score](probs, det, novelty).numpy()
+    wrong = rng.uniform(size=500) < 1 / (1 + np.exp(-x @ rng.normal(0, 1, x.shape[1])))
+    lr = LogisticRegression(max_iter=1000).fit(x, wrong)
+    weights = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
+    got = confidence(score, probs, 1 - probs.max(1).values, det, novelty, weights).numpy()
+    np.testing.assert_allclose(got, 1 - lr.predict_proba(x)[:, 1], atol=1e-5)
+
+
+def _split(rng, n, k=3):
+    """Synthetic validation passes: labels 0 and 1 are right unless the softmax is unsure (max prob below about
+    0.7); every call of label 2 is wrong, however confident (the way the ECG model calls F)."""
+    called = rng.choice(k, n, p=[0.6, 0.3, 0.1])
+    margin = rng.uniform(0, 8, n)
+    logits = np.zeros((n, k), np.float32)
+    logits[np.arange(n), called] = margin
+    unsure = 1 / (1 + np.exp(4 * (margin - 1.5)))  # P(wrong) of labels 0 and 1 falls with the margin
+    wrong = np.where(called == 2, True, rng.uniform(size=n) < unsure)
+    y = np.where(wrong, (called + 1) % k, called)
+    det = torch.as_tensor(logits)
+    mc = det[:, None, :].repeat(1, 25, 1)  # every pass alike: the policy stops at its t_min
+    return SplitPasses(det, mc, y.astype(np.int64), torch.zeros(n, 1), None)
+
+
+def test_the_risk_rule_learns_not_to_answer_a_label_that_is_always_wrong():
+    rng = np.random.default_rng(11)
+    fit, cal = _split(rng, 3000), _split(rng, 3000)
+    decider = Decider(make_policy("threshold", sp_star=0.85, t_min=2), SciConfig(t_max=25))
+    rule, sel = fit_risk(fit, cal, decider, alpha=0.02, delta=0.1)
+    scores = sel["auroc_misclassification"]
+    assert rule.score == "max_prob_by_class" and scores["max_prob_by_class"] > scores["max_prob"] + 0.05
+    assert rule.certified and rule.validation["risk"] <= 0.02
+    test = _split(rng, 3000)
+    r = decide(test.evidence(), replay_sampler(test.mc), replace(decider, risk=rule))
+    answered, wrong = ~r.abstained, r.label != test.y
+    assert not answered[r.label == 2].any()  # no call of the always-wrong label is answered, however sure
+    assert answered[r.label != 2].mean() > 0.6  # while most of the others are (margin above about 2.5)
+    assert wrong[answered].mean() <= 0.02
+    # one threshold on max_prob cannot do both: answering as much, it answers confident calls of label 2
+    conf = test.deterministic.softmax(1).max(1).values.numpy()
+    level = np.quantile(conf, 1 - answered.mean())
+    assert wrong[conf >= level].mean() > 0.02
