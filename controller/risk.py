@@ -45,8 +45,9 @@ def by_class_features(probs: Tensor, det_probs: Tensor, novelty: Tensor) -> Tens
     """float[B, 2K]: the one-hot predicted label (argmax of the MC mean probs float[B, K]), then the same one-hot
     times log(1 − max prob): a logistic regression on them has an intercept and a slope per predicted label.
 
-    >>> by_class_features(torch.tensor([[0.25, 0.75]]), None, None).tolist()  # log(0.25) = -1.386...
-    [[0.0, 1.0, 0.0, -1.3862903118133545]]
+    >>> f = by_class_features(torch.tensor([[0.25, 0.75]]), None, None)  # label 1, log(1 − 0.75)
+    >>> f[0, :2].tolist(), abs(float(f[0, 2])), round(float(f[0, 3]), 4)
+    ([0.0, 1.0], 0.0, -1.3863)
     """
     onehot = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).to(probs.dtype)
     return torch.cat([onehot, onehot * (1 - probs.max(1).values + _EPS).log()[:, None]], dim=1)
