@@ -205,6 +205,31 @@ def classification_summary(y_true, y_pred, class_names: Sequence[str]) -> dict:
     }
 
 
+def answered_by_label(y_true, y_pred, abstained, class_names: Sequence[str]) -> dict:
+    """Per predicted label: how often the controller gives it, how often it answers it, and how often an answered
+    call of it is right, which is what an operator reading the answered labels experiences.
+
+    y_true, y_pred: int[N] class indices into ``class_names``; abstained: bool[N]. Returns {name: {"calls",
+    "answered", "ppv_answered"}}, ``ppv_answered`` nan when no call of that label is answered.
+
+    >>> r = answered_by_label([0, 1, 1, 0], [0, 1, 0, 1], [False, False, True, False], ("a", "b"))
+    >>> r["b"], r["a"]["answered"]
+    ({'calls': 2, 'answered': 2, 'ppv_answered': 0.5}, 1)
+    """
+    t = _vector("y_true", y_true)
+    p = _vector("y_pred", y_pred)
+    held = _vector("abstained", abstained).astype(bool)
+    _same_length(y_true=t, y_pred=p, abstained=held)
+    out = {}
+    for k, name in enumerate(class_names):
+        called = p == k
+        answered = called & ~held
+        n = int(answered.sum())
+        out[str(name)] = {"calls": int(called.sum()), "answered": n,
+                          "ppv_answered": float((t[answered] == k).mean()) if n else float("nan")}
+    return out
+
+
 def selective_summary(correct, abstained) -> dict:
     """Abstention rate, coverage and accuracy on the windows the controller answered.
 

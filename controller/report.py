@@ -45,6 +45,8 @@ def summarize(o: Outcome, y: np.ndarray, classes: tuple[str, ...], n_boot: int =
         "macro_f1": _r(cls["macro_f1"]),
         "per_class": {k: {m: (_r(v) if m != "support" else v) for m, v in d.items()}
                       for k, d in cls["per_class"].items()},
+        "per_label_answered": {k: {**d, "ppv_answered": _r(d["ppv_answered"])}
+                               for k, d in metrics.answered_by_label(y, o.label, o.abstained, classes).items()},
         "auroc_delta_sp": _r(auroc),
         "auroc_delta_sp_ci95": [_r(c) for c in ci],
         "auroc_1_minus_sp": _r(auroc_sp),

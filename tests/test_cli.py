@@ -16,7 +16,7 @@ from streams.stack import free_ports
 
 REQUIRED_METHOD_KEYS = {"error", "auroc_delta_sp", "mean_passes", "passes_correct", "passes_wrong",
                         "abstain_rate", "aurc", "ece", "auroc_misclassification", "escalation_rate", "risk_answered",
-                        "coverage"}
+                        "coverage", "per_class", "per_label_answered"}
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -122,6 +122,7 @@ def test_evaluate_runs_from_committed_checkpoints(dataset, tmp_path):
         assert set(m) >= REQUIRED_METHOD_KEYS, name
         assert 0 <= m["error"] <= 1 and 0 <= m["mean_passes"] <= 25  # gated windows spend no pass
         assert m["coverage"] == pytest.approx(1 - m["escalation_rate"], abs=2e-5)
+        assert sum(d["answered"] for d in m["per_label_answered"].values()) == round(m["coverage"] * m["n"])
     assert methods["fixed_t"]["mean_passes"] == 25 and methods["deterministic"]["mean_passes"] == 1
     # every method saw the same windows; the SCI policies spend fewer passes than fixed-T
     assert len({m["n"] for m in methods.values()}) == 1

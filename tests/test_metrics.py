@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_fscore_support, precision_score, recall_score, roc_auc_score
 
 from controller import metrics, plots
 
@@ -123,6 +123,19 @@ def test_classification_summary_by_hand_with_absent_class():
     names = np.array(CLASSES)
     s_str = metrics.classification_summary(names[y_true], names[y_pred], CLASSES)
     assert s_str["macro_f1"] == s["macro_f1"] and s_str["error"] == s["error"]
+
+
+def test_answered_by_label_is_sklearns_precision_on_the_answered_windows():
+    rng = np.random.default_rng(5)
+    y_true, y_pred = rng.choice(4, 600), rng.choice(3, 600)  # F (3) is never predicted
+    held = rng.uniform(size=600) < 0.3
+    held[y_pred == 2] = True  # and no V call is answered
+    r = metrics.answered_by_label(y_true, y_pred, held, CLASSES)
+    ppv = precision_recall_fscore_support(y_true[~held], y_pred[~held], labels=[0, 1], average=None)[0]
+    assert [r["N"]["ppv_answered"], r["S"]["ppv_answered"]] == pytest.approx(ppv.tolist())
+    assert r["V"]["calls"] == int((y_pred == 2).sum()) > 0 and r["V"]["answered"] == 0
+    assert math.isnan(r["V"]["ppv_answered"]) and r["F"]["calls"] == 0
+    assert sum(d["answered"] for d in r.values()) == int((~held).sum())
 
 
 def test_classification_summary_matches_sklearn_on_random_data():
