@@ -168,7 +168,7 @@ def _score_inputs(r: Any, det_logits: torch.Tensor, temperature: float) -> dict[
 
 
 def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
-              ) -> tuple[RiskRule, dict[str, Any]]:
+             ) -> tuple[RiskRule, dict[str, Any]]:
     """The risk rule of ``decider`` (its gate and policy, no rule yet) for target risk ``alpha`` at confidence
     1 − ``delta``: the confidence score with the best misclassification AUROC among the fit half's windows that pass
     the gate (learned scores cross-validated), its threshold certified by Learn-then-Test on the calibration half.

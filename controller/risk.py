@@ -45,7 +45,8 @@ def by_class_features(probs: Tensor, det_probs: Tensor, novelty: Tensor) -> Tens
     """float[B, 2K]: the one-hot predicted label (argmax of the MC mean probs float[B, K]), then the same one-hot
     times log(1 − max prob): a logistic regression on them has an intercept and a slope per predicted label.
 
-    >>> f = by_class_features(torch.tensor([[0.25, 0.75]]), None, None)  # label 1, log(1 − 0.75)
+    >>> p = torch.tensor([[0.25, 0.75]])  # label 1, log(1 − 0.75); the plain pass and novelty are not used
+    >>> f = by_class_features(p, p, torch.zeros(1))
     >>> f[0, :2].tolist(), abs(float(f[0, 2])), round(float(f[0, 3]), 4)
     ([0.0, 1.0], 0.0, -1.3863)
     """
