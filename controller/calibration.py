@@ -23,8 +23,9 @@ per window, as much as the trunk at 10,000 rows); beside it, a Gaussian of the s
 (``controller.quality.SignalStats.spectrum``, up to the recipe's ``spectrum_band_hz``, its ``spectrum_lines_hz``
 left out), which those proxies cannot test (they keep the amplitude spectrum), so it is a design choice, not a
 validated one.
-Confidence score: the best fit-half misclassification AUROC (the learned scores, ``combined`` and
-``max_prob_by_class``: 5-fold cross-validated) among the windows that pass the gate.
+Confidence score: the one with which Learn-then-Test certifies the most fit-half windows that pass the gate at the
+stated risk (ties: the best misclassification AUROC); the learned scores, ``combined`` and ``max_prob_by_class``,
+are judged on 5-fold cross-validated predictions.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ Log = Callable[[str], None]
 CHUNK = 4096
 KNN_BANKS = (1_000, 2_000, 5_000)  # smaller kNN banks tried beside the recipe's knn_bank
 NOVELTY_AUROC_TOLERANCE = 0.005  # a cheaper novelty candidate is kept if its proxy AUROC is this close to the best
+RISK_COVERAGE_TOLERANCE = 0.005  # risk scores whose fit-half certified coverage is this close tie (then: AUROC)
 
 
 @dataclass(frozen=True)
@@ -170,42 +172,49 @@ def _score_inputs(r: Any, det_logits: torch.Tensor, temperature: float) -> dict[
 def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
              ) -> tuple[RiskRule, dict[str, Any]]:
     """The risk rule of ``decider`` (its gate and policy, no rule yet) for target risk ``alpha`` at confidence
-    1 − ``delta``: the confidence score with the best misclassification AUROC among the fit half's windows that pass
-    the gate (learned scores cross-validated), its threshold certified by Learn-then-Test on the calibration half.
-    Returns the rule and the fit-half AUROC of each score."""
+    1 − ``delta``. On the fit half's windows that pass the gate, each confidence score (learned ones with 5-fold
+    cross-validated predictions, so they compete on held-out windows) gets the coverage Learn-then-Test would
+    certify with it there, what the rule is for, and its misclassification AUROC; the score answering the most
+    (ties within :data:`RISK_COVERAGE_TOLERANCE`: the best AUROC) has its threshold certified on the calibration
+    half. Returns the rule and, per score, those fit-half numbers."""
     temp = decider.config.temperature
     rf = decide(fit.evidence(), replay_sampler(fit.mc), decider)
     rc = decide(cal.evidence(), replay_sampler(cal.mc), decider)
     keep_f, keep_c = rf.passes > 0, rc.passes > 0  # windows that reached the policy (passed the gate)
     wrong_f, wrong_c = rf.label != fit.y, rc.label != cal.y
+    wf = wrong_f[keep_f]
     inf, inc = _score_inputs(rf, fit.deterministic, temp), _score_inputs(rc, cal.deterministic, temp)
     has_novelty = bool(np.isfinite(rf.novelty).all())
     aurocs: dict[str, float | None] = {}
+    coverage: dict[str, float] = {}
     weights: dict[str, tuple[float, ...]] = {}
     for score in SCORES:
-        if score in LEARNED:  # 5-fold cross-validated on the fit half, so it competes on held-out windows
-            if (score == "combined" and not has_novelty) or wrong_f[keep_f].sum() < 10:
+        if score in LEARNED:
+            if (score == "combined" and not has_novelty) or wf.sum() < 10:
                 continue
             x = LEARNED[score](inf["probs"], inf["det_probs"], inf["novelty"]).numpy()[keep_f]
             lr = LogisticRegression(max_iter=1000)
-            p = cross_val_predict(lr, x, wrong_f[keep_f], cv=5, method="predict_proba")[:, 1]
-            aurocs[score] = _r(metrics.auroc(p, wrong_f[keep_f]))
-            lr.fit(x, wrong_f[keep_f])
+            c = 1 - cross_val_predict(lr, x, wf, cv=5, method="predict_proba")[:, 1]
+            lr.fit(x, wf)
             weights[score] = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
         else:
             c = confidence(score, **inf).numpy()[keep_f]
-            aurocs[score] = _r(metrics.auroc(1 - c, wrong_f[keep_f]))
-    best = max(aurocs, key=lambda k: aurocs[k] if aurocs[k] is not None else -1)
+        aurocs[score] = _r(metrics.auroc(1 - c, wf))
+        own = learn_then_test(c, wf, risk_grid(c, wf, len(c), alpha, delta), alpha, delta)
+        coverage[score] = _r(own.answered / max(len(c), 1))
+    top = max(coverage.values())
+    near = [k for k in coverage if coverage[k] >= top - RISK_COVERAGE_TOLERANCE]
+    best = max(near, key=lambda k: aurocs[k] if aurocs[k] is not None else -1)
     w = weights.get(best, ())
     conf_f = confidence(best, **inf, weights=w).numpy()[keep_f]
     conf_c = confidence(best, **inc, weights=w).numpy()[keep_c]
-    grid = risk_grid(conf_f, wrong_f[keep_f], int(keep_c.sum()), alpha, delta)
+    grid = risk_grid(conf_f, wf, int(keep_c.sum()), alpha, delta)
     cert = learn_then_test(conf_c, wrong_c[keep_c], grid, alpha, delta)
     answered = int(cert.answered)
     rule = RiskRule(best, cert.threshold, alpha, delta, cert.certified, tuple(round(x, 6) for x in w), {
         "windows": cert.n, "answered": answered, "errors": cert.errors, "p_value": _r(cert.p_value, 6),
         "coverage": _r(answered / max(cert.n, 1)), "risk": _r(cert.errors / answered) if answered else None})
-    return rule, {"auroc_misclassification": aurocs}
+    return rule, {"coverage_at_alpha": coverage, "auroc_misclassification": aurocs}
 
 
 def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, temperature: float | None,

@@ -134,8 +134,9 @@ def test_the_risk_rule_learns_not_to_answer_a_label_that_is_always_wrong():
     fit, cal = _split(rng, 3000), _split(rng, 3000)
     decider = Decider(make_policy("threshold", sp_star=0.85, t_min=2), SciConfig(t_max=25))
     rule, sel = fit_risk(fit, cal, decider, alpha=0.02, delta=0.1)
-    scores = sel["auroc_misclassification"]
-    assert rule.score == "max_prob_by_class" and scores["max_prob_by_class"] > scores["max_prob"] + 0.05
+    cover, scores = sel["coverage_at_alpha"], sel["auroc_misclassification"]
+    assert rule.score == "max_prob_by_class" and cover["max_prob_by_class"] > cover["max_prob"] + 0.05
+    assert scores["max_prob_by_class"] > scores["max_prob"]
     assert rule.certified and rule.validation["risk"] <= 0.02
     test = _split(rng, 3000)
     r = decide(test.evidence(), replay_sampler(test.mc), replace(decider, risk=rule))
