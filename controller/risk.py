@@ -11,11 +11,12 @@ answering the most calibration windows is used. Then P(risk among answered windo
 exchangeable with validation ones; if nothing is certified every window that reaches the rule abstains. (Testing
 strictest-first would stop at once: the most confident windows include a few confidently wrong ones.)
 
-Confidence scores (the one used is chosen on the fit half, by misclassification AUROC): ``max_prob`` (of the MC
-mean at the controller's last pass), ``sp``, ``max_prob_det`` (the plain deterministic pass), and two learned ones,
-1 − a logistic regression's probability of an error (:data:`LEARNED`): ``combined`` (on log(1 − max_prob),
-log(1 − max_prob_det) and log novelty) and ``max_prob_by_class`` (on log(1 − max_prob), with an intercept and a
-slope per predicted label: class-conditional, "Mondrian", calibration). A label the model gives often and wrongly
+Confidence scores (the one used is chosen on the fit half by the coverage this procedure certifies there, ties by
+misclassification AUROC: ``controller.calibration.fit_risk``): ``max_prob`` (of the MC mean at the controller's last
+pass), ``sp``, ``max_prob_det`` (the plain deterministic pass), and two learned ones, 1 − a logistic regression's
+probability of an error (:data:`LEARNED`): ``combined`` (on log(1 − max_prob), log(1 − max_prob_det) and log
+novelty) and ``max_prob_by_class`` (on log(1 − max_prob), with an intercept and a slope per predicted label:
+class-conditional, "Mondrian", calibration). A label the model gives often and wrongly
 (the ECG model's F: 205 of its 210 calls on validation are wrong) then has low confidence however sure the softmax
 is, which one threshold on max_prob cannot express.
 """
