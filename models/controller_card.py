@@ -139,6 +139,23 @@ class RiskRule:
     def from_dict(cls, d: dict[str, Any]) -> RiskRule:
         return cls(**{**d, "weights": tuple(d.get("weights", ()))})
 
+    def describe(self) -> str:
+        """One line for an operator: the rule in force and what validation certified.
+
+        >>> r = RiskRule("max_prob", 0.7, 0.02, 0.1, True, validation={"windows": 500, "answered": 450, "errors": 4})
+        >>> print(r.describe().replace("; ", ";\\n"))
+        answer when max_prob >= 0.7 (risk <= 2% among answered with 90% confidence;
+        validation calibration half: 450 of 500 answered, 4 wrong)
+        """
+        v = self.validation
+        where = (f"validation calibration half: {v.get('answered')} of {v.get('windows')} answered, "
+                 f"{v.get('errors')} wrong")
+        promise = f"risk <= {self.alpha:.0%} among answered with {1 - self.delta:.0%} confidence"
+        if not self.certified:
+            return f"nothing certified for {promise} ({where}): every window reaching the rule abstains"
+        when = "always" if self.threshold == float("-inf") else f"when {self.score} >= {self.threshold:.4g}"
+        return f"answer {when} ({promise}; {where})"
+
 
 @dataclass(frozen=True)
 class AlertLevels:

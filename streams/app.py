@@ -159,6 +159,10 @@ class Pipeline(faust.Service):
         for (modality, lead), served in self.runtime.models.items():
             self.metrics.model_served.labels(modality, lead, served.card.name, str(self.runtime.device)).set(1)
         self._log_alert_levels()
+        for name, card in sorted({m.card.name: m.card for m in self.runtime.models.values()}.items()):
+            rule = card.controller.risk
+            log.info("risk rule of %s: %s", name, "none (the policy alone abstains)" if rule is None else
+                     rule.describe())
         self.health.set_flag("models", True, f"{len(self.runtime.models)} served on {self.runtime.device}")
         self.sink = await loop.run_in_executor(self._sink_thread, self._sink_factory)
         log.info("storage: %s", self.sink.health()[1])

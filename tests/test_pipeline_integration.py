@@ -142,6 +142,9 @@ def test_replayed_recordings_flow_through_a_real_worker(local_stack, tmp_path):
                 c.novelty is None, c.quality is None, c.risk is None), (m, m["model"])
         assert all((m["novelty"] > 1) == (m["reason"] == "unfamiliar") for m in msgs
                    if m["quality"] == "ok" and m["novelty"] is not None)
+        # and the worker said at start which risk rule each model answers by, and what validation certified
+        started = log_path.read_text()
+        assert all(f"risk rule of {name}: {c.risk.describe()}" in started for name, c in cards.items())
         assert all(m["quality"] not in ("ok", None) for m in msgs if m["reason"] == "signal_quality")
 
         # escalations = exactly the abstained windows; alerts = exactly the windows over their card's ΔSP levels
