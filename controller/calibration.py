@@ -11,6 +11,13 @@
     and the baselines' abstention thresholds;
   - the *calibration* half: only the Learn-then-Test certification of the risk threshold, so the guarantee
     "error among answered ≤ α with probability ≥ 1 − δ" is not spent on choices made with the same windows.
+- with cross-fitted models (``folds``: the recipe's models trained without other record groups, ``Recipe.cross_fit``),
+  the risk rule's score, weights and threshold are fitted and certified on the pooled halves of every model's
+  held-out windows, each model decided by its own temperature and gate (fitted on its held-out windows like the
+  validation split's) and the chosen policy. The validation split alone holds a few patients; the errors a model
+  makes on patients it never saw vary from patient to patient, and pooling more of them is what lets the rule learn
+  which calls fail on new patients. The guarantee is then one for the recipe's models on unseen records (the
+  checkpoint is one of them), exchangeable with the held-out ones.
 
 Policy choice: among the candidates, the one with the best fit-half AUROC of 1 − SP for detecting misclassified
 windows whose mean passes stay within a third of the budget (ties: fewer passes); if none is that cheap, the
@@ -30,10 +37,10 @@ are judged on 5-fold cross-validated predictions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -169,22 +176,39 @@ def _score_inputs(r: Any, det_logits: torch.Tensor, temperature: float) -> dict[
             "det_probs": torch.softmax(det_logits / temperature, dim=1), "novelty": torch.as_tensor(r.novelty)}
 
 
-def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float, delta: float
-             ) -> tuple[RiskRule, dict[str, Any]]:
-    """The risk rule of ``decider`` (its gate and policy, no rule yet) for target risk ``alpha`` at confidence
-    1 − ``delta``. On the fit half's windows that pass the gate, each confidence score (learned ones with 5-fold
+class RiskPart(NamedTuple):
+    """One model's validation evidence for the risk rule: the fit and calibration halves of its held-out windows'
+    passes and its decider (gate, policy, temperature; no rule yet)."""
+
+    fit: SplitPasses
+    cal: SplitPasses
+    decider: Decider
+
+
+def _reached(passes: SplitPasses, decider: Decider) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The confidence scores' inputs and the error flags (bool[n]) of the n windows of ``passes`` that pass the gate
+    of ``decider`` and reach the policy, as ``decide`` sees them."""
+    r = decide(passes.evidence(), replay_sampler(passes.mc), decider)
+    keep = r.passes > 0
+    inputs = _score_inputs(r, passes.deterministic, decider.config.temperature)
+    return {k: v[torch.as_tensor(keep)] for k, v in inputs.items()}, (r.label != passes.y)[keep]
+
+
+def _pooled(parts: list[tuple[dict[str, torch.Tensor], np.ndarray]]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    return {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}, np.concatenate([p[1] for p in parts])
+
+
+def fit_risk(parts: Sequence[RiskPart], alpha: float, delta: float) -> tuple[RiskRule, dict[str, Any]]:
+    """The risk rule for target risk ``alpha`` at confidence 1 − ``delta``, from the held-out windows of one model
+    (its validation split) or of several cross-fitted models (each scored with its own decider), pooled.
+
+    On the pooled fit halves' windows that pass the gate, each confidence score (learned ones with 5-fold
     cross-validated predictions, so they compete on held-out windows) gets the coverage Learn-then-Test would
     certify with it there, what the rule is for, and its misclassification AUROC; the score answering the most
-    (ties within :data:`RISK_COVERAGE_TOLERANCE`: the best AUROC) has its threshold certified on the calibration
-    half. Returns the rule and, per score, those fit-half numbers."""
-    temp = decider.config.temperature
-    rf = decide(fit.evidence(), replay_sampler(fit.mc), decider)
-    rc = decide(cal.evidence(), replay_sampler(cal.mc), decider)
-    keep_f, keep_c = rf.passes > 0, rc.passes > 0  # windows that reached the policy (passed the gate)
-    wrong_f, wrong_c = rf.label != fit.y, rc.label != cal.y
-    wf = wrong_f[keep_f]
-    inf, inc = _score_inputs(rf, fit.deterministic, temp), _score_inputs(rc, cal.deterministic, temp)
-    has_novelty = bool(np.isfinite(rf.novelty).all())
+    (ties within :data:`RISK_COVERAGE_TOLERANCE`: the best AUROC) has its threshold certified on the pooled
+    calibration halves. Returns the rule and, per score, those fit-half numbers."""
+    (inf, wf), (inc, wc) = (_pooled([_reached(getattr(p, half), p.decider) for p in parts]) for half in ("fit", "cal"))
+    has_novelty = bool(torch.isfinite(inf["novelty"]).all())
     aurocs: dict[str, float | None] = {}
     coverage: dict[str, float] = {}
     weights: dict[str, tuple[float, ...]] = {}
@@ -192,13 +216,13 @@ def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float,
         if score in LEARNED:
             if (score == "combined" and not has_novelty) or wf.sum() < 10:
                 continue
-            x = LEARNED[score](inf["probs"], inf["det_probs"], inf["novelty"]).numpy()[keep_f]
+            x = LEARNED[score](inf["probs"], inf["det_probs"], inf["novelty"]).numpy()
             lr = LogisticRegression(max_iter=1000)
             c = 1 - cross_val_predict(lr, x, wf, cv=5, method="predict_proba")[:, 1]
             lr.fit(x, wf)
             weights[score] = (float(lr.intercept_[0]), *map(float, lr.coef_[0]))
         else:
-            c = confidence(score, **inf).numpy()[keep_f]
+            c = confidence(score, **inf).numpy()
         aurocs[score] = _r(metrics.auroc(1 - c, wf))
         own = learn_then_test(c, wf, risk_grid(c, wf, len(c), alpha, delta), alpha, delta)
         coverage[score] = _r(own.answered / max(len(c), 1))
@@ -206,23 +230,39 @@ def fit_risk(fit: SplitPasses, cal: SplitPasses, decider: Decider, alpha: float,
     near = [k for k in coverage if coverage[k] >= top - RISK_COVERAGE_TOLERANCE]
     best = max(near, key=lambda k: aurocs[k] if aurocs[k] is not None else -1)
     w = weights.get(best, ())
-    conf_f = confidence(best, **inf, weights=w).numpy()[keep_f]
-    conf_c = confidence(best, **inc, weights=w).numpy()[keep_c]
-    grid = risk_grid(conf_f, wf, int(keep_c.sum()), alpha, delta)
-    cert = learn_then_test(conf_c, wrong_c[keep_c], grid, alpha, delta)
+    conf_f = confidence(best, **inf, weights=w).numpy()
+    conf_c = confidence(best, **inc, weights=w).numpy()
+    grid = risk_grid(conf_f, wf, len(conf_c), alpha, delta)
+    cert = learn_then_test(conf_c, wc, grid, alpha, delta)
     answered = int(cert.answered)
     rule = RiskRule(best, cert.threshold, alpha, delta, cert.certified, tuple(round(x, 6) for x in w), {
-        "windows": cert.n, "answered": answered, "errors": cert.errors, "p_value": _r(cert.p_value, 6),
-        "coverage": _r(answered / max(cert.n, 1)), "risk": _r(cert.errors / answered) if answered else None})
+        "models": len(parts), "windows": cert.n, "answered": answered, "errors": cert.errors,
+        "p_value": _r(cert.p_value, 6), "coverage": _r(answered / max(cert.n, 1)),
+        "risk": _r(cert.errors / answered) if answered else None})
     return rule, {"coverage_at_alpha": coverage, "auroc_misclassification": aurocs}
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A model of the same recipe trained without the records of ``held_out`` (cross-fitting): its decisions on them
+    show how the recipe's models err on patients (or machines) they never saw. ``name``: which records."""
+
+    name: str
+    model: McModel
+    train: Arrays
+    held_out: Arrays
 
 
 def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, temperature: float | None,
               n_classes: int, device: torch.device | str = "cpu", log: Log = lambda _: None,
-              fs: float | None = None) -> Calibration:
+              fs: float | None = None, folds: Sequence[Fold] = (), passes: SplitPasses | None = None
+              ) -> Calibration:
     """Fit the controller section of a card from a model's weights (see the module docstring for what and where);
-    ``fs``: the model's input rate in Hz, needed when ``spec.spectrum_band_hz`` limits the spectrum detector."""
-    passes = sample_passes(model, val, spec.t_max, device)
+    ``fs``: the model's input rate in Hz, needed when ``spec.spectrum_band_hz`` limits the spectrum detector.
+    ``folds``: cross-fitted models whose held-out windows, each calibrated like ``val`` (same policy, their own
+    temperature and gate), join the risk rule's evidence (:func:`fit_risk`). ``passes``: the validation windows'
+    passes when they are already drawn (``sample_passes(model, val, spec.t_max)``)."""
+    passes = passes or sample_passes(model, val, spec.t_max, device)
     fit_idx, cal_idx = split_halves(len(val))
     fit, cal = passes.subset(fit_idx), passes.subset(cal_idx)
     fit_arrays = Arrays(val.x[fit_idx], None if val.aux is None else val.aux[fit_idx], val.y[fit_idx])
@@ -266,8 +306,18 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
 
     risk: RiskRule | None = None
     if spec.risk_alpha is not None:
-        risk, sel = fit_risk(fit, cal, decider, spec.risk_alpha, spec.risk_delta)
+        parts = [RiskPart(fit, cal, decider)]
+        for i, fold in enumerate(folds, 1):
+            log(f"cross-fitted model {i}/{len(folds)} (held out {fold.name}): calibrating it like this one")
+            fold_passes = sample_passes(fold.model, fold.held_out, spec.t_max, device)
+            sub = calibrate(fold.model, fold.train, fold.held_out, replace(spec, select=chosen, risk_alpha=None),
+                            None, n_classes, device, lambda m, i=i: log(f"  fold {i}: {m}"), fs, passes=fold_passes)
+            f_idx, c_idx = split_halves(len(fold.held_out))
+            parts.append(RiskPart(fold_passes.subset(f_idx), fold_passes.subset(c_idx), decider_of(sub)))
+        risk, sel = fit_risk(parts, spec.risk_alpha, spec.risk_delta)
         selection["risk_scores"] = sel
+        if folds:
+            selection["risk_models"] = _risk_by_model(parts, risk, ["validation", *(f.name for f in folds)])
         decider = replace(decider, risk=risk)
         log(f"risk rule: score {risk.score}, threshold {risk.threshold:.6g}, certified {risk.certified} "
             f"(α {risk.alpha}, δ {risk.delta}; calibration half {risk.validation})")
@@ -290,19 +340,44 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
     return Calibration(temperature, card, novelty_models)
 
 
+def _risk_by_model(parts: Sequence[RiskPart], risk: RiskRule, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model of the risk rule's evidence: what the rule does on its calibration half (escalation, risk)."""
+    out = {}
+    for name, p in zip(names, parts, strict=True):
+        r = decide(p.cal.evidence(), replay_sampler(p.cal.mc), replace(p.decider, risk=risk))
+        wrong = r.label != p.cal.y
+        out[name] = {"temperature": _r(p.decider.config.temperature), "windows": len(wrong),
+                     "escalation_rate": _r(r.abstained.mean()),
+                     "risk_answered": _r(wrong[~r.abstained].mean()) if (~r.abstained).any() else None}
+    return out
+
+
+def _decider(c: ControllerCard, temperature: float, trunk: NoveltyModel | None,
+             spectrum: NoveltyModel | None) -> Decider:
+    inf = float("inf")
+    gate = Gate(c.quality, trunk, c.novelty.threshold if c.novelty else inf, spectrum,
+                c.novelty.spectrum_threshold if c.novelty else inf)
+    return Decider(make_policy(c.policy.name, **c.policy.params), SciConfig(temperature, c.t_max, c.sp_star),
+                   gate, c.risk)
+
+
+def decider_of(cal: Calibration) -> Decider:
+    """The decider a fresh calibration prescribes (as :func:`decider_from_card` once it is saved)."""
+    models = cal.novelty or {}
+    return _decider(cal.controller, cal.temperature, models.get("trunk"), models.get("spectrum"))
+
+
 def decider_from_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Decider:
     """The policy, SciConfig, gate and risk rule a checkpoint's card prescribes (novelty model from ``directory``)."""
     c = card.controller
-    gate = Gate(c.quality)
-    if c.novelty is not None:
-        state = load_density(card.name, directory)
-        if state is None:
-            raise FileNotFoundError(f"checkpoint {card.name} needs {card.name}.novelty.pt in {directory}; "
-                                    "run `sci-monitor calibrate`")
-        spectrum = from_state(state["spectrum"])
-        if not isinstance(spectrum, SpectrumNovelty):  # a Gaussian of unwindowed band shares, before the detector
-            raise ValueError(f"checkpoint {card.name}: its spectrum detector was fitted by an older version; "
-                             f"recalibrate it (`sci-monitor calibrate --dataset {card.name}`)")
-        gate = Gate(c.quality, from_state(state["trunk"]), c.novelty.threshold, spectrum, c.novelty.spectrum_threshold)
-    return Decider(make_policy(c.policy.name, **c.policy.params), SciConfig(card.temperature, c.t_max, c.sp_star),
-                   gate, c.risk)
+    if c.novelty is None:
+        return _decider(c, card.temperature, None, None)
+    state = load_density(card.name, directory)
+    if state is None:
+        raise FileNotFoundError(f"checkpoint {card.name} needs {card.name}.novelty.pt in {directory}; "
+                                "run `sci-monitor calibrate`")
+    spectrum = from_state(state["spectrum"])
+    if not isinstance(spectrum, SpectrumNovelty):  # a Gaussian of unwindowed band shares, before the detector
+        raise ValueError(f"checkpoint {card.name}: its spectrum detector was fitted by an older version; "
+                         f"recalibrate it (`sci-monitor calibrate --dataset {card.name}`)")
+    return _decider(c, card.temperature, from_state(state["trunk"]), spectrum)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from controller import metrics, plots
-from controller.calibration import Calibration, calibrate, decider_from_card, policies_from
+from controller.calibration import Calibration, Fold, calibrate, decider_from_card, policies_from
 from controller.methods import Outcome, run_all
 from controller.passes import SplitPasses, sample_passes
 from controller.policies import POLICIES
@@ -29,9 +29,11 @@ from models.checkpoint import (
     code_version,
     density_path,
     load_checkpoint,
+    load_fold_model,
     save_card,
     save_checkpoint,
     save_density,
+    save_fold_model,
 )
 from models.controller_card import PolicySpec
 from models.recipes import Recipe, Splits, get_recipe
@@ -53,16 +55,43 @@ def card_for(model: torch.nn.Module, recipe: Recipe, cal: Calibration, seed: int
         controller=cal.controller, seed=seed, train=train)
 
 
+def cross_fitted(recipe: Recipe, seed: int, device: str | torch.device = "cpu", log: Log = quiet,
+                 directory: Path = CHECKPOINT_DIR, retrain: bool = False) -> list[Fold]:
+    """The recipe's cross-fitted models (``Recipe.cross_fit``), each trained like the checkpoint (same config and
+    seed) without its held-out records: loaded from ``directory``/folds, or trained and stored there when missing
+    (or when ``retrain``). Empty for a recipe without folds."""
+    if recipe.cross_fit is None:
+        return []
+    held = recipe.cross_fit()
+    folds = []
+    for i, h in enumerate(held, 1):
+        which = " ".join(h.records)
+        model = None if retrain else load_fold_model(recipe.name, i, h.records, seed, device, directory)
+        if model is None:
+            log(f"[{recipe.name}] training cross-fitted model {i}/{len(held)} (without records {which})")
+            model, stats = train_model(recipe.make_model, h.train, len(recipe.classes),
+                                       replace(recipe.train, seed=seed), device,
+                                       on_epoch=lambda e, loss, i=i: log(f"[{recipe.name}] fold {i} epoch {e}: "
+                                                                         f"loss {loss:.4f}"))
+            path = save_fold_model(model, recipe.name, i, h.records, seed, directory)
+            log(f"[{recipe.name}] trained in {stats['seconds']} s; wrote {path}")
+        folds.append(Fold(which, model, h.train, h.held_out))
+    return folds
+
+
 def train_and_calibrate(name: str, seed: int = 42, device: str | torch.device = "cpu", log: Log = quiet,
-                        splits: Splits | None = None) -> tuple[torch.nn.Module, ModelCard, Calibration]:
-    """Train the recipe's model on its train split, then calibrate on its validation split (never on test)."""
+                        splits: Splits | None = None, checkpoint_dir: Path = CHECKPOINT_DIR
+                        ) -> tuple[torch.nn.Module, ModelCard, Calibration]:
+    """Train the recipe's model on its train split (and its cross-fitted models, stored in ``checkpoint_dir``),
+    then calibrate on its validation split (never on test)."""
     recipe = get_recipe(name)
     splits = splits or recipe.load(seed)
     log(f"[{name}] windows: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}")
     model, stats = train_model(recipe.make_model, splits.train, len(recipe.classes), replace(recipe.train, seed=seed),
                                device, on_epoch=lambda e, loss: log(f"[{name}] epoch {e}: loss {loss:.4f}"))
+    folds = cross_fitted(recipe, seed, device, log, checkpoint_dir, retrain=True)
     cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
-                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs)
+                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs, folds=folds)
     log(f"[{name}] trained in {stats['seconds']} s")
     card = card_for(model, recipe, cal, seed, {**asdict(recipe.train), "seed": seed, **stats, "windows": {
         "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}})
@@ -163,7 +192,7 @@ def train_command(name: str, seed: int = 42, device: str | torch.device = "cpu",
     """Train, calibrate, record validation and test metrics on the card, save the checkpoint."""
     recipe = get_recipe(name)
     splits = recipe.load(seed)
-    model, card, cal = train_and_calibrate(name, seed, device, log, splits)
+    model, card, cal = train_and_calibrate(name, seed, device, log, splits, checkpoint_dir)
     save_checkpoint(model, card, checkpoint_dir)
     _save_novelty(card, cal, checkpoint_dir)
     card.metrics = card_metrics(model, card, splits.test, device, n_boot, checkpoint_dir)
@@ -181,14 +210,16 @@ def _save_novelty(card: ModelCard, cal: Calibration, directory: Path) -> None:
 
 def calibrate_command(name: str, device: str | torch.device = "cpu", log: Log = quiet,
                       checkpoint_dir: Path = CHECKPOINT_DIR, n_boot: int = 200) -> ModelCard:
-    """Recalibrate a saved checkpoint from its weights (no retraining): rewrite its card's temperature and controller
-    section, store its novelty model, refresh the card's test metrics."""
+    """Recalibrate a saved checkpoint from its weights (no retraining, except its cross-fitted models when they are
+    missing): rewrite its card's temperature and controller section, store its novelty model, refresh the card's
+    test metrics."""
     recipe = get_recipe(name)
     model, card = load_checkpoint(name, device, checkpoint_dir)
     splits = recipe.load(card.seed)
     start = time.perf_counter()
+    folds = cross_fitted(recipe, card.seed, device, log, checkpoint_dir)
     cal = calibrate(model, splits.train, splits.val, recipe.controller, recipe.temperature, len(recipe.classes),
-                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs)
+                    device, log=lambda m: log(f"[{name}] {m}"), fs=recipe.fs, folds=folds)
     card.temperature = round(cal.temperature, 5)
     card.controller = cal.controller
     card.code_version = code_version()

@@ -83,6 +83,36 @@ def save_card(card: ModelCard, directory: Path = CHECKPOINT_DIR) -> Path:
     return path
 
 
+def fold_path(card_name: str, index: int, directory: Path = CHECKPOINT_DIR) -> Path:
+    """Where the ``index``-th (from 1) cross-fitted model of checkpoint ``card_name`` is stored."""
+    return directory / "folds" / f"{card_name}.{index}.pt"
+
+
+def save_fold_model(model: McModel, card_name: str, index: int, held_out: tuple[str, ...], seed: int,
+                    directory: Path = CHECKPOINT_DIR) -> Path:
+    """Store a cross-fitted model: its weights, architecture, training seed and the records it never saw."""
+    path = fold_path(card_name, index, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"held_out": list(held_out), "seed": seed, "arch": model.arch, "arch_params": dict(model.arch_params),
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def load_fold_model(card_name: str, index: int, held_out: tuple[str, ...], seed: int,
+                    device: torch.device | str = "cpu", directory: Path = CHECKPOINT_DIR) -> McModel | None:
+    """The stored cross-fitted model (eval mode, on ``device``), or None when there is none for these held-out
+    records and seed."""
+    path = fold_path(card_name, index, directory)
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["held_out"] != list(held_out) or saved["seed"] != seed:
+        return None
+    model = ARCHITECTURES[saved["arch"]](**saved["arch_params"])
+    model.load_state_dict(saved["state"])
+    return model.to(device).eval()
+
+
 def _card_from_json(path: Path) -> ModelCard:
     return ModelCard(**json.loads(path.read_text()))
 

@@ -133,7 +133,9 @@ class RiskRule:
     delta: float
     certified: bool
     weights: tuple[float, ...] = ()
-    validation: dict[str, float] = field(default_factory=dict)  # n, coverage, risk on the certification half
+    # models (1: the validation split alone, else with cross-fitted models), windows, answered, errors, p_value,
+    # coverage, risk: on the certification half (halves)
+    validation: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RiskRule:
@@ -146,10 +148,15 @@ class RiskRule:
         >>> print(r.describe().replace("; ", ";\\n"))
         answer when max_prob >= 0.7 (risk <= 2% among answered with 90% confidence;
         validation calibration half: 450 of 500 answered, 4 wrong)
+        >>> r = RiskRule("max_prob", 0.7, 0.02, 0.1, True, validation={"models": 3, "windows": 1500,
+        ...                                                            "answered": 1300, "errors": 20})
+        >>> print(r.describe().split("; ")[1])
+        calibration halves of 3 models' held-out data: 1300 of 1500 answered, 20 wrong)
         """
         v = self.validation
-        where = (f"validation calibration half: {v.get('answered')} of {v.get('windows')} answered, "
-                 f"{v.get('errors')} wrong")
+        models = v.get("models", 1)
+        held = "validation calibration half" if models == 1 else f"calibration halves of {models} models' held-out data"
+        where = f"{held}: {v.get('answered')} of {v.get('windows')} answered, {v.get('errors')} wrong"
         promise = f"risk <= {self.alpha:.0%} among answered with {1 - self.delta:.0%} confidence"
         if not self.certified:
             return f"nothing certified for {promise} ({where}): every window reaching the rule abstains"

@@ -1,11 +1,10 @@
 """Model selection on the training data only: record-grouped cross-validation of a recipe (never its test split).
 
 The ECG recipe is chosen by training on DS1 minus one group of records and labelling the held-out group with one
-deterministic pass, for each of :data:`ECG_FOLDS`, then pooling the held-out labels: every held-out beat belongs to a
-patient the fold's model never saw, as in the inter-patient DS1 → DS2 protocol, but DS2 stays untouched. Groups:
-the validation records, then two groups that spread DS1's supraventricular (209, 118, 201, 207) and ventricular
-records; the records in no group (109 112 115 119 122 208) are always trained on. ``sci-monitor train --cv``
-runs it.
+deterministic pass, for each of :data:`ECG_FOLDS` (``models.data.mitdb.DS1_GROUPS``: the validation records, then two
+groups that spread DS1's supraventricular and ventricular records), then pooling the held-out labels: every held-out
+beat belongs to a patient the fold's model never saw, as in the inter-patient DS1 → DS2 protocol, but DS2 stays
+untouched. ``sci-monitor train --cv`` runs it.
 """
 
 from __future__ import annotations
@@ -18,17 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from models.data.mitdb import DS1_GROUPS
 from models.recipes import Recipe, get_recipe
 from models.training import Arrays, train_model
 
 if TYPE_CHECKING:
     from models.data.mitdb import BeatSet
 
-ECG_FOLDS: tuple[tuple[str, ...], ...] = (
-    ("116", "124", "205", "220", "223"),  # VAL_RECORDS
-    ("106", "118", "209", "215", "230"),
-    ("101", "108", "114", "201", "203", "207"),
-)
+ECG_FOLDS = DS1_GROUPS
 FOLDS: dict[str, tuple[tuple[str, ...], ...]] = {"mitdb": ECG_FOLDS}
 # "groups": the folds above; "records": leave one record out, each record of those groups held out alone (16 folds
 # for mitdb, each model trained on 21 of DS1's 22 records: closer to the final model, so finer for small gains)

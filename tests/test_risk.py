@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.stats import binom
 from sklearn.linear_model import LogisticRegression
 
-from controller.calibration import fit_risk
+from controller.calibration import RiskPart, fit_risk
 from controller.decision import Decider, decide
 from controller.engine import SciConfig, replay_sampler
 from controller.passes import SplitPasses
@@ -114,14 +114,18 @@ def test_a_learned_confidence_is_one_minus_scikit_learns_error_probability(score
     np.testing.assert_allclose(got, 1 - lr.predict_proba(x)[:, 1], atol=1e-5)
 
 
-def _split(rng, n, k=3):
+def _split(rng, n, k=3, new_patients=False):
     """Synthetic validation passes: labels 0 and 1 are right unless the softmax is unsure (max prob below about
-    0.7); every call of label 2 is wrong, however confident (the way the ECG model calls F)."""
+    0.7); every call of label 2 is wrong, however confident (the way the ECG model calls F). ``new_patients``:
+    windows of patients unlike the validation ones, on whom half the calls of label 1 are wrong, however
+    confident (the way the ECG model calls S on patients with irregular rhythms)."""
     called = rng.choice(k, n, p=[0.6, 0.3, 0.1])
     margin = rng.uniform(0, 8, n)
     logits = np.zeros((n, k), np.float32)
     logits[np.arange(n), called] = margin
     unsure = 1 / (1 + np.exp(4 * (margin - 1.5)))  # P(wrong) of labels 0 and 1 falls with the margin
+    if new_patients:
+        unsure = np.where(called == 1, np.maximum(unsure, 1 / 2), unsure)
     wrong = np.where(called == 2, True, rng.uniform(size=n) < unsure)
     y = np.where(wrong, (called + 1) % k, called)
     det = torch.as_tensor(logits)
@@ -133,7 +137,7 @@ def test_the_risk_rule_learns_not_to_answer_a_label_that_is_always_wrong():
     rng = np.random.default_rng(11)
     fit, cal = _split(rng, 3000), _split(rng, 3000)
     decider = Decider(make_policy("threshold", sp_star=0.85, t_min=2), SciConfig(t_max=25))
-    rule, sel = fit_risk(fit, cal, decider, alpha=0.02, delta=0.1)
+    rule, sel = fit_risk([RiskPart(fit, cal, decider)], alpha=0.02, delta=0.1)
     cover, scores = sel["coverage_at_alpha"], sel["auroc_misclassification"]
     assert rule.score == "max_prob_by_class" and cover["max_prob_by_class"] > cover["max_prob"] + 0.05
     assert scores["max_prob_by_class"] > scores["max_prob"]
@@ -148,3 +152,30 @@ def test_the_risk_rule_learns_not_to_answer_a_label_that_is_always_wrong():
     conf = test.deterministic.softmax(1).max(1).values.numpy()
     level = np.quantile(conf, 1 - answered.mean())
     assert wrong[conf >= level].mean() > 0.02
+
+
+def test_cross_fitted_evidence_keeps_the_promise_on_patients_unlike_the_validation_ones():
+    """One model's validation windows show no trouble with label 1; a cross-fitted model's held-out windows (other
+    patients) do. Fitted on the validation windows alone, the rule answers label 1 and breaks its promise on a test
+    set that mixes both kinds of patients; pooled with the cross-fitted evidence, it keeps it."""
+    rng = np.random.default_rng(5)
+    decider = Decider(make_policy("threshold", sp_star=0.85, t_min=2), SciConfig(t_max=25))
+    validation = RiskPart(_split(rng, 3000), _split(rng, 3000), decider)
+    held_out = RiskPart(_split(rng, 3000, new_patients=True), _split(rng, 3000, new_patients=True), decider)
+    a, b = _split(rng, 3000), _split(rng, 3000, new_patients=True)
+    test = SplitPasses(torch.cat([a.deterministic, b.deterministic]), torch.cat([a.mc, b.mc]), np.r_[a.y, b.y],
+                       torch.zeros(6000, 1), None)
+
+    def test_risk(rule):
+        r = decide(test.evidence(), replay_sampler(test.mc), replace(decider, risk=rule))
+        answered = ~r.abstained
+        return (r.label != test.y)[answered].mean(), answered[r.label == 1].mean()
+
+    alone, _ = fit_risk([validation], alpha=0.02, delta=0.1)
+    pooled, _ = fit_risk([validation, held_out], alpha=0.02, delta=0.1)
+    assert alone.validation["models"] == 1 and pooled.validation["models"] == 2
+    assert pooled.validation["windows"] > alone.validation["windows"]
+    risk_alone, label1_alone = test_risk(alone)
+    risk_pooled, label1_pooled = test_risk(pooled)
+    assert risk_alone > 0.02 and label1_alone > 0.5
+    assert risk_pooled <= 0.02 and label1_pooled < 0.1

@@ -61,6 +61,16 @@ PACED_RECORDS = ("102", "104", "107", "217")
 # 21 %, 18 %, 7 % of DS1); train keeps 208 (373 of the 415 DS1 F beats) and 209 (383 S beats).
 VAL_RECORDS = ("116", "124", "205", "220", "223")
 TRAIN_RECORDS = tuple(r for r in DS1 if r not in VAL_RECORDS)
+# Record groups of DS1 held out one at a time by the models that judge it without DS2: the validation records, then
+# two groups that spread DS1's supraventricular (209, 118, 201, 207) and ventricular records; the records in no
+# group (109 112 115 119 122 208: 373 of the 415 DS1 F beats are in 208) are always trained on. Used by the recipe's
+# record-grouped cross-validation (``models.selection``) and by the cross-fitted models whose held-out beats join the
+# risk rule's evidence (``models.recipes``).
+DS1_GROUPS: tuple[tuple[str, ...], ...] = (
+    VAL_RECORDS,
+    ("106", "118", "209", "215", "230"),
+    ("101", "108", "114", "201", "203", "207"),
+)
 
 SYMBOL_TO_AAMI = {
     **dict.fromkeys("NLRej", "N"),
