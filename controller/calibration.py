@@ -262,7 +262,8 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
     ``folds``: cross-fitted models whose held-out windows, each calibrated like ``val`` (same policy, their own
     temperature and gate), join the risk rule's evidence (:func:`fit_risk`). ``passes``: the validation windows'
     passes when they are already drawn (``sample_passes(model, val, spec.t_max)``)."""
-    passes = passes or sample_passes(model, val, spec.t_max, device)
+    if passes is None:
+        passes = sample_passes(model, val, spec.t_max, device)
     fit_idx, cal_idx = split_halves(len(val))
     fit, cal = passes.subset(fit_idx), passes.subset(cal_idx)
     fit_arrays = Arrays(val.x[fit_idx], None if val.aux is None else val.aux[fit_idx], val.y[fit_idx])
@@ -319,8 +320,7 @@ def calibrate(model: McModel, train: Arrays, val: Arrays, spec: ControllerSpec, 
         if folds:
             selection["risk_models"] = _risk_by_model(parts, risk, ["validation", *(f.name for f in folds)])
         decider = replace(decider, risk=risk)
-        log(f"risk rule: score {risk.score}, threshold {risk.threshold:.6g}, certified {risk.certified} "
-            f"(α {risk.alpha}, δ {risk.delta}; calibration half {risk.validation})")
+        log(f"risk rule ({risk.score}, threshold {risk.threshold:.6g}): {risk.describe()}")
 
     r = decide(fit.evidence(), replay_sampler(fit.mc), decider)
     wrong = r.label != fit.y

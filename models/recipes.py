@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from models.architectures import BearingFrameNet, EcgBeatNet, McModel, PaperBearingNet, PaperEcgNet
 from models.controller_card import ControllerSpec, PolicySpec
 from models.training import Arrays, TrainConfig
+
+if TYPE_CHECKING:
+    from models.data.mitdb import BeatSet
 
 # the reference samples its beats with pandas random_state=42 whatever the training seed
 PAPER_MITDB_DRAW_SEED = 42
@@ -39,6 +43,15 @@ class HeldOut:
     records: tuple[str, ...]
     train: Arrays
     held_out: Arrays
+
+    @classmethod
+    def of(cls, windows: BeatSet, records: tuple[str, ...]) -> HeldOut:
+        """Split ``windows`` into the windows of ``records`` (held out) and the rest (train)."""
+        import numpy as np
+
+        held = np.isin(windows.record, records)
+        tr, te = windows.subset(~held), windows.subset(held)
+        return cls(tuple(records), Arrays(tr.x, tr.aux, tr.y), Arrays(te.x, te.aux, te.y))
 
 
 @dataclass(frozen=True)
@@ -70,17 +83,10 @@ def _mitdb(seed: int) -> Splits:
 
 
 def _mitdb_cross_fit() -> tuple[HeldOut, ...]:
-    import numpy as np
-
     from models.data import mitdb
 
     beats = mitdb.load_beats(mitdb.DS1)
-    folds = []
-    for records in mitdb.DS1_GROUPS[1:]:  # the first group is the validation split
-        held = np.isin(beats.record, records)
-        tr, te = beats.subset(~held), beats.subset(held)
-        folds.append(HeldOut(records, Arrays(tr.x, tr.aux, tr.y), Arrays(te.x, te.aux, te.y)))
-    return tuple(folds)
+    return tuple(HeldOut.of(beats, records) for records in mitdb.DS1_GROUPS[1:])  # the first is the validation split
 
 
 def _cwru(seed: int) -> Splits:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from models.data.mitdb import DS1_GROUPS
-from models.recipes import Recipe, get_recipe
-from models.training import Arrays, train_model
+from models.recipes import HeldOut, Recipe, get_recipe
+from models.training import train_model
 
 if TYPE_CHECKING:
     from models.data.mitdb import BeatSet
@@ -96,9 +96,9 @@ def cross_validate(name: str, seed: int = 42, device: str | torch.device = "cpu"
     data = _training_beats(name)
     start, ys, preds, folds = time.perf_counter(), [], [], []
     for i, records in enumerate(fold_groups, 1):
-        held = np.isin(data.record, records)
-        tr, te = data.subset(~held), data.subset(held)
-        model, info = train_model(recipe.make_model, Arrays(tr.x, tr.aux, tr.y), len(recipe.classes), cfg, device)
+        h = HeldOut.of(data, records)
+        te = h.held_out
+        model, info = train_model(recipe.make_model, h.train, len(recipe.classes), cfg, device)
         with torch.no_grad():
             pred = model(torch.as_tensor(te.x, device=device), torch.as_tensor(te.aux, device=device)).argmax(1)
         pred = pred.cpu().numpy()
