@@ -194,20 +194,26 @@ def _reached(passes: SplitPasses, decider: Decider) -> tuple[dict[str, torch.Ten
     return {k: v[torch.as_tensor(keep)] for k, v in inputs.items()}, (r.label != passes.y)[keep]
 
 
-def _pooled(parts: list[tuple[dict[str, torch.Tensor], np.ndarray]]) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    return {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}, np.concatenate([p[1] for p in parts])
+def _pooled(parts: list[tuple[dict[str, torch.Tensor], np.ndarray]]
+            ) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:
+    """The parts' score inputs and error flags concatenated, and int64[n] which part each window came from."""
+    groups = np.concatenate([np.full(len(p[1]), i, np.int64) for i, p in enumerate(parts)])
+    return {k: torch.cat([p[0][k] for p in parts]) for k in parts[0][0]}, np.concatenate([p[1] for p in parts]), groups
 
 
 def fit_risk(parts: Sequence[RiskPart], alpha: float, delta: float) -> tuple[RiskRule, dict[str, Any]]:
     """The risk rule for target risk ``alpha`` at confidence 1 − ``delta``, from the held-out windows of one model
-    (its validation split) or of several cross-fitted models (each scored with its own decider), pooled.
+    (its validation split) or of several cross-fitted models (each scored with its own decider). With several, the
+    promise is made for each model's held-out patients, not for their pool (``controller.risk.group_pvalues``):
+    one group of patients on whom the model fails more often cannot hide behind the others' right answers.
 
-    On the pooled fit halves' windows that pass the gate, each confidence score (learned ones with 5-fold
-    cross-validated predictions, so they compete on held-out windows) gets the coverage Learn-then-Test would
-    certify with it there, what the rule is for, and its misclassification AUROC; the score answering the most
-    (ties within :data:`RISK_COVERAGE_TOLERANCE`: the best AUROC) has its threshold certified on the pooled
-    calibration halves. Returns the rule and, per score, those fit-half numbers."""
-    (inf, wf), (inc, wc) = (_pooled([_reached(getattr(p, half), p.decider) for p in parts]) for half in ("fit", "cal"))
+    On the fit halves' windows that pass the gate, each confidence score (learned ones fitted on the pooled fit
+    halves, with 5-fold cross-validated predictions, so they compete on held-out windows) gets the coverage
+    Learn-then-Test would certify with it there, what the rule is for, and its misclassification AUROC; the score
+    answering the most (ties within :data:`RISK_COVERAGE_TOLERANCE`: the best AUROC) has its threshold certified on
+    the calibration halves. Returns the rule and, per score, those fit-half numbers."""
+    (inf, wf, gf), (inc, wc, gc) = (_pooled([_reached(getattr(p, half), p.decider) for p in parts])
+                                    for half in ("fit", "cal"))
     has_novelty = bool(torch.isfinite(inf["novelty"]).all())
     aurocs: dict[str, float | None] = {}
     coverage: dict[str, float] = {}
@@ -224,7 +230,8 @@ def fit_risk(parts: Sequence[RiskPart], alpha: float, delta: float) -> tuple[Ris
         else:
             c = confidence(score, **inf).numpy()
         aurocs[score] = _r(metrics.auroc(1 - c, wf))
-        own = learn_then_test(c, wf, risk_grid(c, wf, len(c), alpha, delta), alpha, delta)
+        smallest = int(np.bincount(gf).min())
+        own = learn_then_test(c, wf, risk_grid(c, wf, smallest, alpha, delta, groups_fit=gf), alpha, delta, gf)
         coverage[score] = _r(own.answered / max(len(c), 1))
     top = max(coverage.values())
     near = [k for k in coverage if coverage[k] >= top - RISK_COVERAGE_TOLERANCE]
@@ -232,8 +239,8 @@ def fit_risk(parts: Sequence[RiskPart], alpha: float, delta: float) -> tuple[Ris
     w = weights.get(best, ())
     conf_f = confidence(best, **inf, weights=w).numpy()
     conf_c = confidence(best, **inc, weights=w).numpy()
-    grid = risk_grid(conf_f, wf, len(conf_c), alpha, delta)
-    cert = learn_then_test(conf_c, wc, grid, alpha, delta)
+    grid = risk_grid(conf_f, wf, int(np.bincount(gc).min()), alpha, delta, groups_fit=gf)
+    cert = learn_then_test(conf_c, wc, grid, alpha, delta, gc)
     answered = int(cert.answered)
     rule = RiskRule(best, cert.threshold, alpha, delta, cert.certified, tuple(round(x, 6) for x in w), {
         "models": len(parts), "windows": cert.n, "answered": answered, "errors": cert.errors,

@@ -11,6 +11,12 @@ answering the most calibration windows is used. Then P(risk among answered windo
 exchangeable with validation ones; if nothing is certified every window that reaches the rule abstains. (Testing
 strictest-first would stop at once: the most confident windows include a few confidently wrong ones.)
 
+With windows from several groups (held-out patients of different models: ``controller.calibration.fit_risk``),
+the promise is made for each group, not for their pool: λ's null hypothesis is "risk(λ) > α in some group", and its
+p-value is the largest of the groups' binomial p-values (an intersection-union test, Berger 1982: valid at level δ
+with no multiplicity correction, because rejecting it needs every group's own test to reject). A pooled rate would
+let the easy groups' many right answers pay for a group of patients on whom the model fails more often.
+
 Confidence scores (the one used is chosen on the fit half by the coverage this procedure certifies there, ties by
 misclassification AUROC: ``controller.calibration.fit_risk``): ``max_prob`` (of the MC mean at the controller's last
 pass), ``sp``, ``max_prob_det`` (the plain deterministic pass), and two learned ones, 1 − a logistic regression's
@@ -99,19 +105,40 @@ def min_answered(alpha: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log(1 - alpha))
 
 
+def group_pvalues(conf: np.ndarray, wrong: np.ndarray, grid: np.ndarray, alpha: float,
+                  groups: np.ndarray | None = None) -> np.ndarray:
+    """float64[G] p-value of "risk > α among answered windows in some group" for each threshold of ``grid``
+    float[G]: the largest over groups of :func:`binomial_pvalue` (intersection-union test). conf float[n], wrong
+    bool[n], groups int[n] (None: one group); a window is answered at λ when conf ≥ λ.
+
+    >>> conf, wrong = np.array([0.9, 0.8, 0.7, 0.9]), np.array([False, True, False, False])
+    >>> group_pvalues(conf, wrong, np.array([0.75]), 0.5).round(4).tolist()  # one group: 1 error in 3
+    [0.5]
+    >>> group_pvalues(conf, wrong, np.array([0.75]), 0.5, np.array([0, 0, 1, 1])).round(4).tolist()  # 1 in 2
+    [0.75]
+    """
+    conf = np.asarray(conf, np.float64)
+    wrong = np.asarray(wrong, bool)
+    g = np.zeros(len(conf), np.int64) if groups is None else np.asarray(groups, np.int64)
+    onehot = np.eye(int(g.max(initial=0)) + 1)[g]
+    onehot = onehot[:, onehot.any(0)]  # [n, groups]: a group without windows makes no promise
+    answered = conf[None, :] >= np.asarray(grid, np.float64)[:, None]  # [G, n]
+    n, k = answered @ onehot, (answered & wrong[None, :]) @ onehot  # [G, groups]
+    return np.where(n > 0, binom.cdf(k, n, alpha), 1.0).max(1)
+
+
 def threshold_grid(conf_fit: np.ndarray, wrong_fit: np.ndarray, n_cal: int, alpha: float, delta: float,
-                   steps: int = COVERAGE_STEPS) -> np.ndarray:
+                   steps: int = COVERAGE_STEPS, groups_fit: np.ndarray | None = None) -> np.ndarray:
     """Candidate thresholds in testing order, from the fit half only: its confidence quantiles at coverages
-    1/steps .. 1 and −inf (answer all), ordered by ascending fit-half p-value (ties: more coverage first).
-    Coverages whose expected answered count on the calibration half (coverage · n_cal) is below
-    :func:`min_answered` are left out (they could never be certified and would stop the sequence)."""
+    1/steps .. 1 and −inf (answer all), ordered by ascending fit-half p-value (:func:`group_pvalues` with the fit
+    half's ``groups_fit``; ties: more coverage first). Coverages whose expected answered count on the calibration
+    half (coverage · n_cal, ``n_cal`` the calibration windows of its smallest group) is below :func:`min_answered`
+    are left out (they could never be certified and would stop the sequence)."""
     conf_fit = np.asarray(conf_fit, np.float64)
-    wrong_fit = np.asarray(wrong_fit, bool)
     cov = np.arange(1, steps + 1) / steps
     cov = cov[cov * n_cal >= min_answered(alpha, delta)]
     grid = np.concatenate([np.quantile(conf_fit, 1 - cov), [-np.inf]])
-    answered = conf_fit[None, :] >= grid[:, None]
-    p = [binomial_pvalue(int(wrong_fit[a].sum()), int(a.sum()), alpha) for a in answered]
+    p = group_pvalues(conf_fit, wrong_fit, grid, alpha, groups_fit)
     order = np.lexsort((grid, p))  # primary: p-value, then the lower (looser) threshold first
     return grid[order]
 
@@ -128,21 +155,23 @@ class Certified:
     p_value: float  # of the chosen threshold (1.0 when none)
 
 
-def learn_then_test(conf: np.ndarray, wrong: np.ndarray, grid: np.ndarray, alpha: float, delta: float) -> Certified:
-    """Fixed-sequence test of thresholds ``grid`` (in the given order) on calibration windows (conf, wrong); the
-    certified threshold answering the most windows wins."""
+def learn_then_test(conf: np.ndarray, wrong: np.ndarray, grid: np.ndarray, alpha: float, delta: float,
+                    groups: np.ndarray | None = None) -> Certified:
+    """Fixed-sequence test of thresholds ``grid`` (in the given order) on calibration windows (conf, wrong; ``groups``
+    int[n]: the promise is made in each group, :func:`group_pvalues`); the certified threshold answering the most
+    windows wins."""
     conf = np.asarray(conf, np.float64)
     wrong = np.asarray(wrong, bool)
-    best = Certified(float("inf"), False, len(conf), 0, 0, 1.0)
-    for lam in grid:
-        answered = conf >= lam
-        n, k = int(answered.sum()), int(wrong[answered].sum())
-        p = binomial_pvalue(k, n, alpha)
-        if p > delta:
-            break
-        if not best.certified or n > best.answered:
-            best = Certified(float(lam), True, len(conf), n, k, p)
-    return best
+    grid = np.asarray(grid, np.float64)
+    p = group_pvalues(conf, wrong, grid, alpha, groups)
+    stop = np.flatnonzero(p > delta)
+    tested = grid[: stop[0] if stop.size else len(grid)]  # rejected before the first p-value above δ
+    if not tested.size:
+        return Certified(float("inf"), False, len(conf), 0, 0, 1.0)
+    answered = (conf[None, :] >= tested[:, None]).sum(1)
+    i = int(np.argmax(answered))  # the first of the most answering, as the sequential loop kept it
+    chosen = conf >= tested[i]
+    return Certified(float(tested[i]), True, len(conf), int(answered[i]), int(wrong[chosen].sum()), float(p[i]))
 
 
 def exceedance_level(values: np.ndarray, rate: float) -> float:

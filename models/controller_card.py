@@ -124,8 +124,9 @@ class NoveltyRule:
 class RiskRule:
     """Answer a window only if its confidence ``score`` ≥ ``threshold``; certified on validation (Learn-then-Test,
     binomial p-values, fixed-sequence testing) so that the error among answered windows is ≤ ``alpha`` with
-    probability ≥ 1 − ``delta``. ``weights``: (bias, coefficients) of a learned score (``combined``,
-    ``max_prob_by_class``: ``controller.risk.LEARNED``), else empty."""
+    probability ≥ 1 − ``delta`` (with cross-fitted models: in each model's held-out windows). ``weights``: (bias,
+    coefficients) of a learned score (``combined``, ``max_prob_by_class``: ``controller.risk.LEARNED``), else
+    empty."""
 
     score: str
     threshold: float
@@ -152,12 +153,15 @@ class RiskRule:
         ...                                                            "answered": 1300, "errors": 20})
         >>> print(r.describe().split("; ")[1])
         calibration halves of 3 models' held-out data: 1300 of 1500 answered, 20 wrong)
+        >>> print(r.describe().split(" (")[1].split(";")[0])
+        risk <= 2% among answered in each model's held-out data with 90% confidence
         """
         v = self.validation
         models = v.get("models", 1)
         held = "validation calibration half" if models == 1 else f"calibration halves of {models} models' held-out data"
         where = f"{held}: {v.get('answered')} of {v.get('windows')} answered, {v.get('errors')} wrong"
-        promise = f"risk <= {self.alpha:.0%} among answered with {1 - self.delta:.0%} confidence"
+        each = "" if models == 1 else " in each model's held-out data"
+        promise = f"risk <= {self.alpha:.0%} among answered{each} with {1 - self.delta:.0%} confidence"
         if not self.certified:
             return f"nothing certified for {promise} ({where}): every window reaching the rule abstains"
         when = "always" if self.threshold == float("-inf") else f"when {self.score} >= {self.threshold:.4g}"

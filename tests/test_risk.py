@@ -22,6 +22,7 @@ from controller.risk import (
     binomial_pvalue,
     confidence,
     exceedance_level,
+    group_pvalues,
     learn_then_test,
     min_answered,
     split_halves,
@@ -62,6 +63,44 @@ def test_learn_then_test_keeps_its_promise_over_random_splits(alpha, delta, min_
     # the guarantee is P(violation) ≤ δ; 3 standard errors of Monte-Carlo slack
     assert violations / trials <= delta + 3 * np.sqrt(delta * (1 - delta) / trials)
     assert certified / trials > min_certified  # and the procedure is not vacuous: it usually answers something
+
+
+def test_the_promise_holds_in_each_group_of_patients_not_only_on_their_pool():
+    """Three groups of held-out patients; on the third the model errs three times as often at every confidence
+    (risk 0.3·(1 − λ)² against 0.1·(1 − λ)²). Pooled, the certified threshold keeps the average within α while the
+    third group's risk exceeds it; tested per group (intersection-union), every group keeps α in all but δ of the
+    random draws."""
+    rng = np.random.default_rng(3)
+    alpha, delta, trials = 0.05, 0.1, 300
+    scale = np.array([1.0, 1.0, 3.0])
+    group_risk = lambda lam: scale * true_risk(lam)  # noqa: E731
+    pooled_bad = grouped_bad = grouped_certified = 0
+    for _ in range(trials):
+        g = np.repeat(np.arange(3), 2400)
+        c = rng.uniform(0, 1, len(g))
+        w = rng.uniform(0, 1, len(g)) < 0.3 * scale[g] * (1 - c) ** 2
+        fit, cal = split_halves(len(c), seed=int(rng.integers(1 << 31)))
+        pooled = learn_then_test(c[cal], w[cal], threshold_grid(c[fit], w[fit], len(cal), alpha, delta), alpha, delta)
+        n_small = int(np.bincount(g[cal]).min())
+        grid = threshold_grid(c[fit], w[fit], n_small, alpha, delta, groups_fit=g[fit])
+        grouped = learn_then_test(c[cal], w[cal], grid, alpha, delta, g[cal])
+        pooled_bad += pooled.certified and group_risk(pooled.threshold).max() > alpha
+        if grouped.certified:
+            grouped_certified += 1
+            grouped_bad += group_risk(grouped.threshold).max() > alpha
+    assert pooled_bad / trials > 0.9  # the pool's promise is broken for the third group nearly always
+    assert grouped_bad / trials <= delta + 3 * np.sqrt(delta * (1 - delta) / trials)
+    assert grouped_certified / trials > 0.9
+
+
+def test_group_pvalues_is_the_largest_of_the_groups_binomial_pvalues():
+    rng = np.random.default_rng(1)
+    c, w, g = rng.uniform(size=300), rng.uniform(size=300) < 0.1, rng.integers(0, 3, 300)
+    grid = np.array([0.2, 0.5, 0.9, 2.0])
+    expect = [max(binomial_pvalue(int(w[(g == k) & (c >= lam)].sum()), int(((g == k) & (c >= lam)).sum()), 0.05)
+                  for k in range(3)) for lam in grid]
+    np.testing.assert_allclose(group_pvalues(c, w, grid, 0.05, g), expect)
+    assert group_pvalues(c, w, grid, 0.05, g)[-1] == 1.0  # nothing answered: nothing certified
 
 
 def test_nothing_certified_when_every_window_is_a_coin_flip():
