@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from models.controller_card import QualityRanges
+from models.reductions import row_median
 
 Q_LO, Q_HI = 0.0005, 0.9995
 AMPLITUDE_MARGIN = math.log(2.0)  # in log-RMS units: a factor 2 beyond the training range
@@ -110,7 +111,7 @@ def signal_stats(x: Tensor, context: Tensor | None = None) -> SignalStats:
     ptp = hi - lo
     tol = CLIP_TOL * ptp[:, None]
     clip = ((x >= hi[:, None] - tol) | (x <= lo[:, None] + tol)).float().mean(1)
-    centred = x - x.median(dim=1, keepdim=True).values
+    centred = x - row_median(x)
     log_rms = centred.pow(2).mean(1).clamp_min(1e-24).sqrt().log()
     zero_mean = x - x.mean(1, keepdim=True)
     power = torch.fft.rfft(zero_mean, dim=1).abs().pow(2)[:, 1:]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.keyed_dropout import KeyedDropout, PassNoise, shift_keys
+from models.reductions import row_median
 
 
 class McModel(nn.Module):
@@ -118,7 +119,7 @@ class EcgBeatNet(McModel):
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
         assert aux is not None, "EcgBeatNet needs the beat features (aux: float32[B, 267])"
-        x = x - x.median(dim=1, keepdim=True).values
+        x = x - row_median(x)
         if self.template:
             tpl = aux[:, self.context]
             scale = tpl.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-2)

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, TensorDataset, WeightedRandomSampler
 
 from models.architectures import SIDE_FEATURES, Ensemble, McModel, SideExpert
+from models.reductions import row_median
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def ecg_augment(x: Tensor, fs: float = 360.0, max_shift: int = 4, wander: float 
     """
     b, n = x.shape
     dev = x.device
-    rms = (x - x.median(dim=1, keepdim=True).values).pow(2).mean(dim=1, keepdim=True).sqrt()
+    rms = (x - row_median(x)).pow(2).mean(dim=1, keepdim=True).sqrt()
     u = torch.rand(b, 7, device=dev)
     t = torch.arange(n, device=dev, dtype=x.dtype)[None, :] / fs
     gain = torch.exp((2 * u[:, 0:1] - 1) * float(np.log(max_gain)))
