@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from models.data.morph import MORPH_FEATURES
+from models.data.rr import RR_FEATURES
 from models.keyed_dropout import KeyedDropout, PassNoise, shift_keys
 from models.reductions import row_median
 
@@ -69,13 +71,25 @@ class MlpHead(nn.Module):
         return self.fc2(self.drop_hidden(h, noise))
 
 
+_RR = {name: i for i, name in enumerate(RR_FEATURES)}
+_MORPH = slice(len(RR_FEATURES), len(RR_FEATURES) + len(MORPH_FEATURES))
+BEAT_SIDE = 9  # side features of a beat (beat_side_features)
+
+
 def beat_side_features(aux: Tensor) -> Tensor:
-    """float32[B, 8] side features of a beat from aux float32[B, 267] (``features["beat"]``): the logs of pre, post
-    and local RR over the stream's average, of pre/local and of post/pre (clipped at 5; every ratio floored at
-    1e-3), then the 3 template scores (correlation over the QRS and the window, log QRS energy ratio)."""
-    pre, post = aux[:, 0:1].clamp_min(1e-3), aux[:, 1:2]
-    ratios = torch.cat([aux[:, 5:8], aux[:, 3:4], (post / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
-    return torch.cat([ratios, aux[:, 8:11]], dim=1)
+    """float32[B, 9] side features of a beat from aux float32[B, A] (``features["beat"]``,
+    :data:`models.data.mitdb.BEAT_FEATURES` then the template): the logs of pre, post and local RR over the stream's
+    average, of pre/local and of post/pre (clipped at 5; every ratio floored at 1e-3), then the 3 template scores
+    (correlation over the QRS and the window, log QRS energy ratio), then the log of the rhythm's irregularity
+    (floored at 1e-3)."""
+
+    def col(name: str) -> Tensor:
+        return aux[:, _RR[name] : _RR[name] + 1]
+
+    pre = col("pre_rr_s").clamp_min(1e-3)
+    ratios = torch.cat([col("pre_avg"), col("post_avg"), col("local_avg"), col("pre_local"),
+                        (col("post_rr_s") / pre).clamp_max(5.0)], dim=1).clamp_min(1e-3).log()
+    return torch.cat([ratios, aux[:, _MORPH], col("irregularity").clamp_min(1e-3).log()], dim=1)
 
 
 SIDE_FEATURES: dict[str, Callable[[Tensor], Tensor]] = {"beat": beat_side_features}
@@ -84,20 +98,21 @@ SIDE_FEATURES: dict[str, Callable[[Tensor], Tensor]] = {"beat": beat_side_featur
 class EcgBeatNet(McModel):
     """AAMI beat classifier: 256-sample window at 360 Hz (R fiducial at index 96) plus the per-stream beat features.
 
-    x: float32[B, 256] in mV (raw stream samples); aux: float32[B, 267] = features["beat"]
-    (:data:`models.data.mitdb.BEAT_FEATURES`): 8 RR features normalised by the stream's running average RR, 3
+    x: float32[B, 256] in mV (raw stream samples); aux: float32[B, 268] = features["beat"]
+    (:data:`models.data.mitdb.BEAT_FEATURES`): 9 RR features normalised by the stream's running average RR, 3
     morphology features against the stream's running template, then that template (256 samples, median-removed).
     Per-patient adaptation: the convolutions see the beat and the beat minus the patient's usual beat, both divided
     by the template's RMS, so the patient's gain, baseline and usual morphology are factored out (with ``template``
     False the beat alone, divided by its own RMS). Side features: log of the RR intervals over the stream average
-    (pre, post, local), of pre/local and of post/pre, and the 3 template features; RR in seconds is left out on
-    purpose (it does not transfer between patients).
+    (pre, post, local), of pre/local and of post/pre, the 3 template features and the log of the rhythm's
+    irregularity (:func:`beat_side_features`); RR in seconds is left out on purpose (it does not transfer between
+    patients).
     """
 
     arch = "ecg_beat_net"
     input_length = 256
-    aux_dim = 267
-    context = slice(11, 267)  # the running template of features["beat"]
+    aux_dim = len(RR_FEATURES) + len(MORPH_FEATURES) + 256
+    context = slice(len(RR_FEATURES) + len(MORPH_FEATURES), aux_dim)  # the running template of features["beat"]
     side_kind = "beat"
 
     def __init__(self, n_classes: int = 4, p: float = 0.5, width: int = 32, template: bool = True,
@@ -112,13 +127,14 @@ class EcgBeatNet(McModel):
             nn.Flatten(),
         )
         self.embed = nn.Sequential(nn.Linear(w * 32, 64), nn.ReLU(inplace=True))
-        self.side_norm = nn.BatchNorm1d(8)
-        # side_width > 0: the 8 side features embedded in side_width units, so head dropout cannot erase the RR cues
-        self.side = nn.Sequential(nn.Linear(8, side_width), nn.ReLU(inplace=True)) if side_width else nn.Identity()
-        self.mlp = MlpHead(64 + (side_width or 8), 64, n_classes, p_in=p, p_hidden=p)
+        self.side_norm = nn.BatchNorm1d(BEAT_SIDE)
+        # side_width > 0: the side features embedded in side_width units, so head dropout cannot erase the RR cues
+        self.side = (nn.Sequential(nn.Linear(BEAT_SIDE, side_width), nn.ReLU(inplace=True)) if side_width
+                     else nn.Identity())
+        self.mlp = MlpHead(64 + (side_width or BEAT_SIDE), 64, n_classes, p_in=p, p_hidden=p)
 
     def trunk(self, x: Tensor, aux: Tensor | None = None) -> Tensor:
-        assert aux is not None, "EcgBeatNet needs the beat features (aux: float32[B, 267])"
+        assert aux is not None, f"EcgBeatNet needs the beat features (aux: float32[B, {self.aux_dim}])"
         x = x - row_median(x)
         if self.template:
             tpl = aux[:, self.context]

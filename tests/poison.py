@@ -16,8 +16,8 @@ import numpy as np
 from streams.contracts import MAGIC, SensorWindow, encode_window
 
 ECG_N, VIB_N = 256, 1024
-# the ECG contract's per-beat side features (models/data/mitdb.py BEAT_AUX = 8 RR + 3 morphology + 256 template)
-BEAT = [0.8, 0.8, 0.8, 1.0, 0.8, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0] + [0.0] * 256
+# the ECG contract's per-beat side features (models/data/mitdb.py BEAT_AUX = 9 RR + 3 morphology + 256 template)
+BEAT = [0.8, 0.8, 0.8, 1.0, 0.8, 1.0, 1.0, 1.0, 0.02, 1.0, 1.0, 0.0] + [0.0] * 256
 
 
 def frame(header: dict | bytes, payload: bytes) -> bytes:

@@ -8,7 +8,7 @@ from data_marks import needs_data
 
 from models.data import mitdb, paper_mitdb
 from models.data.fiducial import r_fiducial
-from models.data.rr import rr_features
+from models.data.rr import RR_FEATURES, rr_features
 
 needs_mitdb = needs_data("mitdb")
 
@@ -72,7 +72,7 @@ def test_load_beats_windows_labels_and_cache(tmp_path, monkeypatch):
     for c in mitdb.CLASSES:  # only beats at the record edges are dropped
         assert counts[c] - 2 <= got[c] <= counts[c]
     assert beats.x.shape == (len(beats), 256) and beats.x.dtype == np.float32
-    assert beats.rr.shape == (len(beats), 8) and beats.rr.dtype == np.float32
+    assert beats.rr.shape == (len(beats), len(RR_FEATURES)) and beats.rr.dtype == np.float32
     assert beats.y.dtype == np.int64 and beats.sample.dtype == np.int64
     assert list(np.unique(beats.record)) == ["114", "208"]
     rec = mitdb.load_record("114")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from models.architectures import EcgBeatNet
+from models.data.rr import RR_FEATURES
 
 
 def _beats(b: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -12,7 +13,7 @@ def _beats(b: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.arange(256.0)
     x = torch.exp(-0.5 * ((t - 96) / 4) ** 2)[None, :] * (0.5 + torch.rand(b, 1, generator=g))
     x = x + 0.05 * torch.randn(b, 256, generator=g)
-    rr = 0.6 + 0.4 * torch.rand(b, 8, generator=g)
+    rr = 0.6 + 0.4 * torch.rand(b, len(RR_FEATURES), generator=g)
     morph = torch.rand(b, 3, generator=g)
     tpl = torch.exp(-0.5 * ((t - 96) / 4) ** 2)[None, :].repeat(b, 1) * 0.9
     return x, torch.cat([rr, morph, tpl], dim=1)
@@ -27,7 +28,7 @@ def test_gain_and_baseline_of_the_stream_do_not_change_the_logits():
                 m.running_var.uniform_(0.5, 2.0)
     x, aux = _beats()
     gained = aux.clone()
-    gained[:, 11:] *= 3.0  # the stream's template scales with its gain
+    gained[:, EcgBeatNet.context] *= 3.0  # the stream's template scales with its gain
     with torch.no_grad():
         ref = model(x, aux)
         torch.testing.assert_close(model(3.0 * x + 0.7, gained), ref, rtol=1e-4, atol=1e-4)

@@ -188,7 +188,7 @@ def test_ensemble_averages_its_members_logits_and_draws_independent_passes():
     torch.manual_seed(0)
     members = [EcgBeatNet(side_width=32).eval() for _ in range(3)]
     ens = Ensemble.of(members).eval()
-    assert (ens.input_length, ens.aux_dim, ens.context) == (256, 267, EcgBeatNet.context)
+    assert (ens.input_length, ens.aux_dim, ens.context) == (256, 268, EcgBeatNet.context)
     x, aux = _inputs(ens)
     torch.testing.assert_close(ens(x, aux), sum(m(x, aux) for m in members) / 3, rtol=0, atol=1e-6)
     keys = torch.arange(16) * 7919

@@ -16,7 +16,7 @@ import pytest
 
 from models.data import cwru, mitdb
 from models.data.morph import morph_features, running_template
-from models.data.rr import rr_features
+from models.data.rr import RR_FEATURES, rr_features
 from streams.contracts import ContractError, SensorWindow, decode_window, encode_window
 from streams.replay import (
     Replayer,
@@ -26,6 +26,8 @@ from streams.replay import (
     vibration_windows,
 )
 from streams.rpeaks import detect_rpeaks
+
+N_RR = len(RR_FEATURES)
 
 START_NS = 1_700_000_000_000_000_000
 
@@ -86,15 +88,15 @@ def test_ecg_windows_labels_and_rr_features() -> None:
     # RR features equal the offline features of all detected peaks (streamed rows are final, not provisional)
     detected = detect_rpeaks(rec.signal, 360)
     rr_offline = rr_features(detected, 360.0)[np.searchsorted(detected, peaks)]
-    rr_stream = np.array([w.features["beat"][:8] for w in ws], dtype=np.float32)
+    rr_stream = np.array([w.features["beat"][:N_RR] for w in ws], dtype=np.float32)
     np.testing.assert_array_equal(rr_stream, rr_offline)
     assert np.all(rr_stream[:, :3] > 0.2) and np.all(rr_stream[:, :3] < 3.0)
     # template features equal the offline function on the whole sequence of the stream's windows
     beat = np.array([w.features["beat"] for w in ws], dtype=np.float32)
     assert beat.shape == (len(ws), mitdb.BEAT_AUX)
     x_all = np.stack([w.samples for w in ws])
-    np.testing.assert_allclose(beat[:, 8:11], morph_features(x_all), atol=1e-5)
-    np.testing.assert_allclose(beat[:, 11:], running_template(x_all), atol=1.01e-4)  # rounded to 1e-4 mV
+    np.testing.assert_allclose(beat[:, N_RR : N_RR + 3], morph_features(x_all), atol=1e-5)
+    np.testing.assert_allclose(beat[:, N_RR + 3 :], running_template(x_all), atol=1.01e-4)  # rounded to 1e-4 mV
 
 
 def test_ecg_windows_centre_ventricular_beats() -> None:

@@ -1,4 +1,4 @@
-"""Per-stream RR features (models/data/rr.py): hand-computed values, causality, warm-up, clipping."""
+"""Per-stream RR features (models/data/rr.py): hand-computed values, causality, warm-up, clipping, irregularity."""
 
 from __future__ import annotations
 
@@ -17,21 +17,30 @@ def _reference(peaks: np.ndarray, fs: float) -> np.ndarray:
     for i in range(peaks.size):
         local = np.mean(pre[max(0, i - rr.LOCAL_BEATS + 1) : i + 1])
         avg = np.mean(np.clip(pre[max(0, i - rr.AVG_BEATS + 1) : i + 1], rr.RR_MIN_S, rr.RR_MAX_S))
-        rows.append([pre[i], post[i], local, pre[i] / local, avg, pre[i] / avg, post[i] / avg, local / avg])
+        steps = [0.0] + [abs(np.log(pre[j] / pre[j - 1])) for j in range(1, i + 1)]  # beat 0's step: 0
+        irregular = np.median(steps[max(0, i - rr.IRREGULAR_BEATS + 1) :])
+        rows.append([pre[i], post[i], local, pre[i] / local, avg, pre[i] / avg, post[i] / avg, local / avg,
+                     irregular])
     return np.asarray(rows)
 
 
 def test_hand_computed():
     peaks = np.array([100, 460, 820, 1000, 1540])  # RR = 1.0, 1.0, 0.5, 1.5 s at 360 Hz
     f = rr.rr_features(peaks, 360.0)
-    assert f.dtype == np.float32 and f.shape == (5, len(rr.RR_FEATURES)) == (5, 8)
+    assert f.dtype == np.float32 and f.shape == (5, len(rr.RR_FEATURES)) == (5, 9)
     np.testing.assert_allclose(f[:, 0], [1.0, 1.0, 1.0, 0.5, 1.5], rtol=1e-6)  # pre (first := post)
     np.testing.assert_allclose(f[:, 1], [1.0, 1.0, 0.5, 1.5, 1.5], rtol=1e-6)  # post (last := pre)
     np.testing.assert_allclose(f[:, 2], [1.0, 1.0, 1.0, 0.875, 1.0], rtol=1e-6)  # local: running mean
     np.testing.assert_allclose(f[:, 3], [1.0, 1.0, 1.0, 0.5 / 0.875, 1.5], rtol=1e-6)
     # warm-up: fewer than AVG_BEATS intervals -> the mean of all so far (same as local here)
     np.testing.assert_allclose(f[:, 4], [1.0, 1.0, 1.0, 0.875, 1.0], rtol=1e-6)
-    np.testing.assert_allclose(f[3, 5:], [0.5 / 0.875, 1.5 / 0.875, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(f[3, 5:8], [0.5 / 0.875, 1.5 / 0.875, 1.0], rtol=1e-6)
+    # irregularity: |log| steps 0, 0, 0, ln 2, ln 3 -> running medians all 0 (one or two jumps do not move it)
+    np.testing.assert_allclose(f[:, 8], 0.0, atol=1e-7)
+    # alternating 1.0 / 0.5 s: steps 0, 0, ln 2, ln 2, ln 2 -> medians 0, 0, 0, ln 2 / 2, ln 2
+    g = rr.rr_features(np.array([0, 360, 540, 900, 1080]), 360.0)
+    np.testing.assert_allclose(g[:, 0], [1.0, 1.0, 0.5, 1.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(g[:, 8], [0, 0, 0, np.log(2) / 2, np.log(2)], rtol=1e-6, atol=1e-7)
 
 
 def test_long_stream_matches_loops_and_windows():
@@ -66,7 +75,7 @@ def test_normalised_ratios_do_not_depend_on_the_patients_rate():
 
 
 def test_degenerate_inputs():
-    assert rr.rr_features(np.array([], dtype=np.int64), 360.0).shape == (0, 8)
+    assert rr.rr_features(np.array([], dtype=np.int64), 360.0).shape == (0, 9)
     assert np.isnan(rr.rr_features(np.array([5]), 360.0)).all()
     with pytest.raises(ValueError, match="strictly increasing"):
         rr.rr_features(np.array([10, 10, 20]), 360.0)

@@ -40,7 +40,7 @@ FS = 360
 BEFORE = 96
 AFTER = 160
 WINDOW = BEFORE + AFTER
-BEAT_AUX = 8 + 3 + WINDOW  # len(features["beat"])
+BEAT_AUX = len(RR_FEATURES) + len(MORPH_FEATURES) + WINDOW  # len(features["beat"])
 CLASSES = ("N", "S", "V", "F")
 # the per-beat side features of the ECG contract (features["beat"]): per-stream RR, template morphology, then the
 # stream's running template (WINDOW samples, models.data.morph.running_template)
@@ -80,7 +80,7 @@ SYMBOL_TO_AAMI = {
     **dict.fromkeys("/fQ", "Q"),
 }
 
-_CACHE_VERSION = 7
+_CACHE_VERSION = 8
 _SYM_KEYS = np.asarray(sorted(SYMBOL_TO_AAMI), dtype="<U1")
 _SYM_AAMI = np.asarray([SYMBOL_TO_AAMI[k] for k in _SYM_KEYS], dtype="<U1")
 
@@ -102,7 +102,7 @@ class EcgRecord:
 
 @dataclass(frozen=True)
 class BeatSet:
-    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R fiducial at index 96), ``rr`` float32[N, 8]
+    """Beats of classes N/S/V/F: ``x`` float32[N, 256] MLII mV (R fiducial at index 96), ``rr`` float32[N, 9]
     (:data:`models.data.rr.RR_FEATURES`, normalised by the record's own causal running average RR), ``morph``
     float32[N, 3] (:data:`models.data.morph.MORPH_FEATURES`, against the record's causal running template), ``y``
     int64[N] index into :data:`CLASSES`, ``record`` str[N], ``sample`` int64[N] (the annotated R-peak sample at 360

@@ -1,7 +1,7 @@
 """RR-interval features of ECG beats, normalised per stream: one pure function shared by offline data and live replay.
 
 The ECG contract's per-beat side features (``features["beat"]``, :data:`models.data.mitdb.BEAT_FEATURES`) start
-with these 8 (:data:`RR_FEATURES`):
+with these 9 (:data:`RR_FEATURES`):
 
 ====  =============  ==========================================================================================
  idx  name           definition (seconds unless a ratio; ``p`` = R-peak sample indices of the stream, ``fs`` Hz)
@@ -15,6 +15,8 @@ with these 8 (:data:`RR_FEATURES`):
  5    pre_avg        pre_rr / avg_rr
  6    post_avg       post_rr / avg_rr
  7    local_avg      local_rr / avg_rr
+ 8    irregularity   median of |log(pre_rr[j] / pre_rr[j-1])| over the last :data:`IRREGULAR_BEATS` beats j ≤ i (0
+                     for beat 0): how irregular the stream's rhythm is around beat i
 ====  =============  ==========================================================================================
 
 Per-stream normalisation is what carries inter-patient generalisation of the supraventricular class (de Chazal
@@ -25,6 +27,13 @@ the mean of all intervals seen so far (beat 0: its own pre-RR, which is its post
 noisy for the first few beats of a stream and settle within about a minute. Clipping keeps one missed beat or a
 pause from dragging the average (a missed beat doubles one interval).
 
+Why the irregularity: a supraventricular beat is premature against a regular underlying rhythm; in atrial
+fibrillation every interval differs from the last, so a short one says little, and the model needs to know which
+of the two it is looking at. The median over 20 beats ignores the jumps of a few ectopic beats and rises with a
+rhythm that is irregular throughout. Chosen on DS1 only: a class-balanced logistic regression on the side features
+(the side expert's model), trained on the other DS1 records and tested on each of the three record groups, went
+from macro-F1 (N/S/V) 0.637 to 0.670 with it (S sensitivity 0.73 → 0.76, PPV 0.29 → 0.36; 0.664 over 10 beats).
+
 Streaming: call :func:`rr_features` on the peaks detected so far; rows ``0 .. k-2`` of ``rr_features(p[:k])`` equal
 the offline rows, the newest row is provisional (its post-RR is unknown), so emit beat i once beat i+1 is detected.
 """
@@ -33,8 +42,10 @@ from __future__ import annotations
 
 import numpy as np
 
-RR_FEATURES = ("pre_rr_s", "post_rr_s", "local_rr_s", "pre_local", "avg_rr_s", "pre_avg", "post_avg", "local_avg")
+RR_FEATURES = ("pre_rr_s", "post_rr_s", "local_rr_s", "pre_local", "avg_rr_s", "pre_avg", "post_avg", "local_avg",
+               "irregularity")
 LOCAL_BEATS = 10
+IRREGULAR_BEATS = 20
 AVG_BEATS = 300  # about 4-5 minutes of sinus rhythm
 RR_MIN_S, RR_MAX_S = 0.2, 2.0
 
@@ -51,8 +62,21 @@ def _running_mean(x: np.ndarray, k: int) -> np.ndarray:
     return (csum[i + 1] - csum[lo]) / (i + 1 - lo)
 
 
+def running_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Median of ``x[max(0, i-k+1) .. i]`` for every i (float64[n]).
+
+    >>> running_median(np.array([1.0, 5.0, 2.0, 4.0, 3.0]), 3).tolist()
+    [1.0, 3.0, 2.0, 4.0, 3.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if not x.size:
+        return x.copy()
+    padded = np.concatenate((np.full(k - 1, np.nan), x))
+    return np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
+
+
 def rr_features(peaks: np.ndarray, fs: float) -> np.ndarray:
-    """float32[n, 8] RR features (:data:`RR_FEATURES`) of strictly increasing R-peak samples int64[n] at ``fs`` Hz.
+    """float32[n, 9] RR features (:data:`RR_FEATURES`) of strictly increasing R-peak samples int64[n] at ``fs`` Hz.
 
     With fewer than 2 peaks no interval exists and the rows are NaN.
 
@@ -74,5 +98,6 @@ def rr_features(peaks: np.ndarray, fs: float) -> np.ndarray:
     post = np.concatenate((d, [d[-1]]))
     local = _running_mean(pre, LOCAL_BEATS)
     avg = _running_mean(np.clip(pre, RR_MIN_S, RR_MAX_S), AVG_BEATS)
-    out[:] = np.stack([pre, post, local, pre / local, avg, pre / avg, post / avg, local / avg], axis=1)
+    irregular = running_median(np.abs(np.diff(np.log(pre), prepend=np.log(pre[0]))), IRREGULAR_BEATS)
+    out[:] = np.stack([pre, post, local, pre / local, avg, pre / avg, post / avg, local / avg, irregular], axis=1)
     return out
