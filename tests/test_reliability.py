@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from fuzz_messages import expected_outcome, malformed_frame, personalize
 from hypothesis import HealthCheck, Phase, given, settings
-from poison import BEAT, POISON, REASONS
+from poison import BEAT, ECG_N, POISON, REASONS
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.data import cwru
@@ -180,13 +180,13 @@ def _extreme_valid(prefix: str) -> list[SensorWindow]:
     """Windows at the edges of every bound: they must be labelled and stored like any other."""
     rng = np.random.default_rng(7)
     ecg = np.clip(rng.standard_normal(256), -1, 1).astype(np.float32)
-    rr = {"beat": [*BEAT[:11], *ecg.tolist()]}  # the window as its own stream's template
+    rr = {"beat": [*BEAT[:-ECG_N], *ecg.tolist()]}  # the window as its own stream's template
     return [
         SensorWindow(f"{prefix}-tmax", "ecg", 360.0, TIME_MAX_NS, 0, ecg, features=rr),
         SensorWindow(f"{prefix}-tmin", "ecg", 360.0, TIME_MIN_NS, 0, ecg, features=rr),
         SensorWindow(f"{prefix}-amp", "ecg", 360.0, 10**18, 0, ecg * np.float32(1e9), features=rr),
         SensorWindow(f"{prefix}-rr", "ecg", 360.0, 10**18, 0, ecg,
-                     features={"beat": [1e9, -1e9, 1e9, *BEAT[3:11], *ecg.tolist()]}),
+                     features={"beat": [1e9, -1e9, 1e9, *BEAT[3:-ECG_N], *ecg.tolist()]}),
         SensorWindow(f"{prefix}-seqmax", "ecg", 360.0, 10**18, 2**63 - 1, ecg, features=rr),
         SensorWindow(f"{prefix}-ü:/@." + "x" * 100, "ecg", 360.0, 10**18, 0, ecg, features=rr, label="N" * 64),
         SensorWindow(f"{prefix}-meta", "ecg", 360.0, 10**18, 0, ecg, features=rr,
